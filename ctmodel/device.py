@@ -1,0 +1,29 @@
+"""The device policy, decided once: which device, autocast context, memory format."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+
+from ctprep.errors import UsageError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"--device {name}: expected auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """bf16 autocast on CUDA when precision is 'bf16'; fp32 (no autocast) otherwise and on CPU."""
+    if precision not in ("bf16", "fp32"):
+        raise UsageError(f"--precision {precision}: expected bf16 or fp32")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()

@@ -1,0 +1,79 @@
+"""Terminal output shared by the three CLIs: progress bars with rate and ETA, and summary tables."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+T = TypeVar("T")
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that degrades to plain text when not a terminal (CI, pipes)."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(unit: str = "it", console: Console | None = None) -> Iterator[Progress]:
+    """A rich Progress with count, rate (``unit``/s), elapsed time and ETA; add tasks with ``.add_task``."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console or make_console(stderr=True),
+        transient=False,
+    )
+    progress.unit = unit  # type: ignore[attr-defined]
+    with progress:
+        yield progress
+
+
+def rate_text(done: float, seconds: float, unit: str) -> str:
+    """'12.3 unit/s' (or '' before the first item)."""
+    return f"{done / seconds:.1f} {unit}/s" if seconds > 0 and done > 0 else ""
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "it",
+          console: Console | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar showing rate and ETA."""
+    import time
+
+    total = total if total is not None else (len(items) if isinstance(items, Sequence) else None)
+    with progress_bar(unit, console) as progress:
+        task = progress.add_task(description, total=total, rate="", status="")
+        start = time.perf_counter()
+        for done, item in enumerate(items, start=1):
+            yield item
+            progress.update(task, advance=1, rate=rate_text(done, time.perf_counter() - start, unit))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
+                console: Console | None = None) -> None:
+    """Print a compact table; numbers right-aligned."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    rows = [list(r) for r in rows]
+    for i, name in enumerate(columns):
+        numeric = all(isinstance(r[i], (int, float)) for r in rows) if rows else False
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    (console or make_console()).print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,63 @@
+"""index.parquet: one row per stored slice, rebuilt deterministically from the complete cases."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctprep.errors import StoreFormatError, StoreNotFoundError
+from ctprep.store import INDEX_FILE, SliceStore
+
+COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "split")
+SPLITS = ("train", "val", "test")
+
+
+def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str) -> pd.DataFrame:
+    """Index rows of one case; ``lesion_pixels`` per slice at stored resolution, None if unlabeled."""
+    labeled = lesion_pixels is not None
+    pixels = np.asarray(lesion_pixels if labeled else np.zeros(n_slices), dtype=np.int64)
+    return pd.DataFrame({
+        "case_id": pd.Series([case_id] * n_slices, dtype="string"),
+        "slice": np.arange(n_slices, dtype=np.int32),
+        "n_slices": np.full(n_slices, n_slices, dtype=np.int32),
+        "labeled": np.full(n_slices, labeled, dtype=bool),
+        "has_lesion": pixels > 0,
+        "lesion_pixels": pixels,
+        "split": pd.Series([split] * n_slices, dtype="string"),
+    })
+
+
+def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
+    """Index of every complete case of ``store``, split per ``splits`` (case_id -> split)."""
+    frames = []
+    for case_id in store.case_ids():
+        attrs = store.case_attrs(case_id)
+        frames.append(case_rows(case_id, int(attrs["n_slices"]), attrs.get("lesion_pixels"), splits[case_id]))
+    if not frames:
+        return case_rows("", 0, [], "train")
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_index(store_path: Path, index: pd.DataFrame) -> Path:
+    """Replace the store's index.parquet atomically (temp file + os.replace); rows sorted by case, slice."""
+    index = index.loc[:, list(COLUMNS)].sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
+    target = Path(store_path) / INDEX_FILE
+    tmp = target.with_name(f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+    index.to_parquet(tmp, index=False, compression="zstd")
+    os.replace(tmp, target)
+    return target
+
+
+def read_index(store_path: Path) -> pd.DataFrame:
+    """Read index.parquet; raises with what to do when it is missing or lacks columns."""
+    path = Path(store_path) / INDEX_FILE
+    if not path.exists():
+        raise StoreNotFoundError(f"{path}: no index; run `ctprep convert RAW {store_path}` to build it")
+    index = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in index.columns]
+    if missing:
+        raise StoreFormatError(f"{path}: index lacks columns {missing}; re-run `ctprep convert`")
+    return index

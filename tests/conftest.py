@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny NIfTI volumes written the way real datasets ship them, and tiny stores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctprep import geometry
+from ctprep.index import build_index, write_index
+from ctprep.store import StoreLayout, create_or_open, write_case
+from ctprep.window import air_value, apply_window, encode
+
+SHAPE = (23, 17, 9)  # (x, y, z) in RAS: odd, non-square, few slices
+SPACING_MM = (0.7, 0.8, 2.5)
+
+
+def ras_affine(spacing_mm=SPACING_MM, origin=(-8.0, -6.0, -10.0)) -> np.ndarray:
+    """A RAS+ affine with the given voxel sizes."""
+    affine = np.diag([*spacing_mm, 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def to_lps(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same anatomy stored LPS (as DICOM converters write it): flip x and y, adjust the affine."""
+    flipped = data[::-1, ::-1, :].copy()
+    lps = affine.copy()
+    lps[:3, 0] *= -1
+    lps[:3, 1] *= -1
+    lps[:3, 3] = affine[:3, :3] @ [data.shape[0] - 1, data.shape[1] - 1, 0] + affine[:3, 3]
+    return flipped, lps
+
+
+def to_permuted(data: np.ndarray, affine: np.ndarray, order=(2, 0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """The same anatomy with array axes permuted (e.g. slices first)."""
+    return np.ascontiguousarray(data.transpose(order)), affine[:, [*order, 3]]
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype=None,
+               slope: float | None = None, inter: float | None = None) -> Path:
+    """Write a NIfTI file; with slope/inter the data is stored as raw ints that scale to ``data``."""
+    if slope is not None:
+        raw = np.rint((data - (inter or 0.0)) / slope).astype(dtype or np.int16)
+        img = nib.Nifti1Image(raw, affine)
+        img.header.set_slope_inter(slope, inter or 0.0)
+    else:
+        img = nib.Nifti1Image(np.asarray(data, dtype=dtype) if dtype else data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def phantom(shape=SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny chest-like HU volume with a lesion blob, and its boolean mask; x, y, z RAS order."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    cx, cy = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    body = ((x - cx) / (shape[0] * 0.45)) ** 2 + ((y - cy) / (shape[1] * 0.45)) ** 2 <= 1
+    hu = np.where(body, 40.0, -1000.0) + rng.normal(0, 10, shape)
+    lung = ((x - cx) / (shape[0] * 0.3)) ** 2 + ((y - cy) / (shape[1] * 0.3)) ** 2 <= 1
+    hu[lung] = -850.0
+    lesion = ((x - cx - 2) ** 2 + (y - cy) ** 2 <= 9) & (z >= shape[2] // 3) & (z < 2 * shape[2] // 3 + 1)
+    hu[lesion] = -300.0
+    return hu.astype(np.float32), lesion
+
+
+@pytest.fixture
+def tiny_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hu, mask, affine) of one tiny RAS case."""
+    hu, mask = phantom()
+    return hu, mask, ras_affine()
+
+
+def build_store(path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+                splits: dict[str, str], layout: StoreLayout = StoreLayout(size=16)) -> Path:
+    """Write a store directly from (hu, mask, affine) arrays, bypassing discovery (for ctsample/ctmodel tests)."""
+    store = create_or_open(path, layout)
+    for case_id, (hu, mask, affine) in cases.items():
+        geom = geometry.describe(affine, hu.shape, layout.size)
+        windowed = apply_window(hu, layout.window_hu)
+        image = encode(geometry.forward(windowed, geom, fill=air_value(layout.window_hu)), layout.dtype)
+        stored_mask = geometry.forward_mask(mask, geom) if mask is not None else None
+        lesion_pixels = stored_mask.reshape(len(stored_mask), -1).sum(1).tolist() if mask is not None else None
+        write_case(path, case_id, image, stored_mask,
+                   {"geometry": geom.to_attrs(), "n_slices": int(image.shape[0]), "lesion_pixels": lesion_pixels})
+    write_index(path, build_index(store, splits))
+    return path
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path) -> Path:
+    """A 16x16 store of 5 phantom cases (3 train, 1 val, 1 test) with lesions in the middle slices."""
+    cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(5)}
+    splits = {"case0": "train", "case1": "train", "case2": "train", "case3": "val", "case4": "test"}
+    return build_store(tmp_path / "store.zarr", {k: (hu, m, a) for k, (hu, m, a) in cases.items()}, splits)
