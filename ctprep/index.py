@@ -1,6 +1,7 @@
 """index.parquet: one row per stored slice, rebuilt deterministically from the complete cases."""
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -61,3 +62,10 @@ def read_index(store_path: Path) -> pd.DataFrame:
     if missing:
         raise StoreFormatError(f"{path}: index lacks columns {missing}; re-run `ctprep convert`")
     return index
+
+
+def index_fingerprint(index: pd.DataFrame) -> str:
+    """A short hash of the store's cases and slice counts: plans and runs record it to detect another store."""
+    per_case = index.groupby("case_id", sort=True)["n_slices"].first()
+    text = ";".join(f"{case}:{n}" for case, n in per_case.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

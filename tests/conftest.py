@@ -7,10 +7,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctprep import geometry
 from ctprep.index import build_index, write_index
 from ctprep.store import StoreLayout, create_or_open, write_case
-from ctprep.window import air_value, apply_window, encode
+from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask
+from ctprep.window import encode
 
 SHAPE = (23, 17, 9)  # (x, y, z) in RAS: odd, non-square, few slices
 SPACING_MM = (0.7, 0.8, 2.5)
@@ -80,13 +80,11 @@ def build_store(path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None
     """Write a store directly from (hu, mask, affine) arrays, bypassing discovery (for ctsample/ctmodel tests)."""
     store = create_or_open(path, layout)
     for case_id, (hu, mask, affine) in cases.items():
-        geom = geometry.describe(affine, hu.shape, layout.size)
-        windowed = apply_window(hu, layout.window_hu)
-        image = encode(geometry.forward(windowed, geom, fill=air_value(layout.window_hu)), layout.dtype)
-        stored_mask = geometry.forward_mask(mask, geom) if mask is not None else None
-        lesion_pixels = stored_mask.reshape(len(stored_mask), -1).sum(1).tolist() if mask is not None else None
-        write_case(path, case_id, image, stored_mask,
-                   {"geometry": geom.to_attrs(), "n_slices": int(image.shape[0]), "lesion_pixels": lesion_pixels})
+        unit, geom = preprocess_image(hu, affine, layout)
+        stored_mask = preprocess_mask(mask, geom) if mask is not None else None
+        pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
+        write_case(path, case_id, encode(unit, layout.dtype), stored_mask,
+                   {"geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "lesion_pixels": pixels})
     write_index(path, build_index(store, splits))
     return path
 
