@@ -63,10 +63,275 @@ def errors(ctx: typer.Context) -> Iterator[None]:
 # ---------------------------------------------------------------- ctprep commands
 
 
+@prep_app.command()
+def convert(
+    ctx: typer.Context,
+    raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
+                                             "(imagesTs) or images/ + masks/.")],
+    store: Annotated[Path, typer.Argument(help="Slice store to create or update, e.g. store.zarr.")],
+    window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Stored in-plane size S (pixels).")] = 256,
+    dtype: Annotated[str, typer.Option(help="Stored image dtype: float16 (0..1) or uint8 (0..255).")] = "float16",
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores; "
+                                                               "1 runs in-process).")] = None,
+    test: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help="Fraction of patients in the test split "
+                                                                         "(default 0.2).")] = None,
+    val: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help="Fraction of the other patients in val "
+                                                                        "(default 0.1).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash (default 0).")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash "
+                                                        "(official lists).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
+
+    Re-running skips unchanged cases; without split options the store keeps its split config.
+
+    Example: ctprep convert raw/ store.zarr --size 256 --workers 4
+    """
+    from ctprep.console import make_console, print_table
+    from ctprep.convert import ConvertConfig, convert as run_convert
+    from ctsample.splits import SplitConfig
+
+    if debug:
+        ctx.obj = {**(ctx.obj or {}), "debug": True}
+    with errors(ctx):
+        split = None
+        if any(v is not None for v in (test, val, seed, splits)):
+            split = SplitConfig(test=0.2 if test is None else test, val=0.1 if val is None else val,
+                                seed=0 if seed is None else seed, csv=splits)
+        cfg = ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers, split=split)
+        report = run_convert(raw, store, cfg)
+    err = make_console(stderr=True)
+    for path in report.orphans:
+        err.print(f"warning: {path}: mask without an image; ignored")
+    for line in report.failed:
+        err.print(f"[red]failed:[/red] {line}", markup=True)
+    print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@prep_app.command()
+def info(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
+) -> None:
+    """Show a store's format, layout, cases, slices, lesion balance, splits and size on disk.
+
+    Example: ctprep info store.zarr
+    """
+    from ctprep.console import print_table
+    from ctprep.info import store_info
+
+    with errors(ctx):
+        summary = store_info(store)
+    print_table(f"{store}", ["", "value"], summary.rows())
+    print_table("splits", ["split", "cases", "slices", "lesion slices"], summary.splits)
+
+
+
+@prep_app.command()
+def demo(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write the demo set into.")],
+    cases: Annotated[int, typer.Option(min=1, max=10_000, help="Number of patients.")] = 12,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same options write byte-identical files.")] = 0,
+    layout: Annotated[str, typer.Option(help="covid19 (NAME_ct/NAME_seg) or nnunet (imagesTr/labelsTr, "
+                                             "imagesTs unlabeled).")] = "covid19",
+    size: Annotated[int, typer.Option(min=32, max=2048, help="In-plane matrix in pixels (scanners: 512).")] = 512,
+    max_slices: Annotated[Optional[int], typer.Option(min=4, help="Cap on slices per case for quick runs "
+                                                                  "(slices get thicker).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores; "
+                                                               "1 runs in-process).")] = None,
+) -> None:
+    """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
+
+    Int16 (plain HU or scl_inter -1024), some LPS with -3024 HU outside the field of view; 0-6 ground-glass or
+    consolidation lesions per patient, about 1.75 empty slices per lesion slice over the set.
+
+    Example: ctprep demo raw/ --cases 12 --layout nnunet
+    """
+    import time
+
+    from ctprep.console import print_table, track
+    from ctprep.demo import DemoConfig, iter_demo, summary_rows
+
+    with errors(ctx):
+        cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers)
+        start = time.perf_counter()
+        rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
+    print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))
+
+
 # ---------------------------------------------------------------- ctsample commands
 
 
 # ---------------------------------------------------------------- ctmodel commands
+
+CheckpointOption = Annotated[str, typer.Option(help="Which checkpoint of the run: best (highest val Dice) or last.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")]
+SplitOption = Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")]
+ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface tolerance in mm.")]
+
+# CLI option name -> ModelConfig / TrainConfig field, for --resume conflict checks
+_TRAIN_FIELDS = {"model": "name", "width": "width", "depth": "depth", "context": "context", "epochs": "epochs",
+                 "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "step_size": "step_size",
+                 "gamma": "gamma", "dice_weight": "dice_weight", "bce_weight": "bce_weight", "ratio": "ratio",
+                 "neighbours": "neighbours", "augment": "augment", "device": "device", "precision": "precision",
+                 "compile": "compile", "channels_last": "channels_last", "deterministic": "deterministic",
+                 "seed": "seed", "resident": "resident"}
+
+
+@model_app.command()
+def train(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="Slice store made by `ctprep convert`.")],
+    plan: Annotated[Optional[Path], typer.Option(help="Plan from `ctsample plan` (default: build one, one "
+                                                      "fresh fill per epoch).")] = None,
+    ratio: Annotated[float, typer.Option(help="Without --plan: empty:lesion target ratio.")] = 1.75,
+    neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
+    model: Annotated[str, typer.Option(help="dual-encoder (the study's model) or unet2d (its baseline).")]
+    = "dual-encoder",
+    width: Annotated[int, typer.Option(help="Channels of the first level (12 -> ~1.5 M parameters).")] = 12,
+    depth: Annotated[int, typer.Option(help="Downsamplings (levels - 1); inputs padded to a multiple of 2**depth.")]
+    = 4,
+    context: Annotated[int, typer.Option(help="unet2d input: 1 = centre slice, 3 = z-1, z, z+1 stack.")] = 1,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Samples per optimizer step.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    step_size: Annotated[int, typer.Option(help="StepLR: epochs between learning-rate drops.")] = 20,
+    gamma: Annotated[float, typer.Option(help="StepLR: factor of each drop.")] = 0.1,
+    dice_weight: Annotated[float, typer.Option(help="Weight of the soft Dice loss.")] = 0.7,
+    bce_weight: Annotated[float, typer.Option(help="Weight of the BCE loss.")] = 0.3,
+    augment: Annotated[bool, typer.Option(help="Flips, small rotation/scale, intensity jitter on the device "
+                                               "(--no-augment reproduces the study).")] = True,
+    device: DeviceOption = "auto",
+    precision: Annotated[str, typer.Option(help="bf16 autocast on CUDA, or fp32 (CPU always fp32).")] = "bf16",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last on CUDA (measure first: "
+                                                                       "InstanceNorm may be slower).")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Bitwise repeatable on one device "
+                                                                       "(slower kernels).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of weights, plan, shuffling and augmentation.")] = 0,
+    resident: Annotated[str, typer.Option(help="Where the data lives: auto, device (GPU) or host.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/MODEL-TIMESTAMP).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out from last.pt.")]
+    = False,
+) -> None:
+    """Train a dual-encoder 2.5D U-Net (or the unet2d baseline) from a store; writes a run folder.
+
+    Example: ctmodel train store.zarr --epochs 50 --out runs/dual
+    """
+    from ctmodel.config import ModelConfig, TrainConfig
+    from ctmodel.train import train as run_train
+    from ctprep.console import print_table
+
+    given = {name: value for name, value in ctx.params.items() if name in _TRAIN_FIELDS}
+    explicit = frozenset(_TRAIN_FIELDS[n] for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE")
+    with errors(ctx):
+        model_cfg = ModelConfig(name=model, width=width, depth=depth, context=context)
+        train_cfg = TrainConfig(**{_TRAIN_FIELDS[n]: v for n, v in given.items()
+                                   if n not in ("model", "width", "depth", "context")})
+        result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit)
+    s = result.summary
+    print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], [
+        ("model", f"{s['model']} (width {s['width']})"), ("parameters", s["parameters"]),
+        ("epochs", s["epochs"]), ("best epoch", s["best_epoch"]), ("best val Dice 3-D", s["best_val_dice_3d"]),
+        ("final val Dice 3-D", s["final_val_dice_3d"]), ("final val slice Dice", s["final_val_dice_slice"]),
+        ("samples/s", s["samples_per_s"]), ("train seconds", s["train_seconds"]),
+        ("peak memory MiB", s["peak_memory_mb"])])
+    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
+        typer.echo(f"{name}: {result.run_dir / name}")
+
+
+@model_app.command()
+def evaluate(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],
+    store: Annotated[Path, typer.Argument(help="Slice store with the run's layout (window, size, dtype).")],
+    split: SplitOption = "test",
+    checkpoint: CheckpointOption = "best",
+    tolerance: ToleranceOption = 1.0,
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 32,
+    out: Annotated[Optional[Path], typer.Option(help="Per-case CSV (default RUN/eval-SPLIT.csv); "
+                                                     "the summary JSON goes beside it.")] = None,
+    figures: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of the best, median and "
+                                                         "worst cases.")] = None,
+) -> None:
+    """Evaluate a run on every labeled case of a split: 3-D Dice, IoU, NSD, HD95, volumes, slice-level means.
+
+    Example: ctmodel evaluate runs/dual store.zarr --split test --figures figs/
+    """
+    from ctmodel.evaluate import EvaluateConfig, evaluate as run_evaluate, summary_rows
+    from ctprep.console import print_table
+
+    with errors(ctx):
+        cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
+                             batch_size=batch_size)
+        result = run_evaluate(run, store, cfg, out=out, figures=figures)
+    print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
+                ["metric", "mean ± sd", "median"], summary_rows(result.summary))
+    typer.echo(f"per-case CSV: {result.csv_path}\nsummary JSON: {result.json_path}")
+    for path in result.figures:
+        typer.echo(f"figure: {path}")
+
+
+@model_app.command()
+def compare(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
+    split: SplitOption = "test",
+    checkpoint: CheckpointOption = "best",
+    tolerance: ToleranceOption = 1.0,
+    device: DeviceOption = "auto",
+) -> None:
+    """Compare runs side by side (the study's Tables 5.1/5.2), re-using matching evaluations.
+
+    Example: ctmodel compare runs/dual runs/unet store.zarr --split test
+    """
+    from ctmodel.compare import compare as run_compare, side_by_side
+    from ctmodel.evaluate import EvaluateConfig
+    from ctprep.console import print_table
+
+    with errors(ctx):
+        cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device)
+        rows = run_compare(paths[:-1], paths[-1], cfg)
+    print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
+
+
+@model_app.command()
+def predict(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],
+    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz scan or a folder of them (NAME_0000 -> NAME).")],
+    output: Annotated[Path, typer.Argument(help="Output .nii/.nii.gz file, or a folder when INPUT is one.")],
+    checkpoint: CheckpointOption = "best",
+    device: DeviceOption = "auto",
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
+    probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 32,
+) -> None:
+    """Predict lesion masks for NIfTI scans, written in each source file's shape, affine and orientation.
+
+    Example: ctmodel predict runs/dual imagesTs/ predictions/
+    """
+    from ctmodel.predict import PredictConfig, predict as run_predict
+    from ctprep.console import make_console, print_table
+
+    with errors(ctx):
+        cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
+                            probabilities=probabilities, batch_size=batch_size)
+        report = run_predict(run, input, output, cfg)
+    for line in report.failed:
+        make_console(stderr=True).print(f"[red]failed:[/red] {line}", markup=True)
+    if report.results:
+        print_table("scans", ["output", "slices", "seconds", "lesion mL"], report.rows())
+    print_table(f"ctmodel predict -> {output}", ["", "value"], report.summary_rows())
+    if report.failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,8 +128,10 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def pad_square(planes: np.ndarray, pad: tuple[int, int, int, int], fill: float) -> np.ndarray:
-    """Pad (Z, rows, cols) planes to (Z, N, N) with ``fill``."""
+    """Pad (Z, rows, cols) planes to (Z, N, N) with ``fill`` (no copy when already square)."""
     top, bottom, left, right = pad
+    if not any(pad):
+        return planes
     return np.pad(planes, ((0, 0), (top, bottom), (left, right)), constant_values=fill)
 
 
@@ -139,7 +141,63 @@ def resize_planes(planes: np.ndarray, n_out: int) -> np.ndarray:
     if n_in == n_out:
         return planes.astype(np.float32, copy=False)
     weights = resize_matrix(n_in, n_out)
-    return weights @ planes.astype(np.float32, copy=False) @ weights.T
+    band = _regular_band(weights)
+    out = np.empty((planes.shape[0], n_out, n_out), np.float32)
+    for z in range(0, planes.shape[0], RESIZE_BLOCK):
+        block = planes[z : z + RESIZE_BLOCK].astype(np.float32, copy=False)
+        out[z : z + RESIZE_BLOCK] = _apply_weights(_apply_weights(block, weights, band, 1), weights, band, 2)
+    return out
+
+
+RESIZE_BLOCK = 8  # slices resized together: the intermediate stays in cache (~1.4x faster than whole volumes)
+
+
+def _apply_weights(planes: np.ndarray, weights: np.ndarray, band, axis: int) -> np.ndarray:
+    """``weights`` (n_out, n_in) applied along ``axis``: strided taps when the filter is a regular ``band``
+    (integer shrink factors such as 512 -> 256; no BLAS threads, a fraction of the dense work), else a matmul."""
+    if band is None:
+        return weights @ planes if axis == 1 else planes @ weights.T
+    factor, offsets, taps, edge_rows = band
+    n_out, n_in = weights.shape
+    shape = list(planes.shape)
+    shape[axis] = n_out
+    out = np.zeros(shape, np.float32)
+    scratch = np.empty(shape, np.float32)
+    for offset, tap in zip(offsets, taps):
+        first = max(0, -(offset // factor))  # first output row whose input row factor*j + offset >= 0
+        last = min(n_out, (n_in - 1 - offset) // factor + 1)
+        src = [slice(None)] * planes.ndim
+        dst = [slice(None)] * planes.ndim
+        src[axis] = slice(factor * first + offset, factor * (last - 1) + offset + 1, factor)
+        dst[axis] = slice(first, last)
+        target = out[tuple(dst)]
+        target += np.multiply(planes[tuple(src)], tap, out=scratch[tuple(dst)])
+    cols = np.flatnonzero(weights[edge_rows].any(axis=0))  # edge rows are renormalised: compute them densely
+    edge = np.moveaxis(np.moveaxis(planes.take(cols, axis=axis), axis, -1) @ weights[np.ix_(edge_rows, cols)].T,
+                       -1, axis)
+    index = [slice(None)] * planes.ndim
+    index[axis] = edge_rows
+    out[tuple(index)] = edge
+    return out
+
+
+def _regular_band(weights: np.ndarray):
+    """(factor, offsets, taps, edge_rows) if every non-edge row is the middle row shifted by factor, else None."""
+    n_out, n_in = weights.shape
+    factor = n_in // n_out
+    if n_in != factor * n_out or factor < 2:
+        return None
+    middle = n_out // 2
+    nonzero = np.flatnonzero(weights[middle])
+    offsets, taps = nonzero - factor * middle, weights[middle, nonzero]
+    starts = factor * np.arange(n_out)
+    inside = (starts + offsets.min() >= 0) & (starts + offsets.max() < n_in)
+    banded = np.zeros_like(weights)
+    for offset, tap in zip(offsets, taps):
+        banded[np.flatnonzero(inside), starts[inside] + offset] = tap
+    if not np.array_equal(banded[inside], weights[inside]):
+        return None
+    return factor, offsets, taps, np.flatnonzero(~inside)
 
 
 def forward(volume: np.ndarray, geom: CaseGeometry, fill: float) -> np.ndarray:
@@ -149,9 +207,17 @@ def forward(volume: np.ndarray, geom: CaseGeometry, fill: float) -> np.ndarray:
 
 
 def forward_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:
-    """Source-shaped boolean mask -> stored (Z, S, S) uint8 {0, 1}, aligned with ``forward``."""
-    resized = forward(mask.astype(np.float32), geom, fill=0.0)
-    return (resized >= 0.5).astype(np.uint8)
+    """Source-shaped boolean mask -> stored (Z, S, S) uint8 {0, 1}, aligned with ``forward``.
+
+    Only slices holding lesion go through the filter: an empty slice resizes to zeros exactly.
+    """
+    planes = to_planes(np.asarray(mask, dtype=bool), geom)
+    stored = np.zeros((planes.shape[0], geom.size, geom.size), np.uint8)
+    busy = np.flatnonzero(planes.reshape(planes.shape[0], -1).any(axis=1))
+    if busy.size:
+        padded = pad_square(planes[busy].astype(np.float32), geom.pad, 0.0)
+        stored[busy] = resize_planes(padded, geom.size) >= 0.5
+    return stored
 
 
 def inverse(stored: np.ndarray, geom: CaseGeometry) -> np.ndarray:

@@ -53,8 +53,13 @@ class StoreLayout:
 
 
 def _compressor(dtype: str) -> BloscCodec:
-    """Blosc/zstd with bit-shuffle: fast to decode, ~3x smaller than raw float16 CT."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=np.dtype(dtype).itemsize)
+    """Blosc/zstd level 1: byte shuffle for float16 images, bit shuffle for uint8 (0/1 masks pack to bits).
+
+    Measured on 512^2 demo CT (benchmarks/convert.py): level 1 + byte shuffle writes 2.3x faster than
+    level 3 + bit shuffle and compresses slightly better (1.8x vs 1.6x on noisy float16); reads equally fast.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle" if itemsize > 1 else "bitshuffle", typesize=itemsize)
 
 
 def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
@@ -68,13 +73,17 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
                 "convert into a new store path or pass the store's own options"
             )
         return store
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(p.name not in _CREATION_LEFTOVERS for p in path.iterdir()):
         raise StoreFormatError(f"{path}: exists and is not a ctstack store; choose an empty or new path")
-    root = zarr.open_group(str(path), mode="w")
-    root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tool_version": __version__,
-                       **layout.to_attrs()})
-    root.create_group(CASES)
+    # cases/ first, root metadata (with every attribute) last in one atomic write: a store killed while
+    # being created is simply created again, and the .lock file of store_lock is left in place.
+    zarr.open_group(str(path / CASES), mode="a")
+    zarr.open_group(str(path), mode="a", attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                                                     "tool_version": __version__, **layout.to_attrs()})
     return SliceStore.open(path)
+
+
+_CREATION_LEFTOVERS = {".lock", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
 
 
 def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict) -> None:

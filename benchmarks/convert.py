@@ -1,0 +1,136 @@
+"""Convert speed vs. the cost of just loading the NIfTI files, measured in one run on full-size demo cases.
+
+Run: python benchmarks/convert.py [--raw DIR] [--cases 6] [--max-slices 64] [--workers N]
+
+(a)  nibabel loads every case into memory (image get_fdata float32 + mask), the floor a Dataset pays per epoch;
+(a') the same files gunzipped with ISA-L (the gzip path ctprep uses when `isal` is installed);
+(b)  `convert` with 1 worker, and (b0) the same with ISA-L switched off (stock zlib through nibabel);
+(c)  `convert` with all cores.
+Goal: b <= 1.3 a, c scaling with cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctprep import nifti
+from ctprep.convert import ConvertConfig, convert, disk_bytes
+from ctprep.discover import find_cases
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", type=Path, help="raw folder to convert (default: a fresh demo set)")
+    parser.add_argument("--cases", type=int, default=6, help="demo cases to make when --raw is not given")
+    parser.add_argument("--max-slices", type=int, default=64, help="slice cap of the demo cases (512x512 each)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for run (c)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round (shared CPUs)")
+    return parser.parse_args()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def load_all(cases, isal: bool) -> None:
+    """Load every image (float32 HU) and mask into memory, as a training Dataset would."""
+    for case in cases:
+        image = nib.load(case.image_path)
+        image = nifti._in_memory(case.image_path, image) if isal else image
+        image.get_fdata(dtype=np.float32)
+        if case.mask_path is not None:
+            mask = nib.load(case.mask_path)
+            mask = nifti._in_memory(case.mask_path, mask) if isal else mask
+            np.asanyarray(mask.dataobj)
+
+
+def source_sizes(cases) -> tuple[int, int, int]:
+    """(compressed bytes, uncompressed voxel bytes, slices) of every image and mask."""
+    compressed = uncompressed = slices = 0
+    for case in cases:
+        for path in (case.image_path, case.mask_path):
+            if path is None:
+                continue
+            header = nib.load(path).header
+            compressed += path.stat().st_size
+            uncompressed += int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        slices += nifti.load_header(case.image_path)[1][2]
+    return compressed, uncompressed, slices
+
+
+def run_convert(raw: Path, store: Path, workers: int, size: int) -> float:
+    """Seconds of one convert into a fresh store."""
+    shutil.rmtree(store, ignore_errors=True)
+    return timed(lambda: convert(raw, store, ConvertConfig(size=size, workers=workers), progress=False))
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="ctprep-bench-") as tmp:
+        raw = args.raw or make_raw(Path(tmp) / "raw", args.cases, args.max_slices)
+        cases = find_cases(raw).cases
+        compressed, uncompressed, slices = source_sizes(cases)
+        load_all(cases, isal=False)  # warm the page cache so every run reads from memory alike
+        isal = nifti.isal_zlib
+        best: dict[str, float] = {}
+        for _ in range(args.repeat):  # interleaved rounds, best of each: robust to other load on the machine
+            for name, seconds in one_round(cases, raw, Path(tmp), args, isal).items():
+                best[name] = min(best.get(name, float("inf")), seconds)
+        a, a_isal, b0, b, c = (best[k] for k in ("a", "a_isal", "b0", "b", "c"))
+        store_bytes = disk_bytes(Path(tmp) / "b.zarr")
+        report(args, len(cases), slices, compressed, uncompressed, store_bytes, a, a_isal, b0, b, c)
+
+
+def one_round(cases, raw: Path, tmp: Path, args, isal) -> dict[str, float]:
+    """One timing of every run, in a fixed order."""
+    times = {"a": timed(lambda: load_all(cases, isal=False)),
+             "a_isal": timed(lambda: load_all(cases, isal=True)) if isal is not None else float("nan")}
+    nifti.isal_zlib = None
+    try:
+        times["b0"] = run_convert(raw, tmp / "b0.zarr", 1, args.size)
+    finally:
+        nifti.isal_zlib = isal
+    times["b"] = run_convert(raw, tmp / "b.zarr", 1, args.size)
+    times["c"] = run_convert(raw, tmp / "c.zarr", args.workers, args.size)
+    return times
+
+
+def make_raw(out: Path, cases: int, max_slices: int) -> Path:
+    from ctprep.demo import DemoConfig, make_demo
+
+    seconds = timed(lambda: make_demo(out, DemoConfig(cases=cases, seed=0, size=512, max_slices=max_slices)))
+    print(f"made {cases} demo cases (512x512, <= {max_slices} slices) in {seconds:.1f} s")
+    return out
+
+
+def report(args, n_cases, slices, compressed, uncompressed, store_bytes, a, a_isal, b0, b, c) -> None:
+    mb = 1e6
+    print(f"\n{n_cases} cases, {slices} slices, source {compressed / mb:.0f} MB gzip / {uncompressed / mb:.0f} MB "
+          f"raw voxels; store {store_bytes / mb:.1f} MB at {args.size}x{args.size}; cores {os.cpu_count()}")
+    print(f"{'run':44s} {'s':>7s} {'slices/s':>9s} {'MB/s gz':>8s} {'MB/s raw':>9s}")
+    rows = [("(a)  nibabel load, image f32 + mask", a), ("(a') ISA-L gunzip load, image f32 + mask", a_isal),
+            ("(b0) convert, 1 worker, stock zlib", b0), ("(b)  convert, 1 worker", b),
+            (f"(c)  convert, {args.workers} workers", c)]
+    for name, seconds in rows:
+        print(f"{name:44s} {seconds:7.2f} {slices / seconds:9.1f} {compressed / mb / seconds:8.1f} "
+              f"{uncompressed / mb / seconds:9.1f}")
+    print(f"\nb / a   = {b / a:.2f}   (goal <= 1.3: convert costs little more than loading)")
+    print(f"b0 / a  = {b0 / a:.2f}   (without ISA-L)")
+    print(f"b / a'  = {b / a_isal:.2f}   (vs. loading through the same fast gunzip)")
+    print(f"a / a'  = {a / a_isal:.2f}x  (ISA-L gunzip speed-up of the load)")
+    print(f"b / c   = {b / c:.2f}x  with {args.workers} workers (ideal {args.workers}x)")
+    print(f"a / c   = {a / c:.2f}x  (all-core convert vs. single-threaded nibabel load)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Training input speed: the resident loader vs per-sample NIfTI decoding, and the loader's share of a step.
+
+Run: python benchmarks/train.py [--cases 8] [--demo-size 512] [--max-slices 64] [--size 256] [--batch-size 16]
+
+In one run on a demo store (ctprep.demo + ctprep.convert) it measures
+  (a) samples/s the resident loader delivers alone (gather + decode + augment, on the training device);
+  (b) samples/s of the usual research Dataset: nibabel load of the .nii.gz, canonical reorientation, HU window,
+      resize, 3-slice stack, per __getitem__, through a DataLoader with 2 workers;
+  (c) training steps/s with batches from the loader vs one synthetic batch already in memory (loader overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctmodel.augment import augment_batch
+from ctmodel.batches import epoch_samples, iterate_batches, load_resident
+from ctmodel.config import ModelConfig
+from ctmodel.device import autocast, resolve_device
+from ctmodel.losses import DiceBCELoss
+from ctmodel.nets import build_model, count_parameters
+from ctprep.console import print_table
+from ctprep.convert import ConvertConfig, convert
+from ctprep.demo import DemoConfig, make_demo
+from ctprep.store import SliceStore
+
+
+def make_store(root: Path, args: argparse.Namespace) -> tuple[Path, list[tuple[Path, Path]]]:
+    """Write demo NIfTI files and convert them; returns the store and the (image, mask) file pairs."""
+    cases = make_demo(root / "raw", DemoConfig(cases=args.cases, size=args.demo_size, max_slices=args.max_slices,
+                                               workers=2))
+    convert(root / "raw", root / "store.zarr", ConvertConfig(size=args.size, workers=2), progress=False)
+    pairs = [(Path(r.image), Path(r.mask)) for r in cases.itertuples() if isinstance(r.mask, str)]
+    return root / "store.zarr", pairs
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` after one warm-up call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+class NiftiSliceDataset(torch.utils.data.Dataset):
+    """What research code does: decode the whole .nii.gz for every sample, window, resize, stack 3 slices."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int, window=(-1000.0, 400.0)) -> None:
+        self.samples = [(img, msk, z) for img, msk in pairs for z in range(nib.load(str(img)).shape[2])]
+        self.size, self.window = size, window
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img_path, mask_path, z = self.samples[i]
+        image = nib.as_closest_canonical(nib.load(str(img_path))).get_fdata(dtype=np.float32)
+        mask = np.asarray(nib.as_closest_canonical(nib.load(str(mask_path))).dataobj) > 0
+        lo, hi = self.window
+        zs = [max(z - 1, 0), z, min(z + 1, image.shape[2] - 1)]
+        stack = np.clip((image[:, :, zs] - lo) / (hi - lo), 0, 1).transpose(2, 1, 0)  # (3, Y, X)
+        x = F.interpolate(torch.from_numpy(np.ascontiguousarray(stack))[None], size=(self.size, self.size),
+                          mode="bilinear", antialias=True, align_corners=False)[0]
+        y = F.interpolate(torch.from_numpy(mask[:, :, z].T.astype(np.float32))[None, None],
+                          size=(self.size, self.size), mode="bilinear", align_corners=False)[0] > 0.5
+        return x, y.float()
+
+
+def baseline_rate(pairs, size: int, batch_size: int, n_batches: int) -> float:
+    """Samples/s of the per-sample NIfTI Dataset through a 2-worker DataLoader."""
+    dataset = NiftiSliceDataset(pairs, size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0), persistent_workers=False)
+    batches = iter(loader)
+    next(batches)  # workers started, first batch ready
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(batches)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def loader_rate(data, samples, batch_size: int, n_batches: int, device: torch.device, augment: bool) -> float:
+    """Samples/s of the resident loader: gather + decode (+ augment), nothing else."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    batches = iterate_batches(data, samples, batch_size, torch.Generator().manual_seed(0))
+
+    def one() -> None:
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iterate_batches(data, samples, batch_size, torch.Generator().manual_seed(1))
+            x, y = next(batches)
+        if augment:
+            augment_batch(x, y, gen)
+
+    return batch_size / timed(one, n_batches, device)
+
+
+def step_times(data, samples, model, batch_size: int, n_steps: int, device, precision: str) -> tuple[float, float]:
+    """Median seconds per training step with loader batches and with one synthetic in-memory batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    loss_fn, gen = DiceBCELoss(), torch.Generator(device=device).manual_seed(0)
+    size = data.images.shape[-1]
+    synthetic = (torch.rand(batch_size, 3, size, size, device=device),
+                 (torch.rand(batch_size, 1, size, size, device=device) > 0.9).float())
+    batches = iterate_batches(data, samples, batch_size, torch.Generator().manual_seed(0))
+
+    def step(x, y) -> None:
+        with autocast(device, precision):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def loader_step() -> None:
+        step(*augment_batch(*next(batches), gen))
+
+    def synthetic_step() -> None:
+        step(*synthetic)
+
+    loader_step(), synthetic_step()  # warm-up
+    pairs = [(timed_once(loader_step, device), timed_once(synthetic_step, device)) for _ in range(n_steps)]
+    return float(np.median([p[0] for p in pairs])), float(np.median([p[1] for p in pairs]))
+
+
+def timed_once(fn, device: torch.device) -> float:
+    """Seconds of one call (steps are interleaved loader/synthetic so load drift on a shared machine cancels)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def gpu_rows(data, samples, device: torch.device, precision: str, n_steps: int) -> list[tuple[str, object]]:
+    """On CUDA: training samples/s with the loader, peak memory and utilisation at batch 16, 32 and 64."""
+    rows: list[tuple[str, object]] = []
+    for batch_size in (16, 32, 64):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig()).to(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        seconds, _ = step_times(data, samples, model, batch_size, n_steps, device, precision)
+        rows += [(f"GPU batch {batch_size} {precision}: training samples/s", batch_size / seconds),
+                 (f"GPU batch {batch_size} {precision}: peak memory MiB",
+                  torch.cuda.max_memory_allocated(device) / 2**20),
+                 (f"GPU batch {batch_size} {precision}: utilisation % (nvml, last sample)", gpu_utilisation(device))]
+    return rows
+
+
+def gpu_utilisation(device: torch.device) -> object:
+    """torch.cuda.utilization() when NVML is available, else 'n/a'."""
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # pynvml missing or not supported
+        return "n/a"
+
+
+def main() -> None:
+    """Build the demo store, run (a), (b), (c) and print figures with their ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--demo-size", type=int, default=512, help="in-plane size of the demo NIfTI files")
+    parser.add_argument("--max-slices", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256, help="stored in-plane size S")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--loader-batches", type=int, default=50)
+    parser.add_argument("--baseline-batches", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="interleaved loader/synthetic step pairs timed")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared CPU)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        store_path, pairs = make_store(Path(tmp), args)
+        store = SliceStore.open(store_path)
+        index = store.index()
+        labeled = sorted(index.loc[index["labeled"], "case_id"].astype(str).unique())
+        data = load_resident(store, labeled, device, show_progress=False)
+        samples = epoch_samples(data, index[index["case_id"].isin(labeled)])
+        a0 = loader_rate(data, samples, args.batch_size, args.loader_batches, device, augment=False)
+        a = loader_rate(data, samples, args.batch_size, args.loader_batches, device, augment=True)
+        b = baseline_rate(pairs, args.size, args.batch_size, args.baseline_batches)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig()).to(device)
+        t_loader, t_synth = step_times(data, samples, model, args.batch_size, args.steps, device, args.precision)
+        extra = gpu_rows(data, samples, device, args.precision, args.steps) if device.type == "cuda" else []
+    overhead = (t_loader - t_synth) / t_synth
+    gather_share = (args.batch_size / a) / t_synth
+    print_table(f"benchmarks/train.py on {device} ({len(labeled)} demo cases, {len(samples)} slices, "
+                f"S={args.size}, batch {args.batch_size}, {count_parameters(model):,} params)",
+                ["measure", "value"], [
+        ("(a) resident loader, gather+decode only, samples/s", a0),
+        ("(a) resident loader, gather+decode+augment, samples/s", a),
+        ("(b) per-sample NIfTI Dataset, DataLoader 2 workers, samples/s", b),
+        ("(a) gather+decode / (b)", a0 / b),
+        ("(a) gather+decode+augment / (b)", a / b),
+        ("(c) train step with loader batches, s", t_loader),
+        ("(c) train step with a synthetic in-memory batch, s", t_synth),
+        ("(c) loader overhead (step time difference), %", 100 * overhead),
+        ("(c) loader time per batch / synthetic step time, %", 100 * gather_share),
+        ("steps/s with loader", 1 / t_loader), ("steps/s synthetic", 1 / t_synth), *extra])
+
+
+if __name__ == "__main__":
+    main()

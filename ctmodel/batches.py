@@ -1,0 +1,190 @@
+"""The resident loader: every case a run needs is read from the store once into one contiguous tensor
+(stored dtype) on the GPU when it fits, else in pinned host memory; batches are gathered by index.
+
+No per-sample Python and no file I/O during an epoch: a batch is one index computation, one gather of
+(B, 3) slices and one decode, all on the device.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ctmodel.inference import stack_indices
+from ctprep.console import track
+from ctprep.errors import PlanError, UsageError
+from ctprep.store import SliceStore
+
+DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds data; the rest is for training
+HOST_MEMORY_SHARE = 0.8  # at most this share of available host memory is pinned
+
+
+@dataclass
+class ResidentVolumes:
+    """Whole cases back to back: ``images[starts[c] + z]`` is slice z of case c."""
+
+    images: torch.Tensor  # (N, S, S) stored dtype (float16 or uint8)
+    masks: torch.Tensor  # (N, S, S) uint8 {0, 1}
+    case_ids: list[str]
+    starts: torch.Tensor  # (C,) int64 first row of each case, on ``device``
+    n_slices: torch.Tensor  # (C,) int64
+    device: torch.device  # where batches are built (the training device)
+
+    def nbytes(self) -> int:
+        """Bytes held by the image and mask tensors."""
+        return sum(t.numel() * t.element_size() for t in (self.images, self.masks))
+
+    def position(self, case_ids: pd.Series | list[str]) -> torch.Tensor:
+        """Case positions (C,) of ``case_ids`` as an int64 tensor on the device."""
+        lookup = {case_id: i for i, case_id in enumerate(self.case_ids)}
+        return torch.as_tensor(np.asarray([lookup[c] for c in case_ids], dtype=np.int64), device=self.device)
+
+    def stacks(self, case_pos: torch.Tensor, slice_index: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float32 stacks z-1, z, z+1 (edge repeated), decoded to [0, 1] on the device."""
+        rows = stack_indices(slice_index, self.n_slices[case_pos]) + self.starts[case_pos, None]  # (B, 3)
+        return decode(self._take(self.images, rows))
+
+    def centre_masks(self, case_pos: torch.Tensor, slice_index: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) float32 masks of the centre slices."""
+        rows = (self.starts[case_pos] + slice_index)[:, None]  # (B, 1)
+        return self._take(self.masks, rows).float()
+
+    def volume(self, case_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One whole case decoded: image (Z, S, S) float32 and mask (Z, S, S) uint8, on the device."""
+        c = self.case_ids.index(case_id)
+        start, count = int(self.starts[c]), int(self.n_slices[c])
+        rows = slice(start, start + count)
+        return (decode(self.images[rows].to(self.device, non_blocking=True)),
+                self.masks[rows].to(self.device, non_blocking=True))
+
+    def _take(self, source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Gather rows (B, K) of ``source`` -> (B, K, S, S) on the device, wherever ``source`` lives."""
+        flat = rows.reshape(-1).to(source.device)
+        picked = source.index_select(0, flat).to(self.device, non_blocking=True)
+        return picked.view(*rows.shape, *source.shape[1:])
+
+
+def decode(stored: torch.Tensor) -> torch.Tensor:
+    """Stored intensities -> float32 in [0, 1] (uint8 / 255, float16 as is)."""
+    if stored.dtype == torch.uint8:
+        return stored.float().mul_(1.0 / 255.0)
+    return stored.float()
+
+
+def resident_bytes(store: SliceStore, n_rows: int) -> int:
+    """Bytes needed to hold ``n_rows`` slices of image (stored dtype) and mask (uint8)."""
+    size = store.layout.size
+    return n_rows * size * size * (np.dtype(store.layout.dtype).itemsize + 1)
+
+
+def choose_residency(need: int, device: torch.device, resident: str = "auto") -> torch.device:
+    """Where the data lives: the training device when it fits, else (pinned) host memory; else a clear error."""
+    if device.type == "cuda" and resident in ("auto", "device"):
+        free, _total = torch.cuda.mem_get_info(device)
+        if need <= DEVICE_MEMORY_SHARE * free:
+            return device
+        if resident == "device":
+            raise UsageError(f"--resident device: data needs {need / 2**30:.2f} GiB, the GPU has "
+                             f"{free / 2**30:.2f} GiB free (at most {DEVICE_MEMORY_SHARE:.0%} is used for data); "
+                             "use --resident auto or a smaller store (--dtype uint8, smaller --size)")
+    host_free = available_host_bytes()
+    if need > HOST_MEMORY_SHARE * host_free:
+        raise UsageError(f"data needs {need / 2**30:.2f} GiB resident; GPU free memory "
+                         f"{gpu_free_text(device)} and host available {host_free / 2**30:.2f} GiB are too small; "
+                         "train on fewer cases or convert with --dtype uint8 / a smaller --size")
+    return torch.device("cpu")
+
+
+def available_host_bytes() -> int:
+    """Available physical memory (Linux /proc/meminfo MemAvailable; total pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gpu_free_text(device: torch.device) -> str:
+    """'N.NN GiB' free on a CUDA device, or 'n/a' on CPU."""
+    if device.type != "cuda":
+        return "n/a"
+    return f"{torch.cuda.mem_get_info(device)[0] / 2**30:.2f} GiB"
+
+
+def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
+                  resident: str = "auto", show_progress: bool = True) -> ResidentVolumes:
+    """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array."""
+    index = store.index()
+    counts = index.groupby("case_id")["n_slices"].first().reindex(case_ids)
+    if counts.isna().any():
+        missing = [c for c, n in counts.items() if pd.isna(n)]
+        raise PlanError(f"{store.path}: cases {missing[:5]} are not in the store's index; "
+                        "use a plan made from this store")
+    n_slices = counts.to_numpy(dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n_slices)[:-1]]).astype(np.int64)
+    home = choose_residency(resident_bytes(store, int(n_slices.sum())), device, resident)
+    images, masks = _allocate(store, int(n_slices.sum()), home)
+    cases = track(case_ids, "loading cases", unit="case") if show_progress else case_ids
+    for case_id, start, count in zip(cases, starts, n_slices):
+        _copy_case(store, case_id, images[start:start + count], masks[start:start + count])
+    return ResidentVolumes(images=images, masks=masks, case_ids=list(case_ids),
+                           starts=torch.as_tensor(starts, device=device),
+                           n_slices=torch.as_tensor(n_slices, device=device), device=device)
+
+
+def _allocate(store: SliceStore, n_rows: int, home: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty image/mask tensors on ``home`` (pinned when on the host and a GPU exists)."""
+    size = store.layout.size
+    dtype = torch.float16 if store.layout.dtype == "float16" else torch.uint8
+    pin = home.type == "cpu" and torch.cuda.is_available()
+    return (torch.empty((n_rows, size, size), dtype=dtype, device=home, pin_memory=pin),
+            torch.empty((n_rows, size, size), dtype=torch.uint8, device=home, pin_memory=pin))
+
+
+def _copy_case(store: SliceStore, case_id: str, images: torch.Tensor, masks: torch.Tensor) -> None:
+    """Copy one case (stored dtype) into its rows; an unlabeled case cannot be trained on."""
+    mask = store.read_mask(case_id)
+    if mask is None:
+        raise PlanError(f"{store.path}: case {case_id!r} is unlabeled (no mask); plans and validation "
+                        "use labeled cases only")
+    images.copy_(torch.from_numpy(store.read_image_raw(case_id)))
+    masks.copy_(torch.from_numpy(mask))
+
+
+@dataclass
+class EpochSamples:
+    """The plan's samples of one epoch as device tensors: case position and centre slice."""
+
+    case_pos: torch.Tensor  # (n,) int64
+    slice_index: torch.Tensor  # (n,) int64
+
+    def __len__(self) -> int:
+        return int(self.case_pos.shape[0])
+
+
+def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame) -> EpochSamples:
+    """Plan rows (case_id, slice) of one epoch -> device index tensors."""
+    slice_index = torch.as_tensor(rows["slice"].to_numpy(dtype=np.int64, copy=True), device=data.device)
+    return EpochSamples(case_pos=data.position(rows["case_id"].astype(str)), slice_index=slice_index)
+
+
+def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: int,
+                    generator: torch.Generator, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled (x (B, 3, S, S), y (B, 1, S, S)) batches of one epoch; the order depends only on ``generator``."""
+    order = torch.randperm(len(samples), generator=generator).to(data.device)
+    for start in range(start_batch * batch_size, len(samples), batch_size):
+        pick = order[start:start + batch_size]
+        case_pos, slice_index = samples.case_pos[pick], samples.slice_index[pick]
+        yield data.stacks(case_pos, slice_index), data.centre_masks(case_pos, slice_index)
+
+
+def n_batches(n_samples: int, batch_size: int) -> int:
+    """Batches per epoch (the last one may be smaller)."""
+    return -(-n_samples // batch_size)

@@ -1,0 +1,91 @@
+"""Building blocks of the 2.5D U-Nets: ResidualConvBlock, FusionBlock, UpBlock."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualConvBlock(nn.Module):
+    """Two 3x3 convs with InstanceNorm(affine) and LeakyReLU, plus the input (1x1-projected when channels change)."""
+
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = nn.InstanceNorm2d(out_channels, affine=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = nn.InstanceNorm2d(out_channels, affine=True)
+        self.act = nn.LeakyReLU(negative_slope, inplace=True)
+        self.skip = (nn.Identity() if in_channels == out_channels
+                     else nn.Conv2d(in_channels, out_channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return self.act(y + self.skip(x))
+
+
+class FusionBlock(nn.Module):
+    """Merge encoder A (centre slice) and B (stack) features of one level.
+
+    fused = a * A + (1 - a) * B + res_scale * conv3x3(concat(A, B)),  a = sigmoid(alpha)
+
+    ``alpha`` starts at 0 (an even blend), ``res_scale`` at 0.1 (the learned mixing term starts small).
+    """
+
+    def __init__(self, channels: int, res_scale: float = 0.1) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.res_scale = nn.Parameter(torch.tensor(float(res_scale)))
+        self.mix = nn.Conv2d(2 * channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.InstanceNorm2d(channels, affine=True)
+
+    def forward(self, a_feat: torch.Tensor, b_feat: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.alpha)
+        mixed = self.norm(self.mix(torch.cat([a_feat, b_feat], dim=1)))  # (B, 2C, H, W) -> (B, C, H, W)
+        return a * a_feat + (1 - a) * b_feat + self.res_scale * mixed
+
+
+class UpBlock(nn.Module):
+    """Decoder step: 2x transposed-conv upsampling, concat with the skip, ResidualConvBlock."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        self.block = ResidualConvBlock(out_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, C_out, 2H, 2W)
+        return self.block(torch.cat([x, skip], dim=1))  # (B, C_out + C_skip, 2H, 2W) -> (B, C_out, 2H, 2W)
+
+
+class Encoder(nn.Module):
+    """A ResidualConvBlock per level, 2x max-pooling between levels; returns every level's features."""
+
+    def __init__(self, in_channels: int, channels: list[int]) -> None:
+        super().__init__()
+        ins = [in_channels, *channels[:-1]]
+        self.blocks = nn.ModuleList(ResidualConvBlock(i, o) for i, o in zip(ins, channels))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for level, block in enumerate(self.blocks):
+            x = block(x if level == 0 else self.pool(x))
+            features.append(x)
+        return features
+
+
+class Decoder(nn.Module):
+    """Shared decoder: from the deepest features up, with a skip at every level, to one logit channel."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.ups = nn.ModuleList(UpBlock(channels[i + 1], channels[i], channels[i])
+                                 for i in reversed(range(len(channels) - 1)))
+        self.head = nn.Conv2d(channels[0], 1, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for up, skip in zip(self.ups, reversed(features[:-1])):
+            x = up(x, skip)
+        return self.head(x)  # (B, 1, H, W) logits

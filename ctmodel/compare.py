@@ -1,0 +1,92 @@
+"""`ctmodel compare`: several runs side by side, as the source study's Tables 5.1/5.2.
+
+Run: ctmodel compare runs/dual runs/unet store.zarr --split test
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctmodel.evaluate import EvaluateConfig, default_csv, evaluate, run_identity
+from ctprep.errors import RunError
+from ctprep.store import SliceStore
+
+COLUMNS = ("run", "model", "IoU (3-D)", "Dice (3-D)", "NSD", "HD95 mm", "slice IoU (empty=1)",
+           "slice Dice (empty=1)", "slice IoU (excl. empty)", "slice Dice (excl. empty)", "parameters",
+           "peak memory MB", "training min", "inference s/case", "evaluation")
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """One run's row of the comparison table and where its numbers came from."""
+
+    run_dir: Path
+    summary: dict  # evaluate's summary JSON
+    training: dict  # the run's summary.json (parameters, train_seconds, peak_memory_mb), {} if absent
+    model: str
+    reused: bool  # True when an existing eval JSON matched the checkpoint and options
+
+    def row(self) -> tuple[object, ...]:
+        """The row under COLUMNS; '-' where the run folder does not record a figure."""
+        metrics, slices = self.summary["metrics"], self.summary["slice_level"]
+        one, excl = slices["empty slices = 1"], slices["empty slices excluded"]
+        seconds = self.training.get("train_seconds")
+        values = (self.run_dir.name, self.model, metrics["iou"]["mean"], metrics["dice"]["mean"],
+                  metrics["nsd"]["mean"], metrics["hd95_mm"]["mean"], one["iou"], one["dice"], excl["iou"],
+                  excl["dice"], self.training.get("parameters"), self.training.get("peak_memory_mb"),
+                  seconds / 60.0 if seconds is not None else None, self.summary["network_seconds_per_case"],
+                  "re-used" if self.reused else "evaluated")
+        return tuple("-" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values)
+
+
+def side_by_side(rows: list[RunComparison]) -> tuple[list[str], list[tuple[object, ...]]]:
+    """(columns, rows) of the table with one column per run and one row per figure (fits a terminal)."""
+    columns = ["", *(r.run_dir.name for r in rows)]
+    values = [r.row() for r in rows]
+    return columns, [(name, *(v[i] for v in values)) for i, name in enumerate(COLUMNS) if i > 0]
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file as a dict, {} when missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def saved_evaluation(run_dir: Path, store_path: Path, cfg: EvaluateConfig) -> dict | None:
+    """evaluate's summary JSON of this run when it was made from the same checkpoint, store and options."""
+    saved = _read_json(default_csv(run_dir, cfg.split).with_suffix(".json"))
+    checkpoint = Path(run_dir) / f"{cfg.checkpoint}.pt"
+    if not saved or not checkpoint.exists():
+        return None
+    identity = saved.get("identity", {})  # checkpoint size and mtime identify the weights without loading them
+    current = run_identity(run_dir, checkpoint, identity.get("epoch", -1), SliceStore.open(store_path), cfg)
+    return saved if identity == current else None
+
+
+def compare_run(run_dir: Path, store_path: Path, cfg: EvaluateConfig, progress: bool = True) -> RunComparison:
+    """Re-use the run's eval JSON when it matches, else evaluate it (writing RUN/eval-<split>.csv/.json)."""
+    run_dir = Path(run_dir)
+    summary = saved_evaluation(run_dir, store_path, cfg)
+    reused = summary is not None
+    if summary is None:
+        summary = evaluate(run_dir, store_path, cfg, progress=progress).summary
+    config = _read_json(run_dir / "config.json")
+    training = _read_json(run_dir / "summary.json")
+    if "parameters" not in training and "parameters" in config:
+        training = {**training, "parameters": config["parameters"]}
+    model = config.get("model", {}).get("name", "?") if isinstance(config.get("model"), dict) else "?"
+    return RunComparison(run_dir, summary, training, model, reused)
+
+
+def compare(run_dirs: list[Path], store_path: Path, cfg: EvaluateConfig = EvaluateConfig(),
+            progress: bool = True) -> list[RunComparison]:
+    """`ctmodel compare`: evaluate (or re-use) every run on the same store and split."""
+    if not run_dirs:
+        raise RunError("no runs given; pass one or more run folders before the store, e.g. "
+                       "`ctmodel compare runs/a runs/b store.zarr`")
+    SliceStore.open(store_path)  # a bad store fails before any model is loaded
+    return [compare_run(Path(run), store_path, cfg, progress) for run in run_dirs]

@@ -1,0 +1,90 @@
+"""Frozen, validated configuration of the networks (ModelConfig) and of a training run (TrainConfig)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ctprep.errors import UsageError
+
+MODELS = ("dual-encoder", "unet2d")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+RESIDENCY = ("auto", "device", "host")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise a one-line UsageError unless ``value`` > 0."""
+    if not value > 0:
+        raise UsageError(f"--{name.replace('_', '-')} {value}: expected a value above 0")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a one-line UsageError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network and how wide; the architecture stored with every checkpoint."""
+
+    name: str = "dual-encoder"  # the source study's model; "unet2d" is its baseline
+    width: int = 12  # channels of the first level: 12, 24, 48, 96, 96 -> 1.48 M params (the study: ~1.6 M)
+    depth: int = 4  # downsamplings (2**4 = 16x); inputs are padded to a multiple of 2**depth
+    context: int = 1  # unet2d only: 1 = centre slice, 3 = the z-1, z, z+1 stack as channels
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.name, MODELS)
+        check_positive("width", self.width)
+        if not 1 <= self.depth <= 6:
+            raise UsageError(f"--depth {self.depth}: expected 1..6 downsamplings")
+        if self.context not in (1, 3):
+            raise UsageError(f"--context {self.context}: expected 1 (centre slice) or 3 (slice stack)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Rebuild from ``asdict`` output (ignores unknown keys from newer versions)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run; defaults are the source study's (design.md, "Training")."""
+
+    epochs: int = 50  # the study trained 50 epochs
+    batch_size: int = 16
+    lr: float = 1e-4  # AdamW
+    weight_decay: float = 1e-4
+    step_size: int = 20  # StepLR: x gamma every step_size epochs
+    gamma: float = 0.1
+    dice_weight: float = 0.7  # loss = 0.7 Dice + 0.3 BCE
+    bce_weight: float = 0.3
+    ratio: float = 1.75  # plan built when no --plan: empty:lesion target (the study's natural imbalance)
+    neighbours: int = 1  # plan: empty slices within k of a lesion slice always taken
+    augment: bool = True  # flips, small rotation/scale, intensity jitter on the device; off = the study exactly
+    device: str = "auto"
+    precision: str = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # off: InstanceNorm falls back to NCHW kernels, measure before enabling
+    deterministic: bool = False  # bitwise repeatable on one device (slower kernels)
+    seed: int = 0
+    val_batch_size: int = 32  # slices per forward pass when validating whole volumes
+    resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "step_size", "gamma", "val_batch_size", "ratio"):
+            check_positive(name, getattr(self, name))
+        for name in ("weight_decay", "dice_weight", "bce_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a value >= 0")
+        if self.dice_weight + self.bce_weight <= 0:
+            raise UsageError("--dice-weight and --bce-weight are both 0: the loss would be constant; set one above 0")
+        if self.neighbours < 0:
+            raise UsageError(f"--neighbours {self.neighbours}: expected 0 or more slices")
+        check_choice("device", self.device.split(":")[0], DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("resident", self.resident, RESIDENCY)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Rebuild from ``asdict`` output (ignores unknown keys from newer versions)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -1,0 +1,216 @@
+"""`ctmodel evaluate`: predict every labeled case of a split, score it in 3-D and per slice, write CSV + JSON.
+
+Run: ctmodel evaluate runs/demo store.zarr --split test --figures figs/
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctmodel.metrics import CaseMetrics, SliceScores, case_metrics
+from ctmodel.predict import Predictor
+from ctprep.errors import RunError, UsageError
+from ctprep.store import SliceStore
+
+CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "pred_ml", "true_ml")
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of `ctmodel evaluate`."""
+
+    split: str = "test"
+    checkpoint: str = "best"
+    tolerance_mm: float = 1.0  # NSD tolerance
+    threshold: float = 0.5
+    device: str = "auto"
+    batch_size: int = 32
+    precision: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise UsageError(f"--split {self.split}: expected one of {', '.join(SPLITS)}")
+        if self.checkpoint not in ("best", "last"):
+            raise UsageError(f"--checkpoint {self.checkpoint}: expected best or last")
+        if not self.tolerance_mm >= 0:
+            raise UsageError(f"--tolerance {self.tolerance_mm}: expected a distance >= 0 mm")
+        if not 0.0 < self.threshold < 1.0:
+            raise UsageError(f"--threshold {self.threshold}: expected a probability between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One evaluated case: its metrics, network seconds, and the slice shown in overlay figures."""
+
+    case_id: str
+    metrics: CaseMetrics
+    network_seconds: float
+    figure_slice: int  # slice with the most lesion (truth, else prediction)
+    figure_pred: np.ndarray = field(repr=False)  # (S, S) bool prediction on that slice
+
+    def row(self) -> dict:
+        """The per-case CSV row."""
+        return {"case_id": self.case_id, **self.metrics.row(), "network_seconds": self.network_seconds}
+
+
+@dataclass
+class Evaluation:
+    """The result of evaluating one checkpoint on one split."""
+
+    results: list[CaseResult]
+    summary: dict
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+
+
+def split_cases(store: SliceStore, split: str) -> list[str]:
+    """Labeled cases of ``split`` ('all' = every labeled case), in index order; RunError when there are none."""
+    index = store.index()
+    rows = index[index["labeled"]] if split == "all" else index[index["labeled"] & (index["split"] == split)]
+    cases = sorted(rows["case_id"].unique().tolist())
+    if not cases:
+        raise RunError(f"{store.path}: no labeled cases in split {split!r}; pick another --split "
+                       "(`ctprep info` lists the splits)")
+    return cases
+
+
+def figure_slice(pred: np.ndarray, truth: np.ndarray) -> int:
+    """Index of the slice with the largest true lesion area (largest predicted area when the truth is empty)."""
+    mask = truth if truth.any() else pred
+    return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+
+
+def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
+                  threshold: float) -> CaseResult:
+    """Predict one stored case and score it against its stored mask at the stored spacing."""
+    image, truth = store.read_image(case_id), store.read_mask(case_id).astype(bool)
+    start = time.perf_counter()
+    probs = predictor(image)
+    seconds = time.perf_counter() - start
+    pred = np.asarray(probs) >= threshold
+    metrics = case_metrics(pred, truth, store.geometry(case_id).stored_spacing_mm, tolerance_mm)
+    z = figure_slice(pred, truth)
+    return CaseResult(case_id, metrics, seconds, z, pred[z].copy())
+
+
+def evaluate_cases(store: SliceStore, case_ids: list[str], predictor: Predictor, tolerance_mm: float = 1.0,
+                   threshold: float = 0.5, progress: bool = True) -> list[CaseResult]:
+    """Evaluate each case with a progress bar over cases."""
+    from ctprep.console import track
+
+    items = track(case_ids, "evaluate", unit="case") if progress else case_ids
+    return [evaluate_case(store, case_id, predictor, tolerance_mm, threshold) for case_id in items]
+
+
+def _stats(values: list[float]) -> dict:
+    """mean, sd (n-1), median and n of the finite values."""
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return {"mean": math.nan, "sd": math.nan, "median": math.nan, "n": 0}
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return {"mean": float(finite.mean()), "sd": sd, "median": float(np.median(finite)), "n": int(finite.size)}
+
+
+def summarize(results: list[CaseResult]) -> dict:
+    """Per-metric statistics over cases, slice-level means pooled over all slices (both ways), timing."""
+    pooled = sum((r.metrics.slices for r in results), SliceScores(0, 0, 0.0, 0.0))
+    n_slices = max(1, pooled.n_slices)
+    return {
+        "cases": len(results),
+        "metrics": {name: _stats([getattr(r.metrics, name) for r in results]) for name in CASE_METRICS},
+        "slice_level": {
+            "empty slices = 1": {"dice": pooled.mean("dice", "one"), "iou": pooled.mean("iou", "one"),
+                                 "slices": pooled.n_slices},
+            "empty slices excluded": {"dice": pooled.mean("dice", "exclude"), "iou": pooled.mean("iou", "exclude"),
+                                      "slices": pooled.n_slices - pooled.n_empty},
+        },
+        "network_seconds_per_case": float(np.mean([r.network_seconds for r in results])) if results else math.nan,
+        "network_ms_per_slice": 1000.0 * sum(r.network_seconds for r in results) / n_slices,
+    }
+
+
+def summary_rows(summary: dict) -> list[tuple[object, ...]]:
+    """Table rows: metric, mean ± sd, median (3-D per case), then the slice-level means both ways."""
+    rows: list[tuple[object, ...]] = []
+    for name, stats in summary["metrics"].items():
+        rows.append((f"{name} (3-D, per case)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}", stats["median"]))
+    for way, values in summary["slice_level"].items():
+        for metric in ("dice", "iou"):
+            rows.append((f"slice {metric} ({way})", f"{values[metric]:.3f}", f"{values['slices']} slices"))
+    return rows
+
+
+def write_results(results: list[CaseResult], summary: dict, csv_path: Path) -> Path:
+    """Write the per-case CSV and the summary JSON beside it (same stem, .json), each via temp + rename."""
+    import pandas as pd
+
+    from ctmodel.checkpoint import atomic_write_text
+
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(csv_path, pd.DataFrame([r.row() for r in results]).to_csv(index=False))
+    json_path = csv_path.with_suffix(".json")
+    atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=True))
+    return json_path
+
+
+def check_layout(run_layout, store: SliceStore, run_dir: Path) -> None:
+    """Refuse a store whose window/size/dtype differ from the training store's."""
+    if run_layout != store.layout:
+        raise RunError(f"{store.path}: store layout {store.layout.to_attrs()} differs from run {run_dir}'s "
+                       f"{run_layout.to_attrs()}; evaluate on a store converted with the run's options")
+
+
+def run_identity(run_dir: Path, checkpoint: Path, epoch: int, store: SliceStore, cfg: EvaluateConfig) -> dict:
+    """What an evaluation depends on; `ctmodel compare` re-uses a saved one only when this matches."""
+    stat = checkpoint.stat()
+    index = (store.path / "index.parquet").stat()
+    return {"run": str(Path(run_dir).resolve()), "checkpoint": cfg.checkpoint, "epoch": epoch,
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "checkpoint_bytes": stat.st_size,
+            "store": str(store.path.resolve()), "index_mtime_ns": index.st_mtime_ns, "split": cfg.split,
+            "tolerance_mm": cfg.tolerance_mm, "threshold": cfg.threshold}
+
+
+def default_csv(run_dir: Path, split: str) -> Path:
+    """RUN/eval-<split>.csv."""
+    return Path(run_dir) / f"eval-{split}.csv"
+
+
+def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConfig(), out: Path | None = None,
+             figures: Path | None = None, progress: bool = True) -> Evaluation:
+    """`ctmodel evaluate`: load a checkpoint, evaluate the split, write CSV + JSON (+ overlay figures)."""
+    from ctmodel.checkpoint import load_run
+    from ctmodel.device import resolve_device
+    from ctmodel.predict import model_predictor
+
+    store = SliceStore.open(store_path)
+    device = resolve_device(cfg.device)
+    run = load_run(Path(run_dir), cfg.checkpoint, device)
+    check_layout(run.layout, store, Path(run_dir))
+    cases = split_cases(store, cfg.split)
+    predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
+    results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress)
+    summary = {"identity": run_identity(Path(run_dir), run.path, run.epoch, store, cfg), **summarize(results)}
+    csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
+    json_path = write_results(results, summary, csv_path)
+    written = write_figures(store, results, Path(figures)) if figures else []
+    return Evaluation(results, summary, csv_path, json_path, written)
+
+
+def write_figures(store: SliceStore, results: list[CaseResult], out_dir: Path) -> list[Path]:
+    """Overlay PNGs of the best, median and worst cases by 3-D Dice."""
+    from ctmodel.overlays import pick_cases, write_overlay
+
+    paths = []
+    for label, result in pick_cases(results).items():
+        path = out_dir / f"{label}-{result.case_id}.png"
+        write_overlay(store, result, path, title=f"{label}: {result.case_id} (Dice {result.metrics.dice:.3f})")
+        paths.append(path)
+    return paths

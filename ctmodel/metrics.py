@@ -1,0 +1,121 @@
+"""Per-case segmentation metrics in 3-D (Dice, IoU, NSD, HD95, volumes) and the study's slice-level means.
+
+Conventions for empty masks (docs/metrics.md has the table and the comparison with MONAI and DeepMind):
+both empty -> Dice, IoU, NSD 1 and HD95 0; exactly one empty -> Dice, IoU, NSD 0 and HD95 the volume's
+diagonal in mm (the largest distance possible on the grid, as BraTS does), so a missed lesion is never
+dropped from a mean as NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ctmodel.surface import hd95, nsd, surface_distances
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """Per-slice Dice/IoU of one case, kept as sums so that cases pool exactly."""
+
+    n_slices: int  # axial slices scored
+    n_empty: int  # slices empty in both truth and prediction
+    dice_sum: float  # sum of per-slice Dice over the other (non-empty) slices
+    iou_sum: float
+
+    def mean(self, metric: str, empty_slices: str) -> float:
+        """Mean per-slice ``metric`` ('dice'/'iou'); ``empty_slices`` 'one' scores empty slices 1, 'exclude' drops them."""
+        total = self.dice_sum if metric == "dice" else self.iou_sum
+        if empty_slices == "one":
+            return (total + self.n_empty) / self.n_slices if self.n_slices else math.nan
+        scored = self.n_slices - self.n_empty
+        return total / scored if scored else math.nan
+
+    def __add__(self, other: "SliceScores") -> "SliceScores":
+        return SliceScores(self.n_slices + other.n_slices, self.n_empty + other.n_empty,
+                           self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum)
+
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    """The metrics of one case; volumes in mL, distances in mm."""
+
+    dice: float
+    iou: float
+    nsd: float
+    hd95_mm: float
+    pred_ml: float
+    true_ml: float
+    slices: SliceScores
+
+    def row(self) -> dict:
+        """A flat dict for the per-case CSV (slice-level means both ways, labelled)."""
+        row = {k: v for k, v in asdict(self).items() if k != "slices"}
+        row.update(slice_dice_empty1=self.slices.mean("dice", "one"), slice_iou_empty1=self.slices.mean("iou", "one"),
+                   slice_dice_excl=self.slices.mean("dice", "exclude"),
+                   slice_iou_excl=self.slices.mean("iou", "exclude"),
+                   n_slices=self.slices.n_slices, n_empty_slices=self.slices.n_empty,
+                   slice_dice_sum=self.slices.dice_sum, slice_iou_sum=self.slices.iou_sum)
+        return row
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice 2|P∩T| / (|P| + |T|); 1.0 when both masks are empty."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    total = np.count_nonzero(pred) + np.count_nonzero(truth)
+    return 2.0 * np.count_nonzero(pred & truth) / total if total else 1.0
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """IoU |P∩T| / |P∪T|; 1.0 when both masks are empty."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    union = np.count_nonzero(pred | truth)
+    return np.count_nonzero(pred & truth) / union if union else 1.0
+
+
+def volume_ml(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
+    """Mask volume in millilitres (1 mL = 1000 mm³)."""
+    return float(np.count_nonzero(mask) * np.prod(spacing_mm) / 1000.0)
+
+
+def diagonal_mm(shape: tuple[int, ...], spacing_mm: tuple[float, float, float]) -> float:
+    """Length of the volume's diagonal in mm: the HD95 given when exactly one mask is empty."""
+    return float(np.sqrt(np.sum((np.asarray(shape) * np.asarray(spacing_mm)) ** 2)))
+
+
+def slice_scores(pred: np.ndarray, truth: np.ndarray) -> SliceScores:
+    """Per-axial-slice (axis 0) Dice and IoU sums, and the count of slices empty in both masks."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    n = pred.shape[0]
+    inter = np.count_nonzero((pred & truth).reshape(n, -1), axis=1)
+    sizes = np.count_nonzero(pred.reshape(n, -1), axis=1) + np.count_nonzero(truth.reshape(n, -1), axis=1)
+    empty = sizes == 0
+    union = sizes - inter
+    slice_dice = 2.0 * inter[~empty] / sizes[~empty]
+    slice_iou = inter[~empty] / union[~empty]
+    return SliceScores(int(n), int(empty.sum()), float(slice_dice.sum()), float(slice_iou.sum()))
+
+
+def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float, float],
+                    tolerance_mm: float) -> tuple[float, float]:
+    """(NSD at ``tolerance_mm``, HD95 in mm) with the documented empty-mask conventions."""
+    pred_empty, truth_empty = not np.any(pred), not np.any(truth)
+    if pred_empty and truth_empty:
+        return 1.0, 0.0
+    if pred_empty or truth_empty:
+        return 0.0, diagonal_mm(np.shape(pred), spacing_mm)
+    distances = surface_distances(pred, truth, spacing_mm)
+    return nsd(distances, tolerance_mm), hd95(distances)
+
+
+def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float, float],
+                 tolerance_mm: float = 1.0) -> CaseMetrics:
+    """All metrics of one case from (Z, rows, cols) boolean masks and the (z, row, col) spacing in mm."""
+    if np.shape(pred) != np.shape(truth):
+        raise ValueError(f"prediction shape {np.shape(pred)} != truth shape {np.shape(truth)}")
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
+    return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
+                       pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm),
+                       slices=slice_scores(pred, truth))

@@ -1,0 +1,78 @@
+"""The networks: the dual-encoder 2.5D U-Net of the source study and its unet2d baseline, built from a ModelConfig.
+
+Every network takes x: (B, 3, S, S) = slices (z-1, z, z+1) and returns logits (B, 1, S, S), at any S
+(inputs are padded to a multiple of 2**depth and the output cropped back).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctmodel.blocks import Decoder, Encoder, FusionBlock
+from ctmodel.config import ModelConfig
+
+
+def level_channels(cfg: ModelConfig) -> list[int]:
+    """Channels per level: width doubling per level, capped at 8 x width (keeps the bottleneck small)."""
+    return [cfg.width * min(2**level, 8) for level in range(cfg.depth + 1)]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad H and W at the bottom/right up to a multiple (and at least 2 multiples, so the deepest level
+    keeps 2x2 pixels for InstanceNorm); returns the padded tensor and the original (H, W)."""
+    height, width = x.shape[-2:]
+    pad_h = max(-height % multiple, 2 * multiple - height)
+    pad_w = max(-width % multiple, 2 * multiple - width)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # 0 = windowed air
+    return x, (height, width)
+
+
+class DualEncoderUNet(nn.Module):
+    """Encoder A on the centre slice, encoder B on the 3-slice stack, fused per level, one shared decoder."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        channels = level_channels(cfg)
+        self.multiple = 2**cfg.depth
+        self.encoder_a = Encoder(1, channels)
+        self.encoder_b = Encoder(3, channels)
+        self.fusion = nn.ModuleList(FusionBlock(c) for c in channels)
+        self.decoder = Decoder(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (height, width) = pad_to_multiple(x, self.multiple)  # (B, 3, H', W')
+        feats_a = self.encoder_a(x[:, 1:2])  # centre slice (B, 1, H', W')
+        feats_b = self.encoder_b(x)  # stack (B, 3, H', W')
+        fused = [fuse(a, b) for fuse, a, b in zip(self.fusion, feats_a, feats_b)]
+        return self.decoder(fused)[..., :height, :width]  # (B, 1, H, W)
+
+
+class UNet2d(nn.Module):
+    """The baseline: the same blocks, one encoder, on the centre slice (or the stack with context=3)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        channels = level_channels(cfg)
+        self.multiple = 2**cfg.depth
+        self.context = cfg.context
+        self.encoder = Encoder(cfg.context, channels)
+        self.decoder = Decoder(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (height, width) = pad_to_multiple(x, self.multiple)
+        inputs = x if self.context == 3 else x[:, 1:2]  # (B, context, H', W')
+        return self.decoder(self.encoder(inputs))[..., :height, :width]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network named by ``cfg.name``, freshly initialised."""
+    if cfg.name == "dual-encoder":
+        return DualEncoderUNet(cfg)
+    return UNet2d(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

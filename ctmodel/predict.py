@@ -1,0 +1,204 @@
+"""`ctmodel predict`: NIfTI scans in, masks (or probabilities) out on the source grid, header and orientation kept.
+
+Run: ctmodel predict runs/demo scan.nii.gz scan_mask.nii.gz   (or folders: imagesTs/ predictions/)
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctprep import geometry
+from ctprep.errors import CaseError, CtstackError, UsageError
+from ctprep.nifti import read_volume
+from ctprep.preprocess import preprocess_image
+from ctprep.store import StoreLayout
+from ctprep.window import decode, encode
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # stored (Z, S, S) float32 [0, 1] -> probabilities (Z, S, S)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+CHANNEL_SUFFIX = re.compile(r"_0000$")  # nnU-Net names the (only) CT channel NAME_0000.nii.gz
+STAGES = ("read", "preprocess", "network", "invert", "write")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of `ctmodel predict`."""
+
+    checkpoint: str = "best"  # best (highest val Dice) or last
+    device: str = "auto"
+    threshold: float = 0.5  # on probabilities interpolated back to the source grid
+    probabilities: bool = False  # write float32 probabilities instead of a uint8 mask
+    batch_size: int = 32  # slices per forward pass
+    precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise UsageError(f"--threshold {self.threshold}: expected a probability between 0 and 1 (exclusive)")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: expected 1 or more slices")
+        if self.checkpoint not in ("best", "last"):
+            raise UsageError(f"--checkpoint {self.checkpoint}: expected best or last")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """One predicted scan: where it went, its size, lesion volume and the seconds spent per stage."""
+
+    source: Path
+    output: Path
+    n_slices: int
+    lesion_ml: float  # thresholded lesion volume on the source grid
+    seconds: dict[str, float]  # per stage in STAGES
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of the whole scan."""
+        return sum(self.seconds.values())
+
+
+@dataclass
+class PredictReport:
+    """All scans of one `ctmodel predict` call, and one line per scan that failed."""
+
+    results: list[ScanResult] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[object, ...]]:
+        """Per-scan summary rows: output, slices, seconds, lesion volume (mL)."""
+        return [(r.output.name, r.n_slices, r.total_seconds, r.lesion_ml) for r in self.results]
+
+    def summary_rows(self) -> list[tuple[str, object]]:
+        """Totals: scans written and failed, mean seconds per scan and per stage."""
+        rows: list[tuple[str, object]] = [("scans written", len(self.results)), ("scans failed", len(self.failed))]
+        if self.results:
+            rows.append(("seconds per scan", float(np.mean([r.total_seconds for r in self.results]))))
+            rows += [(f"  {stage}", float(np.mean([r.seconds[stage] for r in self.results]))) for stage in STAGES]
+        return rows
+
+
+def nifti_stem(path: Path) -> str | None:
+    """The file name without .nii/.nii.gz, or None when ``path`` is not a NIfTI name."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def output_name(path: Path) -> str:
+    """Output file name for an input scan: nnU-Net's ``NAME_0000.nii.gz`` -> ``NAME.nii.gz``, else unchanged."""
+    stem = nifti_stem(path)
+    suffix = path.name[len(stem):]
+    return CHANNEL_SUFFIX.sub("", stem) + suffix
+
+
+def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file to one file (or into a folder), or every NIfTI in a folder into a folder."""
+    source, output = Path(source), Path(output)
+    if source.is_dir():
+        if nifti_stem(output) is not None:
+            raise UsageError(f"{output}: INPUT {source} is a folder, so OUTPUT must be a folder, not a NIfTI file")
+        scans = sorted(p for p in source.iterdir() if p.is_file() and nifti_stem(p) is not None)
+        if not scans:
+            raise CaseError(f"{source}: expected .nii or .nii.gz scans in this folder, found none; check the path")
+        return [(scan, output / output_name(scan)) for scan in scans]
+    if not source.exists():
+        raise CaseError(f"{source}: not found; pass a .nii/.nii.gz file or a folder of them")
+    if output.is_dir():
+        return [(source, output / output_name(source))]
+    if nifti_stem(output) is None:
+        raise UsageError(f"{output}: expected a .nii or .nii.gz output path (or an existing folder)")
+    return [(source, output)]
+
+
+def prepare_input(hu: np.ndarray, affine: np.ndarray, layout: StoreLayout) -> tuple[np.ndarray, geometry.CaseGeometry]:
+    """The network's input exactly as the store would hold it: preprocess, then the dtype's encode/decode round trip."""
+    unit, geom = preprocess_image(hu, affine, layout)
+    return decode(encode(unit, layout.dtype)), geom
+
+
+def write_like(source: Path, data: np.ndarray, destination: Path) -> None:
+    """Write ``data`` as NIfTI with ``source``'s header: shape, qform/sform and codes kept; temp file + rename."""
+    src = nib.load(str(source))
+    header = src.header.copy()
+    header.set_data_dtype(data.dtype)
+    header["descrip"] = b"ctstack predict"
+    image = type(src)(data.reshape(src.shape), None, header)  # affine None: take qform/sform from the header
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{uuid.uuid4().hex[:8]}.{destination.name}")  # keeps .nii/.nii.gz for nibabel
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def predict_scan(source: Path, destination: Path, predictor: Predictor, layout: StoreLayout,
+                 threshold: float = 0.5, probabilities: bool = False) -> ScanResult:
+    """Read, preprocess, predict, invert and write one scan; CaseError when the input is unreadable."""
+    if destination.resolve() == Path(source).resolve():
+        raise CaseError(f"{source}: the output would overwrite the input; choose another OUTPUT")
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage], clock = now - clock, now
+
+    volume = read_volume(source); lap("read")
+    stored, geom = prepare_input(volume.data, volume.affine, layout); lap("preprocess")
+    probs = predictor(stored); lap("network")
+    source_probs = geometry.inverse(probs, geom)
+    mask = (source_probs >= threshold).astype(np.uint8); lap("invert")
+    write_like(source, source_probs.astype(np.float32) if probabilities else mask, destination); lap("write")
+    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    return ScanResult(Path(source), destination, int(stored.shape[0]), float(mask.sum()) * voxel_ml, seconds)
+
+
+def predict_paths(source: Path, output: Path, predictor: Predictor, layout: StoreLayout,
+                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True) -> PredictReport:
+    """Predict one file or every scan of a folder; a bad scan fails alone (one line in ``report.failed``)."""
+    from ctprep.console import track
+
+    pairs = plan_outputs(source, output)
+    report = PredictReport()
+    items = track(pairs, "predict", unit="scan") if progress else pairs
+    for src, dst in items:
+        try:
+            report.results.append(predict_scan(src, dst, predictor, layout, threshold, probabilities))
+        except CtstackError as err:
+            report.failed.append(str(err))
+    return report
+
+
+def model_predictor(model, device, batch_size: int = 32, precision: str = "bf16") -> Predictor:
+    """Wrap a 2.5D network as a Predictor: numpy volume in, numpy probabilities out (whole volume on ``device``)."""
+    import torch
+
+    from ctmodel.inference import predict_volume
+
+    def run(volume: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
+        return predict_volume(model, tensor, batch_size, precision).cpu().numpy()
+
+    return run
+
+
+def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = PredictConfig(),
+            progress: bool = True) -> PredictReport:
+    """`ctmodel predict`: load the run's checkpoint and predict ``source`` (file or folder) into ``output``."""
+    from ctmodel.checkpoint import load_run
+    from ctmodel.device import resolve_device
+
+    plan_outputs(source, output)  # refuse bad paths before loading the model
+    device = resolve_device(cfg.device)
+    run = load_run(Path(run_dir), cfg.checkpoint, device)
+    predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
+    return predict_paths(source, output, predictor, run.layout, cfg.threshold, cfg.probabilities, progress)

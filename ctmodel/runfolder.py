@@ -1,0 +1,166 @@
+"""The run folder runs/<name>/: config.json, the plan it trained on, resume checks and summary.json."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctmodel.checkpoint import atomic_write_text, read_config
+from ctmodel.config import ModelConfig, TrainConfig
+from ctprep.errors import PlanError, RunError
+from ctprep.index import index_fingerprint
+from ctprep.store import SliceStore
+
+PLAN_FILE = "plan.parquet"
+PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
+FINGERPRINT_KEYS = ("index_fingerprint", "store_fingerprint", "fingerprint")
+
+
+def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
+    """runs/<model>-<UTC timestamp>."""
+    return root / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def plan_hash(slices: pd.DataFrame) -> str:
+    """A short content hash of the plan's rows (epoch, case_id, slice, role)."""
+    rows = slices.loc[:, [c for c in PLAN_COLUMNS if c in slices.columns]].astype(str)
+    return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def build_plan(index: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
+    """A fresh plan through ctsample's API: one random fill per epoch, the study's rule."""
+    from ctsample.plan import PlanConfig, make_plan
+
+    plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
+                                       epochs=cfg.epochs, seed=cfg.seed))
+    return plan.slices, dict(plan.params)
+
+
+def read_plan_file(path: Path) -> tuple[pd.DataFrame, dict]:
+    """A plan written by `ctsample plan` (through ctsample's loader)."""
+    from ctsample.plan import load_plan
+
+    if not Path(path).exists():
+        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+    plan = load_plan(Path(path))
+    return plan.slices, dict(plan.params)
+
+
+def check_plan(slices: pd.DataFrame, params: dict, index: pd.DataFrame, store_path: Path, source: str) -> None:
+    """Refuse (one line) a plan of another store, with unknown slices, non-train cases or no rows."""
+    missing = [c for c in PLAN_COLUMNS[:3] if c not in slices.columns]
+    if missing:
+        raise PlanError(f"{source}: plan lacks columns {missing}; make it with `ctsample plan`")
+    fingerprint = index_fingerprint(index)
+    planned = next((params[k] for k in FINGERPRINT_KEYS if k in params), fingerprint)
+    if planned != fingerprint:
+        raise PlanError(f"{source}: plan was made from another store (fingerprint {planned}, {store_path} has "
+                        f"{fingerprint}); re-plan with `ctsample plan {store_path}`")
+    if slices.empty:
+        raise PlanError(f"{store_path}: the plan holds no training slices (empty train split or no labeled "
+                        "train cases); assign cases to train with `ctprep convert --val/--test`")
+    per_case = index.groupby("case_id").agg(n_slices=("n_slices", "first"), split=("split", "first"))
+    joined = slices.assign(case_id=slices["case_id"].astype(str)).join(per_case, on="case_id")
+    if joined["n_slices"].isna().any() or (joined["slice"] >= joined["n_slices"]).any():
+        raise PlanError(f"{source}: plan names cases or slices that {store_path} does not hold; "
+                        f"re-plan with `ctsample plan {store_path}`")
+    leaked = sorted(set(joined.loc[joined["split"] != "train", "case_id"]))
+    if leaked:
+        raise PlanError(f"{source}: plan uses non-train cases {leaked[:3]}; plan the train split only")
+
+
+def plan_epochs(slices: pd.DataFrame) -> list[pd.DataFrame]:
+    """The plan's rows per plan epoch, in epoch order (training epoch e uses entry (e - 1) % len)."""
+    return [rows for _epoch, rows in slices.groupby("epoch", sort=True)]
+
+
+def val_cases(index: pd.DataFrame) -> list[str]:
+    """Labeled cases of the val split, sorted."""
+    rows = index[(index["split"] == "val") & index["labeled"]]
+    return sorted(rows["case_id"].astype(str).unique())
+
+
+def versions() -> dict:
+    """Versions of the libraries that shape a run's numbers."""
+    import numcodecs
+    import torch
+    import zarr
+
+    from ctprep import __version__
+
+    return {"ctstack": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "pandas": pd.__version__,
+            "cuda": torch.version.cuda}
+
+
+def git_commit() -> str | None:
+    """The source tree's git commit (with '+dirty' when modified), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, store: SliceStore,
+                 index: pd.DataFrame, plan: tuple[pd.DataFrame, dict], plan_source: str, parameters: int) -> dict:
+    """Create the run folder's config.json and plan.parquet; returns the config dict."""
+    slices, params = plan
+    run_dir.mkdir(parents=True, exist_ok=True)
+    slices.loc[:, [c for c in PLAN_COLUMNS if c in slices.columns]].to_parquet(run_dir / PLAN_FILE, index=False)
+    config = {
+        "model": asdict(model_cfg), "train": asdict(train_cfg), "parameters": parameters,
+        "store": {"path": str(store.path.resolve()), "layout": store.layout.to_attrs(),
+                  "format_version": store.attrs.get("format_version"),
+                  "index_fingerprint": index_fingerprint(index)},
+        "plan": {"source": plan_source, "file": PLAN_FILE, "hash": plan_hash(slices),
+                 "params": json.loads(json.dumps(params, default=str)), "rows": int(len(slices))},
+        "val_cases": val_cases(index), "versions": versions(), "git_commit": git_commit(),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    return config
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run never overwrites another: refuse a folder that already holds a run."""
+    if (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+
+
+def resume_configs(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                   explicit: frozenset[str]) -> tuple[ModelConfig, TrainConfig, dict]:
+    """The saved configs of ``run_dir``; RunError when an explicitly given option conflicts with them."""
+    config = read_config(run_dir)
+    saved_model, saved_train = ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
+    for given, saved in ((model_cfg, saved_model), (train_cfg, saved_train)):
+        for name, value in asdict(given).items():
+            if name in explicit and value != getattr(saved, name):
+                raise RunError(f"{run_dir}: run was started with {name}={getattr(saved, name)!r}, "
+                               f"not {value!r}; drop the option to resume or start a new run with --out")
+    return saved_model, saved_train, config
+
+
+def read_run_plan(run_dir: Path) -> pd.DataFrame:
+    """The plan a run trains on (saved in the run folder at its start)."""
+    path = run_dir / PLAN_FILE
+    if not path.exists():
+        raise RunError(f"{path}: missing; the run folder is incomplete, start a new run")
+    return pd.read_parquet(path)
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    """summary.json at the end of a run (read by `ctmodel compare`)."""
+    path = run_dir / "summary.json"
+    atomic_write_text(path, json.dumps(summary, indent=2))
+    return path

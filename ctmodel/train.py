@@ -1,0 +1,283 @@
+"""Training: ``train()`` runs epochs of resident-loader batches, validates on whole val volumes, and keeps
+the run folder (config.json, metrics.csv, curves.png, last.pt, best.pt, summary.json) up to date.
+
+Example: train(Path("store.zarr"), ModelConfig(), TrainConfig(epochs=50), out=Path("runs/dual"))
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ctmodel.augment import augment_batch
+from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident, n_batches
+from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, read_config, unwrap
+from ctmodel.config import ModelConfig, TrainConfig
+from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
+from ctmodel.device import autocast, resolve_device
+from ctmodel.losses import DiceBCELoss
+from ctmodel.nets import build_model, count_parameters
+from ctmodel.runfolder import (build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
+                               read_plan_file, read_run_plan, resume_configs, val_cases, write_config,
+                               write_summary)
+from ctmodel.validate import ValResult, validate
+from ctprep.console import make_console, progress_bar, rate_text
+from ctprep.errors import RunError, UsageError
+from ctprep.store import SliceStore
+
+StepHook = Callable[[int, int], None]  # (epoch, step) after every optimizer step
+BAR_EVERY = 10  # steps between progress-bar refreshes (each one syncs the GPU for the loss value)
+
+
+@dataclass
+class Session:
+    """Everything one run keeps between epochs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    loss_fn: DiceBCELoss
+    data: ResidentVolumes
+    plan: list  # per plan epoch: DataFrame of (case_id, slice)
+    val_ids: list[str]
+    device: torch.device
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    run_dir: Path
+    layout: object
+    start_epoch: int = 1
+    best: tuple[int, float] = (0, -math.inf)  # (epoch, val Dice 3-D)
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: its folder, summary and per-epoch rows."""
+
+    run_dir: Path
+    summary: dict
+    rows: list[dict]
+
+
+def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),
+          out: Path | None = None, plan_path: Path | None = None, resume: bool = False,
+          explicit: frozenset[str] = frozenset(), on_step: StepHook | None = None,
+          console: Console | None = None) -> TrainResult:
+    """Train a model on ``store_path`` and write the run folder ``out`` (default runs/<model>-<time>).
+
+    With ``resume``, continue ``out`` from its last.pt with the saved configs and plan; options named in
+    ``explicit`` (given on the command line) must equal the saved ones.
+    """
+    console = console or make_console(stderr=True)
+    store = SliceStore.open(store_path)
+    if resume and out is None:
+        raise RunError("--resume needs --out RUN_DIR: the run folder to continue")
+    run_dir = Path(out) if out is not None else default_run_dir(model_cfg.name)
+    with determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))):
+        session = (resume_session(store, run_dir, model_cfg, cfg, explicit, console) if resume
+                   else new_session(store, run_dir, model_cfg, cfg, plan_path, explicit, console))
+        for epoch in range(session.start_epoch, session.cfg.epochs + 1):
+            run_epoch(session, epoch, on_step, console)
+    return TrainResult(run_dir, finish(session), session.rows)
+
+
+def _saved_deterministic(run_dir: Path) -> bool:
+    """Whether the run being resumed was started with --deterministic."""
+    return bool(read_config(run_dir)["train"].get("deterministic"))
+
+
+@contextmanager
+def determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels while training (restored afterwards); cuDNN autotuning otherwise."""
+    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.backends.cudnn.benchmark = old[1]
+
+
+def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
+                plan_path: Path | None, explicit: frozenset[str], console: Console) -> Session:
+    """Check the inputs, write config.json + plan.parquet, load the data, build model and optimizer."""
+    check_new_run_dir(run_dir)
+    if plan_path is not None and explicit & {"ratio", "neighbours"}:
+        raise UsageError("--ratio/--neighbours build a plan; with --plan FILE the plan's own rule applies, drop them")
+    index = store.index()
+    plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg)
+    source = str(plan_path) if plan_path is not None else "built by ctmodel train"
+    check_plan(plan[0], plan[1], index, store.path, source)
+    session = make_session(store, run_dir, model_cfg, cfg, plan[0], val_cases(index), console)
+    write_config(run_dir, model_cfg, cfg, store, index, plan, source, count_parameters(session.model))
+    return session
+
+
+def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
+                   explicit: frozenset[str], console: Console) -> Session:
+    """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best)."""
+    model_cfg, cfg, config = resume_configs(run_dir, model_cfg, cfg, explicit)
+    index = store.index()
+    check_plan(read_run_plan(run_dir), {"index_fingerprint": config["store"]["index_fingerprint"]},
+               index, store.path, str(run_dir / "plan.parquet"))
+    session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console)
+    if (run_dir / "last.pt").exists():
+        restore(session, read_checkpoint(run_dir / "last.pt", session.device))
+    truncate_metrics(run_dir / "metrics.csv", session.start_epoch - 1)
+    session.rows = read_metrics(run_dir / "metrics.csv").to_dict("records")
+    console.print(f"resuming {run_dir} at epoch {session.start_epoch}/{cfg.epochs}")
+    return session
+
+
+def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, slices,
+                 val_ids: list[str], console: Console) -> Session:
+    """Seeded model, AdamW, StepLR, loss, and every needed case resident (train plan cases + val cases)."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
+    data = load_resident(store, cases, device, cfg.resident)
+    console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
+                  f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)")
+    return Session(model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
+                   scheduler=scheduler, loss_fn=DiceBCELoss(cfg.dice_weight, cfg.bce_weight), data=data,
+                   plan=plan_epochs(slices), val_ids=list(val_ids), device=device, model_cfg=model_cfg,
+                   cfg=cfg, run_dir=run_dir, layout=store.layout)
+
+
+def restore(session: Session, payload: dict) -> None:
+    """Load a last.pt payload into the session: weights, optimizer, scheduler, RNG, best so far."""
+    unwrap(session.model).load_state_dict(payload["model"])
+    session.optimizer.load_state_dict(payload["optimizer"])
+    session.scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"]["cpu"].cpu())
+    if session.device.type == "cuda" and payload["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu(), session.device)
+    session.best = (int(payload["best_epoch"]), float(payload["best_val_dice_3d"]))
+    session.start_epoch = int(payload["epoch"]) + 1
+
+
+def epoch_generators(cfg: TrainConfig, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(shuffle, augment) generators seeded from (seed, epoch): an epoch replays exactly after a resume."""
+    shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    augment = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch + 500_000)
+    return shuffle, augment
+
+
+def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: Console) -> None:
+    """Train one epoch, validate, append metrics, redraw curves, save last.pt (and best.pt)."""
+    start = time.perf_counter()
+    lr = session.optimizer.param_groups[0]["lr"]
+    train_loss, samples, train_seconds = train_one_epoch(session, epoch, on_step, console)
+    session.scheduler.step()
+    val = validate(session.model, session.data, session.val_ids, session.loss_fn,
+                   session.cfg.val_batch_size, session.cfg.precision)
+    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
+           "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
+           "seconds": time.perf_counter() - start, "samples_per_s": samples / train_seconds,
+           "peak_mem_mb": peak_memory_mb(session.device)}
+    record_epoch(session, epoch, row, val)
+    console.print(f"epoch {epoch}/{session.cfg.epochs}  loss {train_loss:.4f}  val loss {val.loss:.4f}  "
+                  f"val Dice 3-D {val.dice_3d:.4f}  slice Dice {val.dice_slice:.4f}  IoU {val.iou_slice:.4f}  "
+                  f"lr {lr:.2e}  {row['samples_per_s']:.1f} samples/s  {row['seconds']:.1f} s")
+
+
+def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
+                    console: Console) -> tuple[float, int, float]:
+    """One pass over the plan epoch's samples; returns (mean loss, samples, seconds)."""
+    cfg, model = session.cfg, session.model
+    samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)])
+    shuffle, aug = epoch_generators(cfg, epoch, session.device)
+    total = n_batches(len(samples), cfg.batch_size)
+    loss_sum = torch.zeros((), device=session.device)
+    model.train()
+    start = time.perf_counter()
+    with progress_bar("samples", console) as bar:
+        task = bar.add_task(f"epoch {epoch}", total=total, rate="", status="")
+        for step, (x, y) in enumerate(iterate_batches(session.data, samples, cfg.batch_size, shuffle), start=1):
+            loss_sum += train_step(session, x, y, aug).detach() * x.shape[0]
+            if on_step is not None:
+                on_step(epoch, step)
+            if step % BAR_EVERY == 0 or step == total:
+                seen = min(step * cfg.batch_size, len(samples))
+                bar.update(task, completed=step, status=f"loss {float(loss_sum) / seen:.4f}",
+                           rate=rate_text(seen, time.perf_counter() - start, "samples"))
+    return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start
+
+
+def train_step(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator) -> torch.Tensor:
+    """Augment, forward under autocast, loss, backward, AdamW step; returns the loss (no GPU sync)."""
+    if session.cfg.augment:
+        x, y = augment_batch(x, y, aug)
+    if session.cfg.channels_last and session.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(session.device, session.cfg.precision):
+        logits = session.model(x)
+    loss = session.loss_fn(logits, y)
+    session.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    session.optimizer.step()
+    return loss
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def record_epoch(session: Session, epoch: int, row: dict, val: ValResult) -> None:
+    """metrics.csv row, curves.png, last.pt every epoch and best.pt when val 3-D Dice improves."""
+    run_dir = session.run_dir
+    session.rows.append(row)
+    append_metrics(run_dir / "metrics.csv", row)
+    plot_curves(read_metrics(run_dir / "metrics.csv"), run_dir / "curves.png")
+    improved = not math.isnan(val.dice_3d) and val.dice_3d > session.best[1]
+    if improved:
+        session.best = (epoch, val.dice_3d)
+    payload = checkpoint_payload(session.model, session.model_cfg, session.layout, epoch, training_state(session))
+    if improved:
+        atomic_save(payload, run_dir / "best.pt")
+    atomic_save(payload, run_dir / "last.pt")
+
+
+def training_state(session: Session) -> dict:
+    """Optimizer, scheduler, RNG states, configs and best-so-far: what --resume needs."""
+    cuda_rng = torch.cuda.get_rng_state(session.device) if session.device.type == "cuda" else None
+    return {"optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng}, "train_config": asdict(session.cfg),
+            "best_epoch": session.best[0], "best_val_dice_3d": session.best[1]}
+
+
+def finish(session: Session) -> dict:
+    """Write summary.json from the epochs' rows and return it."""
+    rows, train_seconds = session.rows, sum(r["seconds"] for r in session.rows)
+    last = rows[-1] if rows else {}
+    summary = {
+        "model": session.model_cfg.name, "width": session.model_cfg.width,
+        "parameters": count_parameters(session.model), "epochs": len(rows), "train_seconds": train_seconds,
+        "peak_memory_mb": max((r["peak_mem_mb"] for r in rows), default=0.0),
+        "best_epoch": session.best[0], "best_val_dice_3d": session.best[1] if session.best[0] else math.nan,
+        "samples_per_s": sum(r["samples_per_s"] for r in rows) / len(rows) if rows else math.nan,
+        "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
+        "final_val_dice_3d": last.get("val_dice_3d"), "final_val_dice_slice": last.get("val_dice_slice"),
+        "final_val_iou_slice": last.get("val_iou_slice"), "run_dir": str(session.run_dir),
+    }
+    write_summary(session.run_dir, summary)
+    return summary

@@ -1,0 +1,324 @@
+"""The convert pipeline: find cases, validate and preprocess each (in parallel), write the store and its index.
+
+Crash safety (docs/store-format.md): everything happens under the store lock; leftovers of killed runs
+are cleared first; each case appears only when complete (``write_case``); complete cases whose source
+fingerprint and layout are unchanged are skipped; the index is rebuilt from every complete case and
+replaced atomically at the end. A run killed at any moment and re-run gives the same arrays and index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zarr
+
+from ctprep import __version__
+from ctprep.console import progress_bar, rate_text
+from ctprep.discover import CaseSource, find_cases
+from ctprep.errors import CaseError, UsageError
+from ctprep.index import build_index, write_index
+from ctprep.lock import store_lock
+from ctprep.nifti import read_mask, read_volume
+from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask
+from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, write_case
+from ctprep.window import encode, parse_window
+from ctsample.splits import SplitConfig, assign_splits
+
+CONVERTER_VERSION = 1  # bump when the stored arrays of an unchanged source would change: forces reconversion
+FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each source file
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Options of ``ctprep convert``; the first three fix the store's layout."""
+
+    window_hu: tuple[float, float] = (-1000.0, 400.0)  # lung + mediastinum, as in the source study
+    size: int = 256  # stored in-plane side S: 512 CT halves, lesions stay > 10 px
+    dtype: str = "float16"  # float16 in [0, 1]; uint8 halves the store
+    workers: int | None = None  # processes; None = all cores, 1 = in-process
+    split: SplitConfig | None = None  # None keeps the store's recorded split config (default for a new store)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: expected 1 or more processes")
+        self.layout  # validates size and dtype
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The store layout these options produce."""
+        try:
+            return StoreLayout(window_hu=self.window_hu, size=self.size, dtype=self.dtype)
+        except Exception as err:
+            raise UsageError(str(err)) from err
+
+
+def parse_window_hu(window: tuple[float, float] | str) -> tuple[float, float]:
+    """A (lo, hi) HU pair from a tuple or 'LO,HI' text; UsageError when lo >= hi."""
+    text = window if isinstance(window, str) else ",".join(str(float(v)) for v in window)
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+@dataclass
+class CaseResult:
+    """What converting one case produced (or why it failed)."""
+
+    case_id: str
+    n_slices: int = 0
+    lesion_slices: int = 0
+    source_bytes: int = 0
+    error: str | None = None
+
+
+@dataclass
+class ConvertReport:
+    """Outcome of one convert run; totals describe the whole store after the run."""
+
+    store_path: Path
+    converted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one line each: file, fault, what to do
+    orphans: list[Path] = field(default_factory=list)
+    cases: int = 0
+    slices: int = 0
+    labeled_slices: int = 0
+    lesion_slices: int = 0
+    store_bytes: int = 0
+    source_bytes: int = 0  # bytes of source files read this run
+    seconds: float = 0.0
+    workers: int = 1
+
+    @property
+    def empty_per_lesion(self) -> float:
+        """Empty:lesion slice ratio over labeled slices (NaN without lesion slices)."""
+        return (self.labeled_slices - self.lesion_slices) / self.lesion_slices if self.lesion_slices else float("nan")
+
+    def summary_rows(self) -> list[tuple[str, object]]:
+        """(what, value) rows for the closing summary table."""
+        return [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
+                ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
+                ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
+                ("empty:lesion", round(self.empty_per_lesion, 3)), ("store size", human_bytes(self.store_bytes)),
+                ("workers", self.workers), ("seconds", round(self.seconds, 2))]
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size, mtime_ns and sha256 of the first and last MiB: cheap, and changes whenever the file does."""
+    stat = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        if stat.st_size > FINGERPRINT_BYTES:
+            handle.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
+
+
+def source_attrs(case: CaseSource) -> dict:
+    """Per-case 'source' attribute: absolute paths and fingerprints of the image and mask files."""
+    def one(path: Path | None) -> dict | None:
+        return None if path is None else {"path": str(Path(path).absolute()), **file_fingerprint(path)}
+
+    return {"image": one(case.image_path), "mask": one(case.mask_path)}
+
+
+def source_fingerprint(source: dict, layout: StoreLayout) -> str:
+    """One hash of the sources' fingerprints (not their paths), the layout and the converter version."""
+    def strip(entry: dict | None) -> dict | None:
+        return None if entry is None else {k: v for k, v in entry.items() if k != "path"}
+
+    payload = {"image": strip(source["image"]), "mask": strip(source["mask"]), "layout": layout.to_attrs(),
+               "converter": CONVERTER_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict) -> CaseResult:
+    """Read, validate, preprocess and atomically write one case; a CaseError becomes the result's error line."""
+    try:
+        image = read_volume(case.image_path)
+        mask = read_mask(case.mask_path, image) if case.mask_path is not None else None
+    except CaseError as err:
+        return CaseResult(case.case_id, error=str(err))
+    unit, geom = preprocess_image(image.data, image.affine, layout)
+    del image
+    stored_mask = preprocess_mask(mask, geom) if mask is not None else None
+    pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
+    attrs = {"case_id": case.case_id, "source": source, "source_fingerprint": source_fingerprint(source, layout),
+             "geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "labeled": stored_mask is not None,
+             "lesion_pixels": pixels, "layout": layout.to_attrs(), "converter_version": CONVERTER_VERSION}
+    write_case(store_path, case.case_id, encode(unit, layout.dtype), stored_mask, attrs)
+    source_bytes = sum(entry["size"] for entry in source.values() if entry is not None)
+    return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in pixels or []), source_bytes)
+
+
+def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), progress: bool = True) -> ConvertReport:
+    """Convert every case found in ``raw`` into the store at ``store_path``; see the module docstring."""
+    start = time.perf_counter()
+    raw, store_path = Path(raw), Path(store_path)
+    found = find_cases(raw)
+    if not found.cases and not found.problems:
+        raise UsageError(f"{raw}: no NIfTI cases found; expected NAME_ct/NAME_seg files, imagesTr/ + labelsTr/ "
+                         "or images/ + masks/ (see docs/store-format.md)")
+    report = ConvertReport(store_path, failed=list(found.problems), orphans=list(found.orphans))
+    layout = cfg.layout
+    with store_lock(store_path):
+        store = create_or_open(store_path, layout)
+        _clear_leftovers(store_path)
+        split_cfg = cfg.split or split_config_from_attrs(store.attrs.get("split_config"))
+        todo = _plan(found.cases, store, layout, report)
+        report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
+        for result in _run(todo, store_path, layout, report.workers, progress):
+            _record(result, report)
+        _finish(store_path, raw, split_cfg, report, start)
+    return report
+
+
+def _clear_leftovers(store_path: Path) -> None:
+    """Remove partial cases and stray temp files of killed runs (index and zarr metadata writes)."""
+    clear_partial(store_path)
+    for stray in [*store_path.glob(".index.parquet.*.tmp"), *store_path.glob("zarr.*.partial")]:
+        stray.unlink(missing_ok=True)
+
+
+def _plan(cases: list[CaseSource], store: SliceStore, layout: StoreLayout,
+          report: ConvertReport) -> list[tuple[CaseSource, dict]]:
+    """Cases to (re)convert with their source attrs; unchanged complete cases go to report.skipped."""
+    complete = set(store.case_ids())
+    todo = []
+    for case in cases:
+        try:
+            source = source_attrs(case)
+        except OSError as err:
+            report.failed.append(f"{err.filename}: unreadable ({err.strerror}); check the file's permissions")
+            continue
+        if case.case_id in complete and _unchanged(store, case.case_id, source, layout):
+            report.skipped.append(case.case_id)
+        else:
+            todo.append((case, source))
+    todo.sort(key=lambda item: -sum(e["size"] for e in item[1].values() if e))  # largest first: even finish
+    return todo
+
+
+def _unchanged(store: SliceStore, case_id: str, source: dict, layout: StoreLayout) -> bool:
+    """The resume rule: same source fingerprint (sources, layout, converter version) and same layout."""
+    attrs = store.case_attrs(case_id)
+    return attrs.get("source_fingerprint") == source_fingerprint(source, layout) and attrs.get("layout") == layout.to_attrs()
+
+
+def _run(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, workers: int,
+         progress: bool):
+    """Yield a CaseResult per case, in-process for one worker, else from a process pool; with a progress bar."""
+    with progress_bar("cases") if progress else nullcontext(None) as bar:
+        task = bar.add_task("converting", total=len(todo), rate="", status="") if bar else None
+        start = time.perf_counter()
+        for done, result in enumerate(_results(todo, store_path, layout, workers), start=1):
+            if bar is not None:
+                status = f"[red]{result.case_id} failed" if result.error else result.case_id
+                bar.update(task, advance=1, rate=rate_text(done, time.perf_counter() - start, "cases"), status=status)
+            yield result
+
+
+def _results(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, workers: int):
+    """CaseResults as cases finish: in this process for one worker, else from a pool of ``workers`` processes."""
+    if workers == 1:
+        for case, source in todo:
+            yield convert_case(case, store_path, layout, source)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        pending = {pool.submit(convert_case, case, store_path, layout, source): case for case, source in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                case = pending.pop(future)
+                yield _result_of(future, case)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the convert process dies (e.g. SIGKILL) instead of lingering forever
+    with an inherited copy of the store lock; a case it was writing stays in .partial/ and is cleared."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _result_of(future, case: CaseSource) -> CaseResult:
+    """The future's result; a worker killed by the OS (e.g. out of memory) fails its case, not the run."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return CaseResult(case.case_id, error=f"{case.image_path}: the worker process died while converting "
+                                                "(out of memory?); re-run with fewer --workers")
+
+
+def _record(result: CaseResult, report: ConvertReport) -> None:
+    """Add one case's outcome to the report."""
+    if result.error:
+        report.failed.append(result.error)
+    else:
+        report.converted.append(result.case_id)
+        report.source_bytes += result.source_bytes
+
+
+def _finish(store_path: Path, raw: Path, split_cfg: SplitConfig, report: ConvertReport, start: float) -> None:
+    """Rebuild the index from every complete case, record the split config and run metadata, fill totals."""
+    store = SliceStore.open(store_path)
+    index = build_index(store, assign_splits(store.case_ids(), split_cfg))
+    write_index(store_path, index)
+    report.cases = int(index["case_id"].nunique())
+    report.slices = len(index)
+    report.labeled_slices = int(index["labeled"].sum())
+    report.lesion_slices = int(index["has_lesion"].sum())
+    report.seconds = time.perf_counter() - start
+    report.store_bytes = disk_bytes(store_path)
+    run = {"tool_version": __version__, "raw": str(raw.absolute()), "finished_utc": _utc_now(),
+           "converted": len(report.converted), "skipped": len(report.skipped), "failed": len(report.failed),
+           "workers": report.workers, "seconds": round(report.seconds, 3)}
+    zarr.open_group(str(store_path), mode="r+").attrs.update(
+        {"split_config": split_config_to_attrs(split_cfg), "last_run": run})
+
+
+def split_config_to_attrs(cfg: SplitConfig) -> dict:
+    """The root attribute ``split_config``: {test, val, seed, csv (absolute path or null)}."""
+    return {"test": cfg.test, "val": cfg.val, "seed": cfg.seed,
+            "csv": None if cfg.csv is None else str(Path(cfg.csv).absolute())}
+
+
+def split_config_from_attrs(attrs: dict | None) -> SplitConfig:
+    """SplitConfig from the root attribute (the default config when the store has none yet)."""
+    if not attrs:
+        return SplitConfig()
+    csv = attrs.get("csv")
+    return SplitConfig(test=float(attrs["test"]), val=float(attrs["val"]), seed=int(attrs["seed"]),
+                       csv=Path(csv) if csv else None)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file below ``path``."""
+    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def human_bytes(n_bytes: float) -> str:
+    """'12.3 MiB' style size."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return ""

@@ -1,0 +1,272 @@
+"""`ctprep demo`: a folder of synthetic chest CTs with lesion masks, written the way real datasets ship them.
+
+Run: ctprep demo raw/ --cases 12   (then: ctprep convert raw/ store.zarr)
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nibabel as nib
+import numpy as np
+
+from ctprep.errors import UsageError
+from ctprep.phantom import Phantom, make_phantom
+
+try:  # ISA-L gzip (pip install isal): ~2.5x faster than zlib at the same size; optional, as in ctprep.nifti
+    from isal import igzip
+except ImportError:  # pragma: no cover - depends on the environment
+    igzip = None
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+LAYOUTS = ("covid19", "nnunet")
+GZIP_LEVEL = 1  # zlib: the files are for immediate use; level 1 is ~4x faster than 6 for ~10 % more bytes
+ISAL_LEVEL = 2  # ISA-L's level 2 compresses as well as zlib's 1
+FOV_PADDING_HU = -3024  # what scanners store outside the reconstruction circle
+SCALED_INTER = -1024.0  # stored 0.. with scl_slope 1 / scl_inter -1024, as DICOM-derived NIfTI often are
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How one case is written: orientation, integer encoding and field-of-view padding."""
+
+    name: str
+    lps: bool  # negative x/y axes, as DICOM converters write
+    scaled: bool  # int16 stored = HU + 1024 with scl_slope 1, scl_inter -1024; else int16 HU
+    fov_padding: bool  # -3024 HU outside the scanner's circular field of view
+
+
+STORAGES = (
+    Storage("int16 scl_inter=-1024", lps=False, scaled=True, fov_padding=False),
+    Storage("LPS int16 scl_inter=-1024, -3024 outside FOV", lps=True, scaled=True, fov_padding=True),
+    Storage("int16 HU", lps=False, scaled=False, fov_padding=False),
+    Storage("int16 scl_inter=-1024", lps=False, scaled=True, fov_padding=False),
+    Storage("LPS int16 HU, -3024 outside FOV", lps=True, scaled=False, fov_padding=True),
+)  # cycled over the cases, so any three consecutive cases include an LPS one
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of a demo set; the same options always give byte-identical files."""
+
+    cases: int = 12  # enough for train/val/test splits and a visible spread of lesion burden
+    seed: int = 0
+    layout: str = "covid19"  # "covid19": NAME_ct/NAME_seg; "nnunet": imagesTr/labelsTr (+ unlabeled imagesTs)
+    size: int = 512  # in-plane matrix, as scanners reconstruct; smaller for quick tests
+    max_slices: int | None = None  # cap for quick runs: slices get thicker, the whole chest stays
+    workers: int | None = None  # processes; None = one per core (at most one per case), 1 = in-process
+
+    def __post_init__(self) -> None:
+        _check_range("cases", self.cases, 1, 10_000)
+        _check_range("seed", self.seed, 0, 2**63 - 1)
+        _check_range("size", self.size, 32, 2048)
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if self.max_slices is not None:
+            _check_range("max_slices", self.max_slices, 4, 10_000)
+        if self.workers is not None:
+            _check_range("workers", self.workers, 1, 1024)
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    """Refuse an option outside lo..hi with a one-line UsageError."""
+    if not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise UsageError(f"demo option {name}={value!r}: expected an integer in {lo}..{hi}")
+
+
+def case_id(index: int) -> str:
+    """Name of case ``index`` (zero-padded so that names sort in case order)."""
+    return f"demo_{index:03d}"
+
+
+def unlabeled_count(cfg: DemoConfig) -> int:
+    """Cases the nnU-Net layout puts in imagesTs/ without labels: a couple (one per four cases, at most 2)."""
+    return min(2, cfg.cases // 4) if cfg.layout == "nnunet" else 0
+
+
+def case_paths(out_dir: Path, cfg: DemoConfig, index: int) -> tuple[Path, Path | None]:
+    """Image and mask file of case ``index`` in the configured layout (mask None for unlabeled cases)."""
+    name = case_id(index)
+    if cfg.layout == "covid19":
+        return out_dir / f"{name}_ct.nii.gz", out_dir / f"{name}_seg.nii.gz"
+    if index >= cfg.cases - unlabeled_count(cfg):
+        return out_dir / "imagesTs" / f"{name}_0000.nii.gz", None
+    return out_dir / "imagesTr" / f"{name}_0000.nii.gz", out_dir / "labelsTr" / f"{name}.nii.gz"
+
+
+def make_demo(out_dir: Path, cfg: DemoConfig) -> pd.DataFrame:
+    """Write a demo set to ``out_dir`` and return one row per case (paths, geometry, lesion statistics)."""
+    import pandas as pd
+
+    rows = sorted(iter_demo(out_dir, cfg), key=lambda row: row["case_id"])
+    return pd.DataFrame(rows)
+
+
+def iter_demo(out_dir: Path, cfg: DemoConfig) -> Iterator[dict]:
+    """Write a demo set case by case (in parallel), yielding each case's row as it completes.
+
+    Raises:
+        UsageError: ``out_dir`` is a file, a folder that is not empty (nothing is overwritten), or cannot be
+            created.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{out_dir}: cannot create the folder ({err.strerror}); choose a writable path") from err
+    workers = min(cfg.workers or os.cpu_count() or 1, cfg.cases)
+    if workers == 1:
+        for index in range(cfg.cases):
+            yield write_case(out_dir, cfg, index)
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork under the progress bar's thread
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(write_case, out_dir, cfg, index) for index in range(cfg.cases)]
+            for future in as_completed(futures):
+                yield future.result()
+    if cfg.layout == "nnunet":
+        _write_dataset_json(out_dir, cfg)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to write into a file or a non-empty folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: expected a folder for the demo set, found a file; choose another path")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UsageError(f"{out_dir}: expected an empty or new folder, found existing files; "
+                         "choose a new folder or delete this one")
+
+
+def write_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
+    """Render case ``index`` and write its image (and mask); return its row."""
+    start = time.perf_counter()
+    phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices)
+    storage = storage_of(cfg.seed, index)
+    image_path, mask_path = case_paths(out_dir, cfg, index)
+    affine = case_affine(phantom, storage.lps)
+    if mask_path is not None:  # mask first: an interrupted run leaves at worst a mask without an image
+        _save(mask_path, _orient(phantom.mask, storage.lps), affine)
+    stored, inter = encode_hu(phantom, storage)
+    _save(image_path, _orient(stored, storage.lps), affine, inter)
+    return _row(phantom, storage, index, image_path, mask_path, time.perf_counter() - start)
+
+
+def storage_of(seed: int, index: int) -> Storage:
+    """How case ``index`` of the set made with ``seed`` is written (the styles cycle over the cases)."""
+    return STORAGES[(index + seed) % len(STORAGES)]
+
+
+def encode_hu(phantom: Phantom, storage: Storage) -> tuple[np.ndarray, float | None]:
+    """The int16 array to store and its scl_inter (None for plain HU), with the FOV padding applied."""
+    stored = phantom.hu.copy()
+    if storage.fov_padding:
+        stored[:, _outside_fov(phantom.patient.size)] = FOV_PADDING_HU
+    if not storage.scaled:
+        return stored, None
+    stored -= np.int16(SCALED_INTER)  # HU -1024..3071 -> 0..4095; the FOV padding -3024 -> -2000
+    return stored, SCALED_INTER
+
+
+def _outside_fov(size: int) -> np.ndarray:
+    """Pixels outside the inscribed circle of the matrix (the reconstruction field of view)."""
+    centre = (size - 1) / 2
+    r2 = (np.arange(size)[:, None] - centre) ** 2 + (np.arange(size)[None, :] - centre) ** 2
+    return r2 > (size / 2) ** 2
+
+
+def case_affine(phantom: Phantom, lps: bool) -> np.ndarray:
+    """Voxel-to-RAS affine of the written (X, Y, Z) array; LPS flips x and y as DICOM converters do."""
+    p = phantom.patient
+    half = (p.size - 1) / 2 * p.pixel_mm
+    affine = np.diag([p.pixel_mm, p.pixel_mm, p.slice_mm, 1.0])
+    affine[:3, 3] = [-half, -half, -p.slice_mm * (p.n_slices - 1) / 2]
+    if lps:
+        affine[:2, :2] *= -1
+        affine[:2, 3] = half
+    return affine
+
+
+def _orient(zyx: np.ndarray, lps: bool) -> np.ndarray:
+    """(Z, Y, X) RAS slices -> the (X, Y, Z) array to write (a Fortran-order view, flipped for LPS)."""
+    return zyx[:, ::-1, ::-1].T if lps else zyx.T
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray, inter: float | None = None) -> None:
+    """Write a .nii.gz atomically and reproducibly (fixed gzip time stamp, scanner qform/sform)."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    if inter is not None:
+        img.header.set_slope_inter(1.0, inter)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    payload = _gzip(img.to_bytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(payload)
+    os.replace(partial, path)
+
+
+def _gzip(data: bytes) -> bytes:
+    """A gzip member with a zero time stamp (reproducible bytes), with ISA-L when it is installed."""
+    if igzip is not None:
+        return igzip.compress(data, ISAL_LEVEL, mtime=0)
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def _row(phantom: Phantom, storage: Storage, index: int, image_path: Path, mask_path: Path | None,
+         seconds: float) -> dict:
+    """The summary row of one written case; slice counts are measured on the mask as written."""
+    p = phantom.patient
+    lesion_slices = int(phantom.mask.any(axis=(1, 2)).sum())
+    visible = phantom.lesion_voxels > 0
+    return {
+        "case_id": case_id(index), "labeled": mask_path is not None,
+        "image": str(image_path), "mask": str(mask_path) if mask_path else None,
+        "shape": (p.size, p.size, p.n_slices), "spacing_mm": (p.pixel_mm, p.pixel_mm, p.slice_mm),
+        "storage": storage.name, "orientation": "LPS" if storage.lps else "RAS",
+        "n_slices": p.n_slices, "n_lesions": int(visible.sum()),
+        "lesion_kinds": ",".join(les.kind for les, v in zip(phantom.lesions, visible) if v),
+        "lesion_voxels": int(phantom.lesion_voxels.sum()), "lesion_slices": lesion_slices,
+        "empty_slices": p.n_slices - lesion_slices, "pct_empty": 100.0 * (p.n_slices - lesion_slices) / p.n_slices,
+        "bytes": image_path.stat().st_size + (mask_path.stat().st_size if mask_path else 0),
+        "seconds": seconds,
+    }
+
+
+def _write_dataset_json(out_dir: Path, cfg: DemoConfig) -> None:
+    """nnU-Net v2 dataset.json describing the channel, labels and training count."""
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
+            "numTraining": cfg.cases - unlabeled_count(cfg), "file_ending": ".nii.gz",
+            "name": "ctstack demo", "description": f"synthetic chest CT, ctprep demo seed {cfg.seed}"}
+    (out_dir / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def summary_rows(cases: pd.DataFrame | list[dict], seconds: float) -> list[tuple[str, object]]:
+    """Rows of the closing summary: slices, lesion balance (labeled cases), spread, size on disk, time."""
+    import pandas as pd
+
+    cases = pd.DataFrame(cases)
+    labeled = cases[cases["labeled"]]
+    lesion, empty = int(labeled["lesion_slices"].sum()), int(labeled["empty_slices"].sum())
+    ratio = f"{empty / lesion:.2f} : 1" if lesion else "no lesion slices"
+    spread = (f"{labeled['pct_empty'].min():.0f}-{labeled['pct_empty'].max():.0f} %" if len(labeled) else "-")
+    return [
+        ("cases", f"{len(cases)} ({len(labeled)} labeled)"),
+        ("slices", int(cases["n_slices"].sum())),
+        ("lesion slices", lesion),
+        ("empty : lesion slices", ratio),
+        ("per-patient % empty", spread),
+        ("size on disk", f"{cases['bytes'].sum() / 2**20:.1f} MiB"),
+        ("seconds", f"{seconds:.1f}"),
+    ]

@@ -1,0 +1,151 @@
+"""Finding and pairing cases in a raw folder: COVID-19-20 `_ct`/`_seg`, nnU-Net/MSD, `images/`+`masks/`.
+
+Layouts (see docs/store-format.md, "Inputs"), all of which may sit in one raw folder:
+
+- COVID-19-20: ``NAME_ct.nii[.gz]`` + ``NAME_seg.nii[.gz]`` anywhere below RAW -> case ``NAME``.
+- nnU-Net / MSD: ``imagesTr/NAME_0000.nii[.gz]`` (or ``NAME.nii[.gz]``) + ``labelsTr/NAME.nii[.gz]``;
+  ``imagesTs/`` (with ``labelsTs/`` if present) likewise.
+- ``images/`` + ``masks/`` (or ``labels/``) with equal stems.
+An image without a mask is an unlabeled case; a mask without an image is an orphan (reported).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctprep.errors import UsageError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+NNUNET_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
+FOLDER_PAIRS = (("images", "masks"), ("images", "labels"))
+LAYOUT_DIRS = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "masks", "labels"}
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One case found in the raw folder: its id, image file and mask file (None when unlabeled)."""
+
+    case_id: str
+    image_path: Path
+    mask_path: Path | None
+
+
+@dataclass
+class Discovery:
+    """What ``find_cases`` found: cases sorted by id, orphan masks, and one-line problems (name clashes, bad ids)."""
+
+    cases: list[CaseSource] = field(default_factory=list)
+    orphans: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def nifti_stem(path: Path) -> str | None:
+    """File name without .nii/.nii.gz, or None if the file is not NIfTI (or a hidden/AppleDouble file)."""
+    name = path.name
+    if name.startswith("."):
+        return None
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: Path) -> dict[str, list[Path]]:
+    """stem -> files directly in ``folder`` (a list, so 'a.nii' next to 'a.nii.gz' is caught as a clash)."""
+    found: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            stem = nifti_stem(path)
+            if stem is not None and path.is_file():
+                found.setdefault(stem, []).append(path)
+    return found
+
+
+def find_cases(raw: Path) -> Discovery:
+    """Find every case below ``raw`` in the supported layouts; raises UsageError if ``raw`` is not a folder."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise UsageError(f"{raw}: not a folder; pass the folder holding the NIfTI images (and masks)")
+    found = Discovery()
+    images: dict[str, list[Path]] = {}
+    masks: dict[str, list[Path]] = {}
+    for image_dir, mask_dir in NNUNET_PAIRS:
+        _merge(images, _channel_zero(_nifti_files(raw / image_dir), raw / image_dir, found))
+        _merge(masks, _nifti_files(raw / mask_dir))
+    if (raw / "images").is_dir():
+        _merge(images, _nifti_files(raw / "images"))
+        for _, mask_dir in FOLDER_PAIRS:
+            _merge(masks, _nifti_files(raw / mask_dir))
+    _find_covid_pairs(raw, images, masks, found.problems)
+    _pair(images, masks, found)
+    return found
+
+
+def _channel_zero(files: dict[str, list[Path]], folder: Path, found: Discovery) -> dict[str, list[Path]]:
+    """nnU-Net names images NAME_0000 (channel 0): strip it; other channels are reported and dropped.
+
+    Only when the folder uses channel suffixes at all (some _0000 file), so 'case_0001' alone stays a name.
+    """
+    if not any(re.fullmatch(r".+_0000", stem) for stem in files):
+        return files
+    kept: dict[str, list[Path]] = {}
+    for stem, paths in files.items():
+        match = re.fullmatch(r"(.+)_(\d{4})", stem)
+        if match is None:
+            kept.setdefault(stem, []).extend(paths)
+        elif match.group(2) == "0000":
+            kept.setdefault(match.group(1), []).extend(paths)
+        else:
+            found.problems.append(f"{paths[0]}: channel {match.group(2)} ignored; ctstack reads one CT channel (_0000)")
+    return kept
+
+
+def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: dict[str, list[Path]],
+                      problems: list[str]) -> None:
+    """COVID-19-20 names anywhere below raw (outside the layout folders): NAME_ct / NAME_seg."""
+    for path in sorted(raw.rglob("*")):
+        stem = nifti_stem(path)
+        if stem is None or LAYOUT_DIRS & set(path.relative_to(raw).parts[:-1]) or not path.is_file():
+            continue
+        if stem.endswith("_ct"):
+            images.setdefault(stem[:-3], []).append(path)
+        elif stem.endswith("_seg"):
+            masks.setdefault(stem[:-4], []).append(path)
+        elif path.parent == raw:
+            problems.append(f"{path}: not a recognised name; use NAME_ct/NAME_seg, imagesTr/labelsTr "
+                            "or images/ + masks/ (see docs/store-format.md)")
+
+
+def _merge(target: dict[str, list[Path]], more: dict[str, list[Path]]) -> None:
+    for stem, paths in more.items():
+        target.setdefault(stem, []).extend(paths)
+
+
+def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], found: Discovery) -> None:
+    """Pair images with masks by case id; clashes and unsafe ids become problems, lone masks orphans."""
+    for case_id in sorted(images):
+        image_paths, mask_paths = images[case_id], masks.get(case_id, [])
+        problem = _case_problem(case_id, image_paths, mask_paths)
+        if problem:
+            found.problems.append(problem)
+            continue
+        found.cases.append(CaseSource(case_id, image_paths[0], mask_paths[0] if mask_paths else None))
+    found.orphans.extend(p for stem in sorted(set(masks) - set(images)) for p in masks[stem])
+
+
+def _case_problem(case_id: str, image_paths: list[Path], mask_paths: list[Path]) -> str | None:
+    """One line describing why a case cannot be converted as found, or None."""
+    if len(image_paths) > 1:
+        return f"{image_paths[0]}: case {case_id!r} has {len(image_paths)} images ({_names(image_paths)}); keep one"
+    if len(mask_paths) > 1:
+        return f"{mask_paths[0]}: case {case_id!r} has {len(mask_paths)} masks ({_names(mask_paths)}); keep one"
+    if not SAFE_CASE_ID.match(case_id):
+        return (f"{image_paths[0]}: case id {case_id!r} is not a safe name (letters, digits, '.', '_', '-'; "
+                "starting with a letter or digit); rename the file")
+    return None
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)

@@ -1,0 +1,175 @@
+"""Training end to end on tiny stores: it learns, writes a complete run folder, resumes exactly, refuses bad input."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ctmodel.train as train_module
+from cli import model_app
+from conftest import build_store, phantom, ras_affine
+from ctmodel.checkpoint import load_run
+from ctmodel.config import ModelConfig, TrainConfig
+from ctmodel.curves import METRIC_COLUMNS
+from ctmodel.inference import predict_volume
+from ctmodel.runfolder import check_plan
+from ctmodel.train import train
+from ctmodel.validate import overlap_scores
+from ctprep.errors import PlanError, RunError
+from ctprep.index import index_fingerprint
+from ctprep.store import SliceStore, StoreLayout
+
+torch.set_num_threads(1)
+TINY = ModelConfig(width=4, depth=2)
+FAST = TrainConfig(epochs=6, batch_size=8, lr=1e-2, augment=False, seed=0)
+
+
+def every_train_slice(index: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
+    """A hand-built plan: every labeled train slice in each epoch, tagged with the store's fingerprint."""
+    rows = index[(index["split"] == "train") & index["labeled"]]
+    role = rows["has_lesion"].map({True: "lesion", False: "fill"})
+    one = pd.DataFrame({"case_id": rows["case_id"].astype(str), "slice": rows["slice"], "role": role})
+    slices = pd.concat([one.assign(epoch=e) for e in range(cfg.epochs)], ignore_index=True)
+    return slices, {"index_fingerprint": index_fingerprint(index)}
+
+
+@pytest.fixture(autouse=True)
+def hand_plan(monkeypatch):
+    monkeypatch.setattr(train_module, "build_plan", every_train_slice)
+
+
+@pytest.fixture(scope="module")
+def store64(tmp_path_factory) -> Path:
+    """A 64x64 store of five phantom chests (3 train, 1 val, 1 test) with a lesion in the middle slices."""
+    cases = {f"case{i}": (*phantom(shape=(40, 36, 12), seed=i), ras_affine()) for i in range(5)}
+    splits = {"case0": "train", "case1": "train", "case2": "train", "case3": "val", "case4": "test"}
+    return build_store(tmp_path_factory.mktemp("s") / "store.zarr", cases, splits, StoreLayout(size=64))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(store64, tmp_path_factory):
+    import ctmodel.train as module
+
+    original, module.build_plan = module.build_plan, every_train_slice
+    try:
+        return train(store64, TINY, FAST, out=tmp_path_factory.mktemp("r") / "run")
+    finally:
+        module.build_plan = original
+
+
+def test_tiny_run_lowers_the_loss_and_beats_the_all_zero_predictor(tiny_run, store64):
+    rows = tiny_run.rows
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    truth = torch.from_numpy(SliceStore.open(store64).read_mask("case3")).bool()
+    trivial = float(overlap_scores(torch.zeros_like(truth), truth, (0, 1, 2))[0])
+    assert tiny_run.summary["best_val_dice_3d"] > trivial + 0.5
+
+
+def test_run_folder_holds_config_metrics_curves_checkpoints_and_summary(tiny_run, store64):
+    run = tiny_run.run_dir
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == {"name": "dual-encoder", "width": 4, "depth": 2, "context": 1}
+    assert config["train"]["epochs"] == 6 and config["train"]["lr"] == 1e-2
+    assert config["store"]["index_fingerprint"] == index_fingerprint(SliceStore.open(store64).index())
+    assert config["store"]["layout"]["size"] == 64 and len(config["plan"]["hash"]) == 16
+    assert {"torch", "numpy", "zarr", "ctstack"} <= set(config["versions"])
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == list(METRIC_COLUMNS) and metrics["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_val_dice_3d"] == pytest.approx(metrics["val_dice_3d"].max())
+    assert summary["best_epoch"] == int(metrics.loc[metrics["val_dice_3d"].idxmax(), "epoch"])
+    assert summary["parameters"] == config["parameters"] > 0
+
+
+def test_best_checkpoint_reproduces_its_validation_dice(tiny_run, store64):
+    loaded = load_run(tiny_run.run_dir, "best")
+    store = SliceStore.open(store64)
+    assert loaded.epoch == tiny_run.summary["best_epoch"] and loaded.layout == store.layout
+    probs = predict_volume(loaded.model, torch.from_numpy(store.read_image("case3")), 32, "fp32")
+    truth = torch.from_numpy(store.read_mask("case3")).bool()
+    dice = float(overlap_scores(probs > 0.5, truth, (0, 1, 2))[0])
+    assert dice == pytest.approx(tiny_run.summary["best_val_dice_3d"], abs=1e-6)
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL in the middle of an epoch."""
+
+
+def kill_at(epoch: int, step: int):
+    def hook(e: int, s: int) -> None:
+        if (e, s) == (epoch, step):
+            raise Killed
+    return hook
+
+
+def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tiny_store, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=3e-3, augment=True, deterministic=True, seed=1)
+    whole = train(tiny_store, TINY, cfg, out=tmp_path / "whole")
+    with pytest.raises(Killed):
+        train(tiny_store, TINY, cfg, out=tmp_path / "killed", on_step=kill_at(2, 3))
+    resumed = train(tiny_store, ModelConfig(), TrainConfig(), out=tmp_path / "killed", resume=True)
+    keys = ["epoch", "train_loss", "val_loss", "val_dice_3d", "val_dice_slice", "val_iou_slice", "lr"]
+    expected = pd.read_csv(tmp_path / "whole" / "metrics.csv")[keys]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "killed" / "metrics.csv")[keys], expected)
+    final_a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    final_b = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert resumed.summary["best_val_dice_3d"] == whole.summary["best_val_dice_3d"]
+
+
+def test_resume_refuses_an_option_that_conflicts_with_the_run(tiny_store, tmp_path):
+    cfg = replace(FAST, epochs=1)
+    train(tiny_store, TINY, cfg, out=tmp_path / "run")
+    with pytest.raises(RunError, match="width=4, not 8"):
+        train(tiny_store, ModelConfig(width=8), cfg, out=tmp_path / "run", resume=True, explicit=frozenset({"width"}))
+    with pytest.raises(RunError, match="already holds a run"):
+        train(tiny_store, TINY, cfg, out=tmp_path / "run")
+    cli = CliRunner().invoke(model_app, ["train", str(tiny_store), "--out", str(tmp_path / "run"), "--resume",
+                                         "--epochs", "3"])
+    assert cli.exit_code == 1 and "epochs=1, not 3" in one_line_error(cli)
+
+
+def test_plan_of_another_store_or_without_slices_is_refused(tiny_store):
+    index = SliceStore.open(tiny_store).index()
+    slices, params = every_train_slice(index, FAST)
+    with pytest.raises(PlanError, match="another store"):
+        check_plan(slices, {"index_fingerprint": "0123456789abcdef"}, index, tiny_store, "plan.parquet")
+    with pytest.raises(PlanError, match="no training slices"):
+        check_plan(slices.iloc[:0], params, index, tiny_store, "plan.parquet")
+    val_rows = slices.assign(case_id="case3")
+    with pytest.raises(PlanError, match="non-train cases"):
+        check_plan(val_rows, params, index, tiny_store, "plan.parquet")
+
+
+def one_line_error(result) -> str:
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_cli_bad_input_is_one_line(tiny_store, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(model_app, ["train", str(tmp_path / "nothing.zarr"), "--device", "cpu"])
+    assert missing.exit_code == 1 and "no ctstack store" in one_line_error(missing)
+    zero = runner.invoke(model_app, ["train", str(tiny_store), "--batch-size", "0"])
+    assert zero.exit_code == 2 and "--batch-size 0" in one_line_error(zero)
+    meta = tiny_store / "zarr.json"
+    meta.write_text(meta.read_text().replace('"format_version": 1', '"format_version": 2'))
+    future = runner.invoke(model_app, ["train", str(tiny_store), "--device", "cpu"])
+    assert future.exit_code == 1 and "format version 2" in one_line_error(future)
+
+
+def test_cli_trains_and_lists_the_artifacts(tiny_store, tmp_path):
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--epochs", "1", "--width", "4",
+                                            "--device", "cpu", "--no-augment", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
+        assert f"{name}: {out / name}" in result.output and (out / name).exists()
