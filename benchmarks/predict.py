@@ -1,11 +1,13 @@
 """Seconds per full-size scan for `ctmodel predict`, split into read / preprocess / network / invert / write.
 
-Run: python benchmarks/predict.py --slices 120 --threads 2 [--device cpu|cuda]
+Run: python benchmarks/predict.py --slices 300 --threads 2 [--device cpu|cuda] [--repeats 3]
 
 The scan is a synthetic 512x512xZ chest CT written by ctprep's demo generator (int16 .nii.gz, as scanners
-ship); the network is the default-width dual encoder with RANDOM weights (timing does not depend on them).
-Baselines measured in the same run: reading the file alone (the floor of any NIfTI tool), and the network
-run one slice at a time (what a per-slice loop costs) against predict's batched pass.
+ship; demo cases longer than the generator's 200 slices are the case mirrored along z); the network is the
+default-width dual encoder with RANDOM weights (timing does not depend on them).
+Measured in the same run: both backends of predict (ctprep's numpy preprocessing on the CPU, and the torch
+copy that keeps every stage on the device, which `ctmodel predict` uses on a GPU), reading the file alone
+(the floor of any NIfTI tool), and the network run one slice at a time against predict's batched pass.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -21,7 +24,7 @@ from ctmodel.config import ModelConfig
 from ctmodel.device import resolve_device
 from ctmodel.inference import predict_volume
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.predict import STAGES, model_predictor, predict_scan, prepare_input
+from ctmodel.predict import STAGES, model_predictor, numpy_backend, predict_scan, prepare_input, torch_backend
 from ctprep.demo import DemoConfig, write_case
 from ctprep.nifti import read_volume
 from ctprep.store import StoreLayout
@@ -30,7 +33,7 @@ from ctprep.store import StoreLayout
 def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=120, help="axial slices Z of the 512x512xZ scan")
+    parser.add_argument("--slices", type=int, default=300, help="axial slices Z of the 512x512xZ scan")
     parser.add_argument("--size", type=int, default=256, help="stored in-plane size S the network sees")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -41,9 +44,18 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_scan(folder: Path, slices: int) -> Path:
-    """One synthetic 512x512xZ demo scan; returns its image path."""
+    """One synthetic 512x512xZ demo scan of exactly ``slices`` slices; returns its image path."""
     row = write_case(folder, DemoConfig(cases=1, size=512, max_slices=slices, workers=1), 0)
-    return Path(row["image"])
+    image = nib.load(row["image"])
+    if image.shape[2] == slices:
+        return Path(row["image"])
+    hu = image.get_fdata(dtype=np.float32)
+    mirrored = np.concatenate([hu, hu[:, :, ::-1]] * (-(-slices // (2 * hu.shape[2]))), axis=2)[:, :, :slices]
+    longer = nib.Nifti1Image(mirrored, image.affine, image.header)
+    longer.header.set_data_dtype(np.int16)
+    path = folder / f"scan_{slices}.nii.gz"
+    nib.save(longer, str(path))
+    return path
 
 
 def time_unbatched(model: torch.nn.Module, volume: torch.Tensor, n: int) -> float:
@@ -70,11 +82,13 @@ def main() -> None:
     layout = StoreLayout(size=args.size)
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device).eval()
-    predictor = model_predictor(model, device, args.batch_size, "bf16")
+    backends = {"numpy (CPU)": numpy_backend(model_predictor(model, device, args.batch_size, "bf16")),
+                f"torch ({device.type})": torch_backend(model, device, args.batch_size, "bf16")}
     with tempfile.TemporaryDirectory() as tmp:
         scan = make_scan(Path(tmp) / "raw", args.slices)
         shape = read_volume(scan).data.shape
-        runs = [predict_scan(scan, Path(tmp) / f"out{i}.nii.gz", predictor, layout) for i in range(args.repeats)]
+        runs = {name: [predict_scan(scan, Path(tmp) / f"out{i}.nii.gz", backend, layout) for i in range(args.repeats)]
+                for name, backend in backends.items()}
         start = time.perf_counter()
         volume = read_volume(scan)
         read_alone = time.perf_counter() - start
@@ -83,25 +97,34 @@ def main() -> None:
     report(args, device, shape, count_parameters(model), runs, read_alone, unbatched)
 
 
-def report(args, device, shape, parameters, runs, read_alone, unbatched) -> None:
-    """Print the figures: per stage (best of the timed scans after the first when there are several)."""
+def best_run(runs: list) -> object:
+    """The fastest scan after the first (a warm-up) when several were timed."""
     timed = runs[1:] if len(runs) > 1 else runs
-    best = min(timed, key=lambda r: r.total_seconds)
-    n_slices = best.n_slices
+    return min(timed, key=lambda r: r.total_seconds)
+
+
+def report(args, device, shape, parameters, runs: dict, read_alone, unbatched) -> None:
+    """Print the figures: per stage and backend (best of the timed scans after the first when there are several)."""
+    best = {name: best_run(scans) for name, scans in runs.items()}
+    n_slices = next(iter(best.values())).n_slices
     print(f"scan {shape} (512x512x{n_slices} source voxels), stored {n_slices}x{args.size}x{args.size}, "
           f"device {device}, {args.threads} CPU threads, dual-encoder {parameters:,} params (random weights)")
-    print(f"{'stage':<12}{'seconds':>10}{'share':>8}")
+    print(f"{'stage':<12}" + "".join(f"{name:>18}" for name in best))
     for stage in STAGES:
-        print(f"{stage:<12}{best.seconds[stage]:>10.3f}{best.seconds[stage] / best.total_seconds:>8.1%}")
-    print(f"{'total':<12}{best.total_seconds:>10.3f}   ({best.total_seconds / n_slices * 1000:.1f} ms/slice)")
+        print(f"{stage:<12}" + "".join(f"{r.seconds[stage]:>18.3f}" for r in best.values()))
+    print(f"{'total s':<12}" + "".join(f"{r.total_seconds:>18.3f}" for r in best.values()))
+    print(f"{'ms/slice':<12}" + "".join(f"{r.total_seconds / n_slices * 1000:>18.1f}" for r in best.values()))
+    (name_a, a), (name_b, b) = best.items()
     print("baselines (same run):")
-    print(f"  read the NIfTI alone: {read_alone:.3f} s -> predict end to end = "
-          f"{best.total_seconds / read_alone:.1f}x the read")
-    batched = best.seconds["network"] / n_slices
+    print(f"  {name_b} vs {name_a}: {a.total_seconds / b.total_seconds:.2f}x faster end to end")
+    fastest = min(best.values(), key=lambda r: r.total_seconds)
+    print(f"  read the NIfTI alone: {read_alone:.3f} s -> fastest predict end to end = "
+          f"{fastest.total_seconds / read_alone:.1f}x the read")
+    batched = fastest.seconds["network"] / n_slices
     print(f"  network one slice at a time: {unbatched * 1000:.1f} ms/slice vs batched {batched * 1000:.1f} ms/slice "
           f"(batch {args.batch_size}) -> batching {unbatched / batched:.2f}x faster")
-    print(f"  scans timed: {len(timed)} (of {len(runs)}); total seconds per scan: "
-          f"{', '.join(f'{r.total_seconds:.2f}' for r in runs)}")
+    for name, scans in runs.items():
+        print(f"  {name}: seconds per scan, in order: {', '.join(f'{r.total_seconds:.2f}' for r in scans)}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,14 @@ def loader_rate(data, samples, batch_size: int, n_batches: int, device: torch.de
     return batch_size / timed(one, n_batches, device)
 
 
+def endless_batches(data, samples, batch_size: int):
+    """Loader batches epoch after epoch (a fresh shuffle each), so any number of steps can be timed."""
+    epoch = 0
+    while True:
+        yield from iterate_batches(data, samples, batch_size, torch.Generator().manual_seed(epoch))
+        epoch += 1
+
+
 def step_times(data, samples, model, batch_size: int, n_steps: int, device, precision: str) -> tuple[float, float]:
     """Median seconds per training step with loader batches and with one synthetic in-memory batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
@@ -120,7 +128,7 @@ def step_times(data, samples, model, batch_size: int, n_steps: int, device, prec
     size = data.images.shape[-1]
     synthetic = (torch.rand(batch_size, 3, size, size, device=device),
                  (torch.rand(batch_size, 1, size, size, device=device) > 0.9).float())
-    batches = iterate_batches(data, samples, batch_size, torch.Generator().manual_seed(0))
+    batches = endless_batches(data, samples, batch_size)
 
     def step(x, y) -> None:
         with autocast(device, precision):

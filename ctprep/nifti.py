@@ -15,7 +15,7 @@ from nibabel.openers import ImageOpener
 
 from ctprep.errors import CaseError
 
-try:  # optional accelerator: ISA-L gunzip, see _in_memory
+try:  # optional accelerator: ISA-L gunzip, see _stored_voxels
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - depends on the environment
     isal_zlib = None
@@ -99,32 +99,47 @@ def _check_size(path: Path, shape: tuple[int, int, int], affine: np.ndarray) -> 
 def _read_data(path: Path, img: nib.Nifti1Image, shape: tuple[int, int, int], scaled: bool) -> np.ndarray:
     """Read the voxels (float32 after scaling if ``scaled``, else the stored dtype); decoding faults -> CaseError."""
     try:
-        img = _in_memory(path, img)
-        data = img.get_fdata(dtype=np.float32) if scaled else np.asanyarray(img.dataobj)
+        data = _stored_voxels(path, img)
     except MemoryError:
         raise
     except Exception as err:  # truncated gzip (EOFError), zlib.error, short file (ValueError/OSError)
         raise CaseError(f"{path}: unreadable voxel data ({_reason(err)}); the file is truncated or "
                         "corrupt, re-download or re-export it") from err
+    if scaled:
+        data = _scale(data, float(img.dataobj.slope), float(img.dataobj.inter))
     return np.asarray(data).reshape(shape)
 
 
-def _in_memory(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Image:
-    """For .nii.gz with ISA-L installed (``pip install isal``), gunzip the file at once with it (~2.4x faster
-    than zlib; reading is what convert is bound by) and parse the image from memory; otherwise ``img`` as is.
+def _scale(stored: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """scl_slope/scl_inter applied in float32 (nibabel's get_fdata works in float64: ~3x slower, same HU)."""
+    data = stored.astype(np.float32)
+    if slope != 1.0:
+        data *= np.float32(slope)
+    if inter != 0.0:
+        data += np.float32(inter)
+    return data
 
-    Only header + voxel bytes are inflated, so a stream longer than its header claims cannot exhaust memory.
+
+def _stored_voxels(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """The voxels as stored (no scaling), in the image's shape.
+
+    For .nii.gz with ISA-L installed (``pip install isal``) the file is gunzipped at once with it (~2.4x faster
+    than zlib; reading is what convert and predict are bound by) and the voxels are viewed in place, without
+    nibabel's copies. Only header + voxel bytes are inflated, so a stream longer than its header claims cannot
+    exhaust memory.
     """
     if isal_zlib is None or not str(path).endswith(".gz"):
-        return img
+        return np.asanyarray(img.dataobj.get_unscaled())
     header = img.header
-    needed = int(img.dataobj.offset) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    dtype = header.get_data_dtype()
+    count = int(np.prod(img.shape))
+    offset = int(img.dataobj.offset)
+    needed = offset + count * dtype.itemsize
     inflater = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)  # gzip container
     raw = inflater.decompress(Path(path).read_bytes(), needed)
     if len(raw) < needed:
         raise EOFError(f"gzip stream ended after {len(raw)} of {needed} bytes")
-    with LoggingOutputSuppressor():
-        return type(img).from_bytes(raw)
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(img.shape, order="F")
 
 
 def read_volume(path: Path) -> NiftiVolume:
