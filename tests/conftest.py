@@ -95,3 +95,22 @@ def tiny_store(tmp_path: Path) -> Path:
     cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(5)}
     splits = {"case0": "train", "case1": "train", "case2": "train", "case3": "val", "case4": "test"}
     return build_store(tmp_path / "store.zarr", {k: (hu, m, a) for k, (hu, m, a) in cases.items()}, splits)
+
+
+def save_random_run(run_dir: Path, layout: StoreLayout) -> Path:
+    """A run folder with a small randomly initialised dual encoder (what `ctmodel train` leaves, minus training)."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from ctmodel.checkpoint import atomic_save, checkpoint_payload
+    from ctmodel.config import ModelConfig
+    from ctmodel.nets import build_model
+
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(width=4, depth=2)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"model": asdict(model_cfg)}))
+    atomic_save(checkpoint_payload(build_model(model_cfg), model_cfg, layout, epoch=1, state={}), run_dir / "best.pt")
+    return run_dir

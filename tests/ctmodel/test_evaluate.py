@@ -3,38 +3,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli import model_app
-from ctmodel.checkpoint import atomic_save, checkpoint_payload
-from ctmodel.config import ModelConfig
 from ctmodel.evaluate import EvaluateConfig, evaluate, evaluate_cases, split_cases, summarize
-from ctmodel.nets import build_model
 from ctprep.errors import RunError
 from ctprep.store import SliceStore, StoreLayout
+from conftest import save_random_run
 
 
 def _oracle(store: SliceStore):
     """A predictor returning each case's stored true mask (looked up by its image)."""
     masks = {store.read_image(c).tobytes(): store.read_mask(c).astype(np.float32) for c in store.case_ids()}
     return lambda volume: masks[volume.tobytes()]
-
-
-def _save_run(run_dir: Path, layout: StoreLayout) -> Path:
-    """A run folder with a small randomly initialised dual encoder (what `ctmodel train` leaves, minus training)."""
-    torch.manual_seed(0)
-    model_cfg = ModelConfig(width=4, depth=2)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"model": asdict(model_cfg)}))
-    atomic_save(checkpoint_payload(build_model(model_cfg), model_cfg, layout, epoch=1, state={}), run_dir / "best.pt")
-    return run_dir
 
 
 def test_oracle_scores_perfectly_on_every_metric(tiny_store):
@@ -75,7 +60,7 @@ def test_split_without_labeled_cases_is_refused(tmp_path, tiny_store):
 
 
 def test_evaluate_writes_per_case_csv_summary_json_and_figures(tmp_path, tiny_store):
-    run = _save_run(tmp_path / "run", StoreLayout(size=16))
+    run = save_random_run(tmp_path / "run", StoreLayout(size=16))
     result = evaluate(run, tiny_store, EvaluateConfig(split="all", device="cpu"), figures=tmp_path / "figs",
                       progress=False)
     table = pd.read_csv(run / "eval-all.csv")
@@ -89,7 +74,7 @@ def test_evaluate_writes_per_case_csv_summary_json_and_figures(tmp_path, tiny_st
 
 
 def test_cli_evaluate_prints_both_slice_conventions(tmp_path, tiny_store):
-    run = _save_run(tmp_path / "run", StoreLayout(size=16))
+    run = save_random_run(tmp_path / "run", StoreLayout(size=16))
     out = tmp_path / "e.csv"
     result = CliRunner().invoke(model_app, ["evaluate", str(run), str(tiny_store), "--device", "cpu",
                                             "--out", str(out)])
@@ -99,7 +84,7 @@ def test_cli_evaluate_prints_both_slice_conventions(tmp_path, tiny_store):
 
 
 def test_cli_evaluate_refuses_a_store_of_another_layout_with_one_line(tmp_path, tiny_store):
-    run = _save_run(tmp_path / "run", StoreLayout(size=32))
+    run = save_random_run(tmp_path / "run", StoreLayout(size=32))
     result = CliRunner().invoke(model_app, ["evaluate", str(run), str(tiny_store), "--device", "cpu"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "layout" in result.output

@@ -1,26 +1,20 @@
 """ctmodel predict: masks come back on the source grid (shape, affine, header codes) for any orientation."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli import model_app
-from ctmodel.checkpoint import atomic_save, checkpoint_payload
-from ctmodel.config import ModelConfig
 from ctmodel.metrics import dice
-from ctmodel.nets import build_model
 from ctmodel.predict import output_name, predict_paths, prepare_input
 from ctprep import geometry
 from ctprep.preprocess import preprocess_mask
 from ctprep.store import SliceStore, StoreLayout
-from conftest import build_store, phantom, ras_affine, save_nifti, to_lps, to_permuted
+from conftest import build_store, phantom, ras_affine, save_nifti, save_random_run, to_lps, to_permuted
 
 SHAPE = (96, 80, 12)  # x, y, z: non-square slices
 SPACING = (0.7, 0.8, 2.5)
@@ -123,19 +117,9 @@ def test_folder_with_a_corrupt_scan_predicts_the_others_and_names_the_bad_one(tm
     assert len(report.failed) == 1 and "bad_0000.nii.gz" in report.failed[0]
 
 
-def _save_run(run_dir: Path, layout: StoreLayout) -> Path:
-    """A run folder with a small randomly initialised dual encoder (what `ctmodel train` leaves, minus training)."""
-    torch.manual_seed(0)
-    model_cfg = ModelConfig(width=4, depth=2)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"model": asdict(model_cfg)}))
-    atomic_save(checkpoint_payload(build_model(model_cfg), model_cfg, layout, epoch=1, state={}), run_dir / "best.pt")
-    return run_dir
-
-
 def test_cli_folder_run_with_corrupt_file_exits_1_with_one_line(tmp_path):
     hu, _, affine = _case()
-    run = _save_run(tmp_path / "run", LAYOUT)
+    run = save_random_run(tmp_path / "run", LAYOUT)
     lps_hu, lps_affine = to_lps(hu, affine)
     save_nifti(tmp_path / "in" / "good_0000.nii.gz", lps_hu, lps_affine, dtype=np.int16)
     (tmp_path / "in" / "broken_0000.nii").write_bytes(b"\x00" * 100)
