@@ -166,6 +166,124 @@ def demo(
 
 # ---------------------------------------------------------------- ctsample commands
 
+StoreArgument = Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")]
+
+
+def _ratio_text(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"  # NaN (no lesion slice) -> "-"
+
+
+@sample_app.command()
+def stats(
+    ctx: typer.Context,
+    store: StoreArgument,
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "all",
+    neighbours: Annotated[int, typer.Option(min=0, help="Count empty slices within k of a lesion slice.")] = 1,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the per-patient distribution as a PNG.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Write the per-patient table as CSV.")] = None,
+) -> None:
+    """Empty vs lesion slices per patient and overall: the imbalance a plan corrects.
+
+    Example: ctsample stats store.zarr --split train --plot stats.png
+    """
+    from ctprep.console import print_table
+    from ctprep.index import read_index
+    from ctsample.plan import PlanConfig
+    from ctsample.stats import overall_rows, patient_stats, plot_stats, unlabeled_patients
+
+    with errors(ctx):
+        PlanConfig(split=split, neighbours=neighbours)  # validates the options
+        index = read_index(store)
+        table = patient_stats(index, split, neighbours)
+        if plot is not None:
+            plot_stats(table, plot, f"{store.name}: {split} split, {len(table)} labeled patients")
+        if csv is not None:
+            table.to_csv(csv, index=False)
+    print_table(f"ctsample stats {store} --split {split}: per patient",
+                ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty", f"neighbours (k={neighbours})"],
+                [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), round(r.pct_empty, 1),
+                  r.neighbour_empty) for r in table.itertuples()])
+    print_table("overall", ["", "value"], overall_rows(table, unlabeled_patients(index, split)))
+    if plot is not None:
+        print(f"plot: {plot}")
+
+
+@sample_app.command()
+def split(
+    ctx: typer.Context,
+    store: StoreArgument,
+    test: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of patients in the test split.")] = 0.2,
+    val: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of the other patients in val.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the (seed, case_id) hash.")] = 0,
+    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash.")] = None,
+) -> None:
+    """Reassign patients to train / val / test (atomically; one patient is never in two splits).
+
+    Deterministic from (seed, case_id): adding cases never moves existing ones. Later converts keep the rule.
+
+    Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0
+    """
+    from ctprep.console import print_table
+    from ctsample.resplit import resplit
+    from ctsample.splits import SplitConfig
+
+    with errors(ctx):
+        counts, unknown = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
+    if unknown:
+        typer.secho(f"warning: {splits}: {len(unknown)} case ids not in the store, e.g. {unknown[:3]}", err=True,
+                    fg=typer.colors.YELLOW)
+    for name, fraction in (("test", test), ("val", val)):
+        if fraction > 0 and splits is None and counts.loc[name, "patients_after"] == 0:
+            typer.secho(f"warning: the {name} split is empty ({int(counts['patients_after'].sum())} patients, "
+                        f"--{name} {fraction:g}): try another --seed, or list the cases in --splits FILE.csv",
+                        err=True, fg=typer.colors.YELLOW)
+    print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "slices",
+                                            "lesion slices"],
+                [(name, int(r.patients_before), int(r.patients_after), int(r.labeled_after), int(r.slices_after),
+                  int(r.lesion_after)) for name, r in counts.iterrows()])
+
+
+@sample_app.command()
+def plan(
+    ctx: typer.Context,
+    store: StoreArgument,
+    ratio: Annotated[str, typer.Option(help="Target empty:lesion slices per patient; 0 = lesion slices (+ "
+                                            "neighbours); natural = every slice.")] = "1.75",
+    neighbours: Annotated[int, typer.Option(min=0, help="Empty slices within k of a lesion slice always taken.")] = 1,
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "train",
+    epochs: Annotated[int, typer.Option(min=1, help="Plan epochs; fill drawn afresh in each.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the random fill.")] = 0,
+    strict: Annotated[bool, typer.Option(help="Sample neighbours down when they alone exceed the ratio.")] = False,
+    lesion_free: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of a lesion-free patient's slices "
+                                                                      "taken per epoch (0 leaves them out).")] = 0.1,
+    out: Annotated[Optional[Path], typer.Option(help="Plan file (default: STORE/plans/<rule>.parquet).")] = None,
+) -> None:
+    """Plan balanced slices: every lesion slice, its empty neighbours, random far empties up to --ratio.
+
+    Example: ctsample plan store.zarr --ratio 1.75 --neighbours 1 --epochs 50
+    """
+    from ctprep.console import print_table
+    from ctprep.index import read_index
+    from ctsample.plan import PlanConfig, default_plan_path, make_plan, parse_ratio, save_plan, summary
+
+    with errors(ctx):
+        cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
+                         strict=strict, lesion_free=lesion_free)
+        made = make_plan(read_index(store), cfg)
+        path = save_plan(made, out or default_plan_path(store, cfg))
+    target = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
+    print_table(f"ctsample plan {store}: per epoch (target empty:lesion {target})",
+                ["split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
+                 "ratio after", "unmet"],
+                [(r.split, r.patients, r.lesion_free, r.lesion, r.neighbour, r.fill, r.empty_before,
+                  _ratio_text(r.ratio_before), _ratio_text(r.ratio_after), r.unmet)
+                 for r in summary(made).itertuples()])
+    unmet = made.patients[made.patients["reason"] != ""]
+    if len(unmet):
+        print_table("patients off the target, and why", ["case", "lesion", "neighbour", "fill", "target", "reason"],
+                    [(r.case_id, r.lesion, r.neighbour, r.fill, r.target_empty, r.reason) for r in unmet.itertuples()])
+    print(f"plan: {path} ({len(made.slices):,} rows, {cfg.epochs} epoch(s))")
+
 
 # ---------------------------------------------------------------- ctmodel commands
 

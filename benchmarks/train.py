@@ -121,7 +121,8 @@ def endless_batches(data, samples, batch_size: int):
         epoch += 1
 
 
-def step_times(data, samples, model, batch_size: int, n_steps: int, device, precision: str) -> tuple[float, float]:
+def step_times(data, samples, model, batch_size: int, n_steps: int, device, precision: str,
+               channels_last: bool = False) -> tuple[float, float]:
     """Median seconds per training step with loader batches and with one synthetic in-memory batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     loss_fn, gen = DiceBCELoss(), torch.Generator(device=device).manual_seed(0)
@@ -131,6 +132,8 @@ def step_times(data, samples, model, batch_size: int, n_steps: int, device, prec
     batches = endless_batches(data, samples, batch_size)
 
     def step(x, y) -> None:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -143,7 +146,8 @@ def step_times(data, samples, model, batch_size: int, n_steps: int, device, prec
     def synthetic_step() -> None:
         step(*synthetic)
 
-    loader_step(), synthetic_step()  # warm-up
+    for _ in range(3):  # warm-up (torch.compile compiles here)
+        loader_step(), synthetic_step()
     pairs = [(timed_once(loader_step, device), timed_once(synthetic_step, device)) for _ in range(n_steps)]
     return float(np.median([p[0] for p in pairs])), float(np.median([p[1] for p in pairs]))
 
@@ -169,6 +173,14 @@ def gpu_rows(data, samples, device: torch.device, precision: str, n_steps: int) 
                  (f"GPU batch {batch_size} {precision}: peak memory MiB",
                   torch.cuda.max_memory_allocated(device) / 2**20),
                  (f"GPU batch {batch_size} {precision}: utilisation % (nvml, last sample)", gpu_utilisation(device))]
+    for label, channels_last, compiled in (("channels_last", True, False), ("torch.compile", False, True)):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig()).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        seconds, _ = step_times(data, samples, torch.compile(model) if compiled else model, 16, n_steps, device,
+                                precision, channels_last=channels_last)
+        rows.append((f"GPU batch 16 {precision} {label}: training samples/s", 16 / seconds))
     return rows
 
 

@@ -1,6 +1,7 @@
 """Terminal output shared by the three CLIs: progress bars with rate and ETA, and summary tables."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -11,11 +12,15 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from rich.table import Table
 
 T = TypeVar("T")
+PLAIN_WIDTH = 120  # columns when output is not a terminal (and $COLUMNS is unset)
 
 
 def make_console(stderr: bool = False) -> Console:
     """A console that degrades to plain text when not a terminal (CI, pipes)."""
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PLAIN_WIDTH  # logs and captured output: wide enough that tables keep their headers
+    return console
 
 
 @contextmanager

@@ -41,3 +41,11 @@ def test_ctsample_help_does_not_import_torch():
            "CliRunner().invoke(cli.sample_app, ['plan', '--help']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_shell_completion_script_is_offered(name):
+    code = f"import cli; cli.{'prep' if name == 'ctprep' else name[2:]}_app(prog_name={name!r})"
+    out = subprocess.run([sys.executable, "-c", code, "--show-completion", "bash"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"_{name}_completion" in out.stdout and "complete" in out.stdout

@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ctmodel.train as train_module
 from cli import model_app
 from conftest import build_store, phantom, ras_affine
 from ctmodel.checkpoint import load_run
@@ -23,24 +22,11 @@ from ctmodel.validate import overlap_scores
 from ctprep.errors import PlanError, RunError
 from ctprep.index import index_fingerprint
 from ctprep.store import SliceStore, StoreLayout
+from ctsample.plan import PlanConfig, make_plan, save_plan
 
 torch.set_num_threads(1)
 TINY = ModelConfig(width=4, depth=2)
 FAST = TrainConfig(epochs=6, batch_size=8, lr=1e-2, augment=False, seed=0)
-
-
-def every_train_slice(index: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
-    """A hand-built plan: every labeled train slice in each epoch, tagged with the store's fingerprint."""
-    rows = index[(index["split"] == "train") & index["labeled"]]
-    role = rows["has_lesion"].map({True: "lesion", False: "fill"})
-    one = pd.DataFrame({"case_id": rows["case_id"].astype(str), "slice": rows["slice"], "role": role})
-    slices = pd.concat([one.assign(epoch=e) for e in range(cfg.epochs)], ignore_index=True)
-    return slices, {"index_fingerprint": index_fingerprint(index)}
-
-
-@pytest.fixture(autouse=True)
-def hand_plan(monkeypatch):
-    monkeypatch.setattr(train_module, "build_plan", every_train_slice)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +39,8 @@ def store64(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_run(store64, tmp_path_factory):
-    import ctmodel.train as module
-
-    original, module.build_plan = module.build_plan, every_train_slice
-    try:
-        return train(store64, TINY, FAST, out=tmp_path_factory.mktemp("r") / "run")
-    finally:
-        module.build_plan = original
+    """Six epochs on a plan built by ctsample (train builds it when given none)."""
+    return train(store64, TINY, FAST, out=tmp_path_factory.mktemp("r") / "run")
 
 
 def test_tiny_run_lowers_the_loss_and_beats_the_all_zero_predictor(tiny_run, store64):
@@ -137,7 +118,8 @@ def test_resume_refuses_an_option_that_conflicts_with_the_run(tiny_store, tmp_pa
 
 def test_plan_of_another_store_or_without_slices_is_refused(tiny_store):
     index = SliceStore.open(tiny_store).index()
-    slices, params = every_train_slice(index, FAST)
+    plan = make_plan(index, PlanConfig(epochs=2))
+    slices, params = plan.slices, plan.params
     with pytest.raises(PlanError, match="another store"):
         check_plan(slices, {"index_fingerprint": "0123456789abcdef"}, index, tiny_store, "plan.parquet")
     with pytest.raises(PlanError, match="no training slices"):
@@ -173,3 +155,19 @@ def test_cli_trains_and_lists_the_artifacts(tiny_store, tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
         assert f"{name}: {out / name}" in result.output and (out / name).exists()
+
+
+def test_cli_trains_on_a_plan_file_from_ctsample_and_records_its_hash(tiny_store, tmp_path):
+    plan_file = save_plan(make_plan(SliceStore.open(tiny_store).index(), PlanConfig(ratio=0.5, epochs=2)),
+                          tmp_path / "plan.parquet")
+    out = tmp_path / "planned"
+    result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), "--epochs", "2",
+                                            "--width", "4", "--device", "cpu", "--no-augment", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert str(plan_file) in json.dumps(config)
+    trained_on = pd.read_parquet(out / "plan.parquet")
+    assert len(trained_on) == len(pd.read_parquet(plan_file))
+    conflict = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), "--ratio", "1",
+                                              "--out", str(tmp_path / "x")])
+    assert conflict.exit_code == 2 and "--plan" in one_line_error(conflict)

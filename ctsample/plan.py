@@ -1,0 +1,264 @@
+"""Balanced slice plans: every lesion slice, its empty neighbours, then random far empties up to a ratio.
+
+The rule (docs/sampling.md), per labeled patient of the split:
+1. every lesion slice (role ``lesion``);
+2. every empty slice within ``neighbours`` slices of a lesion slice (role ``neighbour``);
+3. random far empty slices (role ``fill``) until empty:lesion reaches ``ratio``, or the patient runs out.
+Lesion-free patients give ``lesion_free`` of their slices per epoch as fill. Fills (and, with ``strict``,
+neighbours) are drawn afresh every epoch from numpy's generator seeded with (seed, epoch).
+
+Everything is vectorised over the index: no Python loop per slice or per patient.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ctprep import __version__
+from ctprep.errors import PlanError, UsageError
+from ctprep.index import index_fingerprint
+
+SPLIT_CHOICES = ("train", "val", "test", "all")
+ROLES = ("lesion", "neighbour", "fill")
+METADATA_KEY = b"ctstack.plan"
+PLANS_DIR = "plans"
+REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
+                  "ratio_target", "ratio_after", "planned", "reason")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """The sampling rule's parameters (see docs/sampling.md)."""
+
+    ratio: float | None = 1.75  # target empty:lesion per patient; None = natural (every slice)
+    neighbours: int = 1  # empty slices within this distance of a lesion slice are always taken (0 = none)
+    split: str = "train"  # train, val, test or all
+    epochs: int = 1  # plan epochs; lesion and neighbour slices in each, fill drawn afresh per epoch
+    seed: int = 0
+    strict: bool = False  # sample neighbours down when they alone exceed the ratio
+    lesion_free: float = 0.1  # fraction of a lesion-free patient's slices taken per epoch (0 = leave them out)
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and not (np.isfinite(self.ratio) and self.ratio >= 0):
+            raise UsageError(f"--ratio {self.ratio}: expected a number >= 0 (e.g. 1.75) or 'natural'")
+        if self.neighbours < 0:
+            raise UsageError(f"--neighbours {self.neighbours}: expected 0 or more slices")
+        if self.split not in SPLIT_CHOICES:
+            raise UsageError(f"--split {self.split}: expected one of {', '.join(SPLIT_CHOICES)}")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs}: expected 1 or more")
+        if not 0.0 <= self.lesion_free <= 1.0:
+            raise UsageError(f"--lesion-free {self.lesion_free}: expected a fraction in [0, 1]")
+
+
+@dataclass
+class Plan:
+    """A plan: its rows (epoch, case_id, slice, role), its parameters, and the per-patient report."""
+
+    slices: pd.DataFrame
+    params: dict
+    patients: pd.DataFrame  # per patient (REPORT_COLUMNS), see patient_report(); empty for a loaded plan
+
+
+def parse_ratio(text: str) -> float | None:
+    """'1.75' -> 1.75, 'natural' -> None (keep every slice)."""
+    if text.strip().lower() == "natural":
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise UsageError(f"--ratio {text!r}: expected a number such as 1.75, 0, or 'natural'") from err
+
+
+def make_plan(index: pd.DataFrame, cfg: PlanConfig = PlanConfig()) -> Plan:
+    """Plan ``cfg.epochs`` epochs over the labeled patients of ``cfg.split`` in ``index`` (the store's index)."""
+    rows = labeled_rows(index, cfg.split)
+    slices = classify(rows, cfg.neighbours)
+    counts = patient_counts(slices, cfg)
+    epochs = [plan_epoch(slices, counts, cfg, epoch) for epoch in range(cfg.epochs)]
+    planned = pd.concat(epochs, ignore_index=True)
+    params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index), "ctstack_version": __version__}
+    return Plan(slices=planned, params=params, patients=patient_report(counts, cfg))
+
+
+def labeled_rows(index: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The split's labeled slices sorted by case and slice; PlanError when there are none."""
+    in_split = index if split == "all" else index[index["split"] == split]
+    if in_split.empty:
+        raise PlanError(f"split {split!r} holds no case; assign cases with `ctsample split STORE` or plan "
+                        "another --split")
+    rows = in_split[in_split["labeled"]]
+    if rows.empty:
+        raise PlanError(f"split {split!r} holds no labeled case (only images without masks), and plans are for "
+                        "supervised training; add masks or plan another --split")
+    return rows.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
+
+
+def classify(rows: pd.DataFrame, neighbours: int) -> pd.DataFrame:
+    """(case_id, slice, split, kind) with kind 0 = lesion, 1 = neighbour empty, 2 = far empty; plus case codes."""
+    codes, cases = pd.factorize(rows["case_id"].astype(str), sort=True)
+    slice_index = rows["slice"].to_numpy(np.int64)
+    lesion = rows["has_lesion"].to_numpy(bool)
+    key = codes.astype(np.int64) * (1 << 32) + slice_index  # cases never within reach of each other
+    near = np.zeros(len(rows), bool)
+    lesion_keys = key[lesion]
+    if neighbours > 0 and lesion_keys.size:
+        after = np.searchsorted(lesion_keys, key)  # first lesion key >= key
+        next_gap = np.where(after < lesion_keys.size, lesion_keys[np.minimum(after, lesion_keys.size - 1)] - key,
+                            np.iinfo(np.int64).max)
+        prev_gap = np.where(after > 0, key - lesion_keys[np.maximum(after - 1, 0)], np.iinfo(np.int64).max)
+        near = ~lesion & (np.minimum(next_gap, prev_gap) <= neighbours)
+    kind = np.where(lesion, 0, np.where(near, 1, 2)).astype(np.int8)
+    return pd.DataFrame({"case": codes, "case_id": np.asarray(cases)[codes], "slice": slice_index,
+                         "split": rows["split"].astype(str).to_numpy(), "kind": kind})
+
+
+def patient_counts(slices: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
+    """Per patient: availability (lesion, neighbour, far) and what one epoch takes of each, with the reason for
+    any shortfall. Counts are the same every epoch; only which far (and, strict, which neighbour) slices vary."""
+    per_kind = pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
+    counts = pd.DataFrame({"case_id": slices.groupby("case")["case_id"].first(),
+                           "split": slices.groupby("case")["split"].first(),
+                           "lesion": per_kind[0], "neighbour_available": per_kind[1], "far_available": per_kind[2]})
+    lesion = counts["lesion"].to_numpy()
+    neighbour = counts["neighbour_available"].to_numpy()
+    far = counts["far_available"].to_numpy()
+    empty = neighbour + far
+    if cfg.ratio is None:
+        target = empty.copy()
+    else:
+        target = np.floor(cfg.ratio * lesion + 0.5).astype(np.int64)
+    lesion_free = lesion == 0
+    target = np.where(lesion_free, np.ceil(cfg.lesion_free * empty - 1e-9).astype(np.int64), target)
+    take_neighbour = np.minimum(neighbour, target) if cfg.strict else neighbour
+    take_fill = np.clip(target - take_neighbour, 0, far)
+    counts["target_empty"] = target
+    counts["neighbour"] = take_neighbour
+    counts["fill"] = take_fill
+    counts["reason"] = shortfall_reasons(lesion, take_neighbour, take_fill, target, empty, cfg)
+    return counts.reset_index(drop=True)
+
+
+def shortfall_reasons(lesion, neighbour, fill, target, empty, cfg: PlanConfig) -> np.ndarray:
+    """Why a patient's achieved empty count differs from its target ('' where it matches)."""
+    taken = neighbour + fill
+    reasons = np.full(len(lesion), "", dtype=object)
+    reasons[taken < target] = [f"only {e} empty slices, target {t}" for e, t in zip(empty[taken < target],
+                                                                                    target[taken < target])]
+    over = taken > target
+    reasons[over] = [f"{n} neighbour slices exceed the target {t} (kept; --strict samples them down)"
+                     for n, t in zip(neighbour[over], target[over])]
+    reasons[(lesion == 0) & (cfg.lesion_free == 0)] = "lesion-free: left out (--lesion-free 0)"
+    reasons[(lesion == 0) & (cfg.lesion_free > 0) & (taken == target)] = "lesion-free: fill only"
+    return reasons
+
+
+def plan_epoch(slices: pd.DataFrame, counts: pd.DataFrame, cfg: PlanConfig, epoch: int) -> pd.DataFrame:
+    """One epoch's rows: lesion slices, neighbours (all, or a fresh sample when strict), a fresh far fill."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    kind = slices["kind"].to_numpy()
+    case = slices["case"].to_numpy()
+    quota = np.zeros(len(slices), np.int64)
+    quota[kind == 1] = counts["neighbour"].to_numpy()[case[kind == 1]]
+    quota[kind == 2] = counts["fill"].to_numpy()[case[kind == 2]]
+    rank = random_rank(case, kind, rng)
+    keep = (kind == 0) | (rank < quota)
+    chosen = slices.loc[keep, ["case_id", "slice"]]
+    roles = np.asarray(ROLES)[kind[keep]]
+    return pd.DataFrame({"epoch": np.full(len(chosen), epoch, np.int32), "case_id": chosen["case_id"].to_numpy(),
+                         "slice": chosen["slice"].to_numpy(np.int32), "role": roles})
+
+
+def random_rank(case: np.ndarray, kind: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the slices within each (case, kind) group: 0, 1, 2, ... per group."""
+    order = np.lexsort((rng.random(len(case)), kind, case))
+    group = case[order].astype(np.int64) * 3 + kind[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = position
+    return rank
+
+
+def patient_report(counts: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
+    """Per patient, per epoch: before (all slices) and after (planned) counts, target and achieved ratio."""
+    empty_before = counts["neighbour_available"] + counts["far_available"]
+    taken = counts["neighbour"] + counts["fill"]
+    lesion = counts["lesion"].replace(0, np.nan)
+    return pd.DataFrame({
+        "case_id": counts["case_id"], "split": counts["split"], "lesion": counts["lesion"],
+        "empty_before": empty_before, "ratio_before": empty_before / lesion,
+        "neighbour": counts["neighbour"], "fill": counts["fill"], "target_empty": counts["target_empty"],
+        "ratio_target": np.nan if cfg.ratio is None else cfg.ratio, "ratio_after": taken / lesion,
+        "planned": counts["lesion"] + taken, "reason": counts["reason"],
+    })
+
+
+def summary(plan: Plan) -> pd.DataFrame:
+    """Per split and in total, per epoch: patients, lesion / neighbour / fill counts, ratio before and after."""
+    patients = plan.patients
+    groups = [(split, rows) for split, rows in patients.groupby("split", sort=True)]
+    if len(groups) > 1:
+        groups.append(("total", patients))
+    records = []
+    for name, rows in groups:
+        lesion = int(rows["lesion"].sum())
+        empty_after = int(rows["neighbour"].sum() + rows["fill"].sum())
+        records.append({"split": name, "patients": len(rows), "lesion_free": int((rows["lesion"] == 0).sum()),
+                        "lesion": lesion, "neighbour": int(rows["neighbour"].sum()), "fill": int(rows["fill"].sum()),
+                        "empty_before": int(rows["empty_before"].sum()),
+                        "ratio_before": rows["empty_before"].sum() / lesion if lesion else np.nan,
+                        "ratio_after": empty_after / lesion if lesion else np.nan,
+                        "unmet": int((rows["reason"].str.startswith("only") |
+                                      rows["reason"].str.contains("exceed")).sum())})
+    return pd.DataFrame.from_records(records)
+
+
+def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
+    """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict].parquet."""
+    ratio = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
+    strict = "-strict" if cfg.strict else ""
+    return Path(store_path) / PLANS_DIR / f"{cfg.split}-r{ratio}-k{cfg.neighbours}-e{cfg.epochs}-s{cfg.seed}{strict}.parquet"
+
+
+def save_plan(plan: Plan, path: Path) -> Path:
+    """Write the plan's rows as Parquet with its parameters in the file metadata (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(plan.slices, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(plan.params).encode()}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_plan(path: Path) -> Plan:
+    """Read a plan written by save_plan; PlanError for a missing file or one that is not a ctstack plan."""
+    path = Path(path)
+    if not path.exists():
+        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet files
+        raise PlanError(f"{path}: not a Parquet file ({err}); make a plan with `ctsample plan`") from err
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    missing = [c for c in ("epoch", "case_id", "slice", "role") if c not in table.column_names]
+    if raw is None or missing:
+        raise PlanError(f"{path}: not a ctstack plan (no plan parameters or columns {missing}); "
+                        "make one with `ctsample plan`")
+    params = json.loads(raw)
+    slices = table.to_pandas()
+    slices["case_id"] = slices["case_id"].astype(str)
+    return Plan(slices=slices, params=params, patients=pd.DataFrame(columns=REPORT_COLUMNS))

@@ -1,0 +1,87 @@
+"""Imbalance statistics from the index alone: empty vs lesion slices per patient and overall."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctsample.plan import classify, labeled_rows
+
+STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty")
+
+
+def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
+    """Per labeled patient of ``split``: slices, lesion, empty, empty:lesion, % empty, empties within k of a lesion."""
+    slices = classify(labeled_rows(index, split), neighbours)
+    per_kind = pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
+    lesion = per_kind[0].to_numpy()
+    empty = per_kind[1].to_numpy() + per_kind[2].to_numpy()
+    first = slices.groupby("case")[["case_id", "split"]].first()
+    return pd.DataFrame({
+        "case_id": first["case_id"].to_numpy(), "split": first["split"].to_numpy(),
+        "slices": lesion + empty, "lesion": lesion, "empty": empty,
+        "ratio": np.where(lesion > 0, empty / np.maximum(lesion, 1), np.nan),
+        "pct_empty": 100.0 * empty / (lesion + empty), "neighbour_empty": per_kind[1].to_numpy(),
+    })
+
+
+def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]]:
+    """The headline: overall empty:lesion ratio, the spread of % empty across patients, lesion-free patients."""
+    lesion, empty = int(stats["lesion"].sum()), int(stats["empty"].sum())
+    pct = stats["pct_empty"]
+    with_lesion = stats[stats["lesion"] > 0]["pct_empty"]
+    return [
+        ("labeled patients", len(stats)),
+        ("  of them lesion-free", int((stats["lesion"] == 0).sum())),
+        ("unlabeled patients (never planned)", unlabeled),
+        ("slices", int(stats["slices"].sum())),
+        ("lesion slices", lesion),
+        ("empty slices", empty),
+        ("empty : lesion overall", f"{empty / lesion:.2f} : 1" if lesion else "no lesion slice"),
+        ("% empty per patient (min / median / max)", f"{pct.min():.0f} / {pct.median():.0f} / {pct.max():.0f}"),
+        ("% empty, patients with lesions (p10 / p90)",
+         f"{with_lesion.quantile(0.1):.0f} / {with_lesion.quantile(0.9):.0f}" if len(with_lesion) else "-"),
+        ("empty neighbours available (within k)", int(stats["neighbour_empty"].sum())),
+    ]
+
+
+def unlabeled_patients(index: pd.DataFrame, split: str) -> int:
+    """Patients of ``split`` with no mask."""
+    rows = index if split == "all" else index[index["split"] == split]
+    return int(rows.loc[~rows["labeled"], "case_id"].nunique())
+
+
+def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per-patient stacked bars (lesion vs empty slices, sorted by % empty) and the % empty distribution."""
+    from matplotlib.figure import Figure
+
+    ordered = stats.sort_values(["pct_empty", "case_id"]).reset_index(drop=True)
+    figure = Figure(figsize=(11, 4.2), dpi=100)
+    bars, hist = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
+    x = np.arange(len(ordered))
+    bars.bar(x, ordered["lesion"], color="#d62728", label="lesion slices")
+    bars.bar(x, ordered["empty"], bottom=ordered["lesion"], color="#9e9e9e", label="empty slices")
+    bars.set_xticks(x, ordered["case_id"], rotation=90, fontsize=6 if len(x) > 30 else 8)
+    bars.set_ylabel("slices")
+    bars.legend(loc="upper left", fontsize=8)
+    bars.set_title("slices per patient (sorted by % empty)", fontsize=10)
+    hist.hist(ordered["pct_empty"], bins=np.arange(0, 105, 5), color="#1f77b4", edgecolor="white")
+    lesion, empty = ordered["lesion"].sum(), ordered["empty"].sum()
+    overall = 100.0 * empty / (lesion + empty)
+    hist.axvline(overall, color="black", linestyle="--", label=f"overall {overall:.0f} % "
+                 f"({empty / max(lesion, 1):.2f} : 1)")
+    hist.set_xlabel("% empty slices per patient")
+    hist.set_ylabel("patients")
+    hist.legend(fontsize=8)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+

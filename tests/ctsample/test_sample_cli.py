@@ -1,0 +1,95 @@
+"""ctsample stats / split / plan as a user runs them on a store."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from cli import sample_app
+from ctprep.index import read_index
+from ctprep.lock import store_lock
+from ctsample.plan import load_plan
+from ctsample.stats import patient_stats
+
+from conftest import build_store, phantom, ras_affine
+
+
+@pytest.fixture()
+def store(tmp_path):
+    """Six phantom patients (a lesion in the middle slices of each) and one without a mask, all in train."""
+    cases = {f"case{i}": (*phantom(shape=(24, 24, 16), seed=i), ras_affine()) for i in range(6)}
+    image, _mask = phantom(shape=(24, 24, 16), seed=9)
+    cases["nomask"] = (image, None, ras_affine())
+    return build_store(tmp_path / "store.zarr", cases, {c: "train" for c in cases})
+
+
+def run(*args: str):
+    return CliRunner().invoke(sample_app, [str(a) for a in args])
+
+
+def test_stats_per_patient_counts_add_up_to_the_index(store, tmp_path):
+    index = read_index(store)
+    stats = patient_stats(index)
+    labeled = index[index["labeled"]]
+    assert stats["lesion"].sum() == labeled["has_lesion"].sum()
+    assert (stats["lesion"] + stats["empty"] == stats["slices"]).all()
+    result = run("stats", store, "--plot", tmp_path / "s.png", "--csv", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+    assert "empty : lesion overall" in result.output and "unlabeled patients" in result.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 6
+
+
+def test_split_reassigns_whole_patients_and_records_the_rule(store):
+    result = run("split", store, "--test", "0.5", "--val", "0.2", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    index = read_index(store)
+    assert (index.groupby("case_id")["split"].nunique() == 1).all()  # never one patient in two splits
+    assert set(index["split"]) > {"train"}
+    assert zarr.open_group(str(store), mode="r").attrs["split_config"]["seed"] == 3
+    again = run("split", store, "--test", "0.5", "--val", "0.2", "--seed", "3")
+    assert again.exit_code == 0 and read_index(store).equals(index)  # deterministic
+
+
+def test_split_csv_overrides_the_hash(store, tmp_path):
+    (tmp_path / "s.csv").write_text("case_id,split\ncase0,test\ncase1,val\nghost,test\n")
+    result = run("split", store, "--splits", tmp_path / "s.csv")
+    assert result.exit_code == 0
+    per_case = read_index(store).groupby("case_id")["split"].first()
+    assert per_case["case0"] == "test" and per_case["case1"] == "val"
+    assert "ghost" in result.output  # named as not in the store
+
+
+def test_split_waits_for_no_one_while_another_process_writes(store):
+    with store_lock(store):
+        result = run("split", store)
+    assert result.exit_code == 1 and "another" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_plan_writes_a_loadable_file_and_prints_before_and_after(store, tmp_path):
+    result = run("plan", store, "--ratio", "1.75", "--epochs", "2", "--out", tmp_path / "plan.parquet")
+    assert result.exit_code == 0, result.output
+    assert "ratio before" in result.output and "ratio after" in result.output
+    plan = load_plan(tmp_path / "plan.parquet")
+    assert sorted(plan.slices["epoch"].unique()) == [0, 1] and "nomask" not in set(plan.slices["case_id"])
+
+
+def test_plan_defaults_to_a_file_inside_the_store(store):
+    result = run("plan", store, "--ratio", "natural")
+    assert result.exit_code == 0, result.output
+    assert (store / "plans" / "train-rnatural-k1-e1-s0.parquet").exists()
+
+
+@pytest.mark.parametrize("args, message", [(["--split", "val"], "no case"), (["--ratio", "many"], "natural"),
+                                           (["--split", "dev"], "train, val, test")])
+def test_plan_bad_input_is_one_line(store, args, message):
+    result = run("plan", store, *args)
+    assert result.exit_code in (1, 2) and message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_store_is_one_line_that_says_what_to_do(tmp_path):
+    result = run("stats", tmp_path / "nope.zarr")
+    assert result.exit_code == 1 and "ctprep convert" in result.output
