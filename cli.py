@@ -201,7 +201,7 @@ def stats(
             table.to_csv(csv, index=False)
     print_table(f"ctsample stats {store} --split {split}: per patient",
                 ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty", f"neighbours (k={neighbours})"],
-                [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), round(r.pct_empty, 1),
+                [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), f"{r.pct_empty:.1f}",
                   r.neighbour_empty) for r in table.itertuples()])
     print_table("overall", ["", "value"], overall_rows(table, unlabeled_patients(index, split)))
     if plot is not None:

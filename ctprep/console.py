@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -12,6 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from rich.table import Table
 
 T = TypeVar("T")
+NUMERIC_TEXT = re.compile(r"-|[-+]?[\d,]*\.?\d+( ?%| : 1)?")
 PLAIN_WIDTH = 120  # columns when output is not a terminal (and $COLUMNS is unset)
 
 
@@ -69,11 +71,18 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     rows = [list(r) for r in rows]
     for i, name in enumerate(columns):
-        numeric = all(isinstance(r[i], (int, float)) for r in rows) if rows else False
+        numeric = all(_numeric(r[i]) for r in rows) if rows else False
         table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
     (console or make_console()).print(table)
+
+
+def _numeric(value: object) -> bool:
+    """Numbers, and text that reads as one ('1.75', '-', '42 %'), are right-aligned."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    return isinstance(value, str) and bool(NUMERIC_TEXT.fullmatch(value.strip()))
 
 
 def _fmt(value: object) -> str:

@@ -57,6 +57,7 @@ def unlabeled_patients(index: pd.DataFrame, split: str) -> int:
 def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
     """Per-patient stacked bars (lesion vs empty slices, sorted by % empty) and the % empty distribution."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     ordered = stats.sort_values(["pct_empty", "case_id"]).reset_index(drop=True)
     figure = Figure(figsize=(11, 4.2), dpi=100)
@@ -75,6 +76,7 @@ def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
                  f"({empty / max(lesion, 1):.2f} : 1)")
     hist.set_xlabel("% empty slices per patient")
     hist.set_ylabel("patients")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend(fontsize=8)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
