@@ -205,6 +205,10 @@ differences of a few hundredths as noise.
 | unet2d | dual-encoder |
 |---|---|
 | ![unet2d curves](img/{curves[0].name}) | ![dual-encoder curves](img/{curves[1].name}) |
+
+The val 3-D Dice is a mean over few patients, and a lesion-free patient scores 1 with an empty prediction and 0
+with a single false-positive speck ([metrics.md](metrics.md)), so the curve can jump by 1/N between epochs;
+`best.pt` is chosen on this curve, the slice-level curve is the smoother one.
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -119,6 +119,9 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg)
     source = str(plan_path) if plan_path is not None else "built by ctmodel train"
     check_plan(plan[0], plan[1], index, store.path, source)
+    if not val_cases(index):
+        console.print(f"warning: {store.path} has no labeled val patient, so nothing to select a checkpoint on: "
+                      f"best.pt follows the latest epoch; add some with `ctsample split {store.path} --val 0.1`")
     session = make_session(store, run_dir, model_cfg, cfg, plan[0], val_cases(index), console)
     write_config(run_dir, model_cfg, cfg, store, index, plan, source, count_parameters(session.model))
     return session
@@ -248,7 +251,8 @@ def record_epoch(session: Session, epoch: int, row: dict, val: ValResult) -> Non
     session.rows.append(row)
     append_metrics(run_dir / "metrics.csv", row)
     plot_curves(read_metrics(run_dir / "metrics.csv"), run_dir / "curves.png")
-    improved = not math.isnan(val.dice_3d) and val.dice_3d > session.best[1]
+    no_val = not session.val_ids  # nothing to select on: best.pt follows the latest epoch
+    improved = no_val or (not math.isnan(val.dice_3d) and val.dice_3d > session.best[1])
     if improved:
         session.best = (epoch, val.dice_3d)
     payload = checkpoint_payload(session.model, session.model_cfg, session.layout, epoch, training_state(session))

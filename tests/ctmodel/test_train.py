@@ -171,3 +171,14 @@ def test_cli_trains_on_a_plan_file_from_ctsample_and_records_its_hash(tiny_store
     conflict = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), "--ratio", "1",
                                               "--out", str(tmp_path / "x")])
     assert conflict.exit_code == 2 and "--plan" in one_line_error(conflict)
+
+
+def test_without_val_patients_best_follows_the_latest_epoch_and_says_so(tmp_path):
+    cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(3)}
+    store = build_store(tmp_path / "store.zarr", cases, {c: "train" for c in cases})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(model_app, ["train", str(store), "--epochs", "2", "--width", "4", "--depth", "2",
+                                            "--device", "cpu", "--no-augment", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no labeled val patient" in result.output
+    assert load_run(out, "best").epoch == 2
