@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ctmodel.config import ModelConfig
-from ctmodel.device import resolve_device
+from ctmodel.device import inference_batch, resolve_device
 from ctmodel.inference import predict_volume
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.predict import STAGES, model_predictor, numpy_backend, predict_scan, prepare_input, torch_backend
@@ -37,7 +37,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="stored in-plane size S the network sees")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: predict's, "
+                        "32 on a GPU, 4 on the CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="scans to time; with 2 or more the first is a warm-up")
     parser.add_argument("--unbatched-slices", type=int, default=8, help="slices timed one at a time (baseline)")
     return parser.parse_args()
@@ -122,7 +123,7 @@ def report(args, device, shape, parameters, runs: dict, read_alone, unbatched) -
           f"{fastest.total_seconds / read_alone:.1f}x the read")
     batched = fastest.seconds["network"] / n_slices
     print(f"  network one slice at a time: {unbatched * 1000:.1f} ms/slice vs batched {batched * 1000:.1f} ms/slice "
-          f"(batch {args.batch_size}) -> batching {unbatched / batched:.2f}x faster")
+          f"(batch {inference_batch(device, args.batch_size)}) -> batching {unbatched / batched:.2f}x faster")
     for name, scans in runs.items():
         print(f"  {name}: seconds per scan, in order: {', '.join(f'{r.total_seconds:.2f}' for r in scans)}")
 

@@ -67,12 +67,14 @@ class TrainConfig:
     channels_last: bool = False  # off: InstanceNorm falls back to NCHW kernels, measure before enabling
     deterministic: bool = False  # bitwise repeatable on one device (slower kernels)
     seed: int = 0
-    val_batch_size: int = 32  # slices per forward pass when validating whole volumes
+    val_batch_size: int | None = None  # slices per forward pass when validating (None: 32 GPU, 4 CPU)
     resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "step_size", "gamma", "val_batch_size", "ratio"):
+        for name in ("epochs", "batch_size", "lr", "step_size", "gamma", "ratio"):
             check_positive(name, getattr(self, name))
+        if self.val_batch_size is not None:
+            check_positive("val_batch_size", self.val_batch_size)
         for name in ("weight_decay", "dice_weight", "bce_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a value >= 0")

@@ -30,7 +30,7 @@ class EvaluateConfig:
     tolerance_mm: float = 1.0  # NSD tolerance
     threshold: float = 0.5
     device: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"
 
     def __post_init__(self) -> None:

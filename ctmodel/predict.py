@@ -38,13 +38,13 @@ class PredictConfig:
     device: str = "auto"
     threshold: float = 0.5  # on probabilities interpolated back to the source grid
     probabilities: bool = False  # write float32 probabilities instead of a uint8 mask
-    batch_size: int = 32  # slices per forward pass
+    batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise UsageError(f"--threshold {self.threshold}: expected a probability between 0 and 1 (exclusive)")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: expected 1 or more slices")
         if self.checkpoint not in ("best", "last"):
             raise UsageError(f"--checkpoint {self.checkpoint}: expected best or last")
@@ -192,11 +192,12 @@ def numpy_backend(predictor: Predictor) -> Backend:
     return Backend(prepare=prepare_input, network=predictor, restore=restore)
 
 
-def torch_backend(model, device, batch_size: int = 32, precision: str = "bf16") -> Backend:
+def torch_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:
     """Every stage after reading on ``device`` (ctmodel.ondevice): one upload of HU, one download of the mask."""
     import torch
 
     from ctmodel import ondevice
+    from ctmodel.device import inference_batch
     from ctmodel.inference import predict_volume
 
     def sync(tensor):
@@ -209,7 +210,7 @@ def torch_backend(model, device, batch_size: int = 32, precision: str = "bf16") 
         return sync(ondevice.prepare(torch.from_numpy(hu).to(device), geom, layout)), geom
 
     def network(stored):
-        return sync(predict_volume(model, stored, batch_size, precision))
+        return sync(predict_volume(model, stored, inference_batch(stored.device, batch_size), precision))
 
     def restore(probs, geom: geometry.CaseGeometry, threshold: float, probabilities: bool) -> tuple[np.ndarray, int]:
         source_probs = ondevice.restore(probs, geom)
@@ -259,20 +260,21 @@ def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, la
     return report
 
 
-def model_predictor(model, device, batch_size: int = 32, precision: str = "bf16") -> Predictor:
+def model_predictor(model, device, batch_size: int | None = None, precision: str = "bf16") -> Predictor:
     """Wrap a 2.5D network as a Predictor: numpy volume in, numpy probabilities out (whole volume on ``device``)."""
     import torch
 
+    from ctmodel.device import inference_batch
     from ctmodel.inference import predict_volume
 
     def run(volume: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
-        return predict_volume(model, tensor, batch_size, precision).cpu().numpy()
+        return predict_volume(model, tensor, inference_batch(tensor.device, batch_size), precision).cpu().numpy()
 
     return run
 
 
-def model_backend(model, device, batch_size: int = 32, precision: str = "bf16") -> Backend:
+def model_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:
     """The backend `ctmodel predict` uses: torch ops on the model's device for every stage after reading (on
     2 CPU cores they also beat the numpy path by ~1.3x; benchmarks/predict.py measures both)."""
     return torch_backend(model, device, batch_size, precision)

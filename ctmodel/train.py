@@ -22,7 +22,7 @@ from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, loa
 from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, read_config, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
-from ctmodel.device import autocast, resolve_device
+from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
@@ -189,7 +189,7 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
     train_loss, samples, train_seconds = train_one_epoch(session, epoch, on_step, console)
     session.scheduler.step()
     val = validate(session.model, session.data, session.val_ids, session.loss_fn,
-                   session.cfg.val_batch_size, session.cfg.precision)
+                   inference_batch(session.device, session.cfg.val_batch_size), session.cfg.precision)
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
            "seconds": time.perf_counter() - start, "samples_per_s": samples / train_seconds,
