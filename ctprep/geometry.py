@@ -99,9 +99,14 @@ def describe(affine: np.ndarray, shape: tuple[int, ...], size: int) -> CaseGeome
 
 def to_planes(volume: np.ndarray, geom: CaseGeometry) -> np.ndarray:
     """Reorient a source-shaped volume to stored slice layout (Z, Y, X), without pad or resize."""
+    return np.ascontiguousarray(plane_view(volume, geom))
+
+
+def plane_view(volume: np.ndarray, geom: CaseGeometry) -> np.ndarray:
+    """``to_planes`` as a strided view, no copy: for NIfTI's Fortran-ordered arrays X stays the fastest axis."""
     ornt = nio.io_orientation(np.asarray(geom.source_affine))
     canonical = nio.apply_orientation(volume, ornt)  # (X, Y, Z) RAS+
-    return np.ascontiguousarray(canonical[::-1, ::-1, :].transpose(2, 1, 0))
+    return canonical[::-1, ::-1, :].transpose(2, 1, 0)
 
 
 def from_planes(planes: np.ndarray, geom: CaseGeometry) -> np.ndarray:
@@ -140,12 +145,22 @@ def resize_planes(planes: np.ndarray, n_out: int) -> np.ndarray:
     n_in = planes.shape[-1]
     if n_in == n_out:
         return planes.astype(np.float32, copy=False)
+    return _blockwise(planes, n_out, lambda block: block)
+
+
+def _blockwise(planes: np.ndarray, n_out: int, prepare) -> np.ndarray:
+    """(Z, N, N) -> (Z, n_out, n_out) float32, RESIZE_BLOCK slices at a time: ``prepare`` (float32 block ->
+    square float32 block) then the resize; each block stays in cache and nothing full-size is allocated."""
+    n_in = prepare(np.zeros((0, *planes.shape[1:]), np.float32)).shape[-1]  # the padded side
     weights = resize_matrix(n_in, n_out)
-    band = _regular_band(weights)
+    band = _regular_band(weights) if n_in != n_out else None
     out = np.empty((planes.shape[0], n_out, n_out), np.float32)
     for z in range(0, planes.shape[0], RESIZE_BLOCK):
-        block = planes[z : z + RESIZE_BLOCK].astype(np.float32, copy=False)
-        out[z : z + RESIZE_BLOCK] = _apply_weights(_apply_weights(block, weights, band, 1), weights, band, 2)
+        block = prepare(np.array(planes[z : z + RESIZE_BLOCK], dtype=np.float32))
+        if n_in == n_out:
+            out[z : z + RESIZE_BLOCK] = block
+        else:
+            out[z : z + RESIZE_BLOCK] = _apply_weights(_apply_weights(block, weights, band, 1), weights, band, 2)
     return out
 
 
@@ -200,10 +215,14 @@ def _regular_band(weights: np.ndarray):
     return factor, offsets, taps, np.flatnonzero(~inside)
 
 
-def forward(volume: np.ndarray, geom: CaseGeometry, fill: float) -> np.ndarray:
-    """Source-shaped float volume -> stored (Z, S, S) float32: reorient, pad with ``fill``, resize."""
-    planes = to_planes(volume, geom).astype(np.float32, copy=False)
-    return resize_planes(pad_square(planes, geom.pad, fill), geom.size)
+def forward(volume: np.ndarray, geom: CaseGeometry, fill: float, transform=None) -> np.ndarray:
+    """Source-shaped float volume -> stored (Z, S, S) float32: reorient, ``transform`` (an elementwise map such
+    as the HU window, applied before padding), pad with ``fill``, resize. Works block by block on a view."""
+
+    def prepare(block: np.ndarray) -> np.ndarray:
+        return pad_square(transform(block) if transform is not None else block, geom.pad, fill)
+
+    return _blockwise(plane_view(volume, geom), geom.size, prepare)
 
 
 def forward_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:
@@ -211,9 +230,9 @@ def forward_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:
 
     Only slices holding lesion go through the filter: an empty slice resizes to zeros exactly.
     """
-    planes = to_planes(np.asarray(mask, dtype=bool), geom)
+    planes = plane_view(np.asarray(mask, dtype=bool), geom)
     stored = np.zeros((planes.shape[0], geom.size, geom.size), np.uint8)
-    busy = np.flatnonzero(planes.reshape(planes.shape[0], -1).any(axis=1))
+    busy = np.flatnonzero(planes.any(axis=(1, 2)))
     if busy.size:
         padded = pad_square(planes[busy].astype(np.float32), geom.pad, 0.0)
         stored[busy] = resize_planes(padded, geom.size) >= 0.5

@@ -1,6 +1,8 @@
 """The one preprocessing path shared by convert and predict: window, reorient, pad with air, resize."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ctprep import geometry
@@ -12,8 +14,8 @@ from ctprep.window import air_value, apply_window
 def preprocess_image(hu: np.ndarray, affine: np.ndarray, layout: StoreLayout) -> tuple[np.ndarray, CaseGeometry]:
     """Source-shaped HU volume -> (stored-layout (Z, S, S) float32 in [0, 1], its geometry record)."""
     geom = geometry.describe(affine, hu.shape, layout.size)
-    windowed = apply_window(hu, layout.window_hu)
-    return geometry.forward(windowed, geom, fill=air_value(layout.window_hu)), geom
+    window = partial(apply_window, window_hu=layout.window_hu, in_place=True)  # on forward's own block copies
+    return geometry.forward(hu, geom, fill=air_value(layout.window_hu), transform=window), geom
 
 
 def preprocess_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:

@@ -18,10 +18,12 @@ def parse_window(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def apply_window(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
-    """Map HU to float32 in [0, 1]: (HU - lo) / (hi - lo), clipped."""
+def apply_window(hu: np.ndarray, window_hu: tuple[float, float], in_place: bool = False) -> np.ndarray:
+    """Map HU to float32 in [0, 1]: (HU - lo) / (hi - lo), clipped; ``in_place`` reuses a float32 ``hu``."""
     lo, hi = window_hu
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    out = hu if in_place and hu.dtype == np.float32 else np.array(hu, dtype=np.float32)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
 
 
