@@ -23,6 +23,16 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of {', '.join(choices)}")
 
 
+def check_inference(checkpoint: str, threshold: float, batch_size: int | None) -> None:
+    """The options evaluate and predict share: which checkpoint, the probability threshold, slices per pass."""
+    if checkpoint not in ("best", "last"):
+        raise UsageError(f"--checkpoint {checkpoint}: expected best or last")
+    if not 0.0 < threshold < 1.0:
+        raise UsageError(f"--threshold {threshold}: expected a probability between 0 and 1 (exclusive)")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: expected 1 or more slices")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network and how wide; the architecture stored with every checkpoint."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctmodel.config import check_inference
 from ctmodel.metrics import CaseMetrics, SliceScores, case_metrics
 from ctmodel.predict import Predictor
 from ctprep.errors import RunError, UsageError
@@ -36,12 +37,9 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split}: expected one of {', '.join(SPLITS)}")
-        if self.checkpoint not in ("best", "last"):
-            raise UsageError(f"--checkpoint {self.checkpoint}: expected best or last")
+        check_inference(self.checkpoint, self.threshold, self.batch_size)
         if not self.tolerance_mm >= 0:
             raise UsageError(f"--tolerance {self.tolerance_mm}: expected a distance >= 0 mm")
-        if not 0.0 < self.threshold < 1.0:
-            raise UsageError(f"--threshold {self.threshold}: expected a probability between 0 and 1 (exclusive)")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ctmodel.config import check_inference
 from ctprep import geometry
 from ctprep.errors import CaseError, CtstackError, UsageError
 from ctprep.nifti import read_volume
@@ -42,12 +43,7 @@ class PredictConfig:
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise UsageError(f"--threshold {self.threshold}: expected a probability between 0 and 1 (exclusive)")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: expected 1 or more slices")
-        if self.checkpoint not in ("best", "last"):
-            raise UsageError(f"--checkpoint {self.checkpoint}: expected best or last")
+        check_inference(self.checkpoint, self.threshold, self.batch_size)
 
 
 @dataclass(frozen=True)
