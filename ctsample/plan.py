@@ -132,12 +132,12 @@ def patient_counts(slices: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
     neighbour = counts["neighbour_available"].to_numpy()
     far = counts["far_available"].to_numpy()
     empty = neighbour + far
-    if cfg.ratio is None:
+    if cfg.ratio is None:  # natural: every slice, lesion-free patients' too
         target = empty.copy()
     else:
         target = np.floor(cfg.ratio * lesion + 0.5).astype(np.int64)
-    lesion_free = lesion == 0
-    target = np.where(lesion_free, np.ceil(cfg.lesion_free * empty - 1e-9).astype(np.int64), target)
+        lesion_free_share = np.ceil(cfg.lesion_free * empty - 1e-9).astype(np.int64)
+        target = np.where(lesion == 0, lesion_free_share, target)
     take_neighbour = np.minimum(neighbour, target) if cfg.strict else neighbour
     take_fill = np.clip(target - take_neighbour, 0, far)
     counts["target_empty"] = target
@@ -156,8 +156,9 @@ def shortfall_reasons(lesion, neighbour, fill, target, empty, cfg: PlanConfig) -
     over = taken > target
     reasons[over] = [f"{n} neighbour slices exceed the target {t} (kept; --strict samples them down)"
                      for n, t in zip(neighbour[over], target[over])]
-    reasons[(lesion == 0) & (cfg.lesion_free == 0)] = "lesion-free: left out (--lesion-free 0)"
-    reasons[(lesion == 0) & (cfg.lesion_free > 0) & (taken == target)] = "lesion-free: fill only"
+    if cfg.ratio is not None:
+        reasons[(lesion == 0) & (cfg.lesion_free == 0)] = "lesion-free: left out (--lesion-free 0)"
+        reasons[(lesion == 0) & (cfg.lesion_free > 0) & (taken == target)] = "lesion-free: fill only"
     return reasons
 
 

@@ -43,6 +43,8 @@ def test_ratio_zero_takes_lesions_and_neighbours_and_natural_takes_everything():
     assert sum(map(len, roles(make_plan(index, PlanConfig(ratio=0))).values())) == 5 + 2
     assert sum(map(len, roles(make_plan(index, PlanConfig(ratio=0, neighbours=0))).values())) == 5
     assert sum(map(len, roles(make_plan(index, PlanConfig(ratio=None))).values())) == 40
+    with_healthy = pd.concat([index, patient("healthy", range(0), 30)])
+    assert len(make_plan(with_healthy, PlanConfig(ratio=None)).slices) == 70  # natural keeps lesion-free patients whole
 
 
 def test_shortfall_is_reported_with_its_reason():
