@@ -21,17 +21,31 @@ def stack_volume(volume: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int, precision: str):
+    """Yield (centres, logits (B, 1, S, S) float32) over a (Z, S, S) volume in slice order.
+
+    On CUDA every forward pass holds ``batch_size`` stacks (the last one padded by repeating its final centre,
+    whose extra logits are dropped), so cudnn autotunes one input shape instead of one per volume length.
+    """
+    n_slices = volume.shape[0]
+    for start in range(0, n_slices, batch_size):
+        centres = torch.arange(start, min(start + batch_size, n_slices), device=volume.device)
+        padded = centres
+        if volume.device.type == "cuda" and len(centres) < batch_size:
+            padded = torch.cat([centres, centres[-1:].expand(batch_size - len(centres))])
+        with autocast(volume.device, precision):
+            logits = model(stack_volume(volume, padded))
+        yield centres, logits[: len(centres)].float()
+
+
+@torch.no_grad()
 def predict_volume(model: torch.nn.Module, volume: torch.Tensor, batch_size: int = 32,
                    precision: str = "bf16") -> torch.Tensor:
     """Probabilities (Z, S, S) float32 for a (Z, S, S) [0, 1] volume already on the model's device."""
     was_training = model.training
     model.eval()
-    device = volume.device
-    probs = torch.empty(volume.shape, dtype=torch.float32, device=device)
-    for start in range(0, volume.shape[0], batch_size):
-        centres = torch.arange(start, min(start + batch_size, volume.shape[0]), device=device)
-        with autocast(device, precision):
-            logits = model(stack_volume(volume, centres))  # (B, 1, S, S)
-        probs[centres] = torch.sigmoid(logits.float())[:, 0]
+    probs = torch.empty(volume.shape, dtype=torch.float32, device=volume.device)
+    for centres, logits in batched_logits(model, volume, batch_size, precision):
+        probs[centres] = torch.sigmoid(logits)[:, 0]
     model.train(was_training)
     return probs

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from ctmodel.batches import ResidentVolumes
-from ctmodel.device import autocast
-from ctmodel.inference import stack_volume
+from ctmodel.inference import batched_logits
 
 
 @dataclass
@@ -38,16 +37,6 @@ def overlap_scores(pred: torch.Tensor, truth: torch.Tensor, dims: tuple[int, ...
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, volume: torch.Tensor, batch_size: int, precision: str):
-    """Yield (centres, logits (B, 1, S, S) float32) over a (Z, S, S) volume in slice order."""
-    for start in range(0, volume.shape[0], batch_size):
-        centres = torch.arange(start, min(start + batch_size, volume.shape[0]), device=volume.device)
-        with autocast(volume.device, precision):
-            logits = model(stack_volume(volume, centres))
-        yield centres, logits.float()
-
-
-@torch.no_grad()
 def validate(model: nn.Module, data: ResidentVolumes, case_ids: list[str], loss_fn: nn.Module,
              batch_size: int = 32, precision: str = "bf16") -> ValResult:
     """Score ``model`` on the whole volumes of ``case_ids`` (resident in ``data``)."""
@@ -59,7 +48,7 @@ def validate(model: nn.Module, data: ResidentVolumes, case_ids: list[str], loss_
     for case_id in case_ids:
         volume, mask = data.volume(case_id)
         pred = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
-        for centres, logits in predict_logits(model, volume, batch_size, precision):
+        for centres, logits in batched_logits(model, volume, batch_size, precision):
             target = mask[centres][:, None].float()
             loss_sum += float(loss_fn(logits, target)) * len(centres)
             n_seen += len(centres)
