@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from torch import nn
 
 from ctmodel.config import ModelConfig
 from ctmodel.nets import build_model
+from ctprep.atomic import replacing
 from ctprep.errors import RunError
 from ctprep.store import StoreLayout
 
@@ -40,16 +39,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file next to ``path``, then os.replace: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via temp file + os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_payload(model: nn.Module, model_cfg: ModelConfig, layout: StoreLayout, epoch: int,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctmodel.checkpoint import atomic_write_text
+from ctprep.atomic import replacing, write_text
+
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice_3d", "val_dice_slice", "val_iou_slice",
                   "lr", "seconds", "samples_per_s", "peak_mem_mb")
@@ -40,7 +41,7 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
     if path.exists():
         rows = read_metrics(path)
         kept = rows[rows["epoch"] <= last_epoch]
-        atomic_write_text(path, kept.to_csv(index=False) if len(kept) else "")
+        write_text(path, kept.to_csv(index=False) if len(kept) else "")
         if not len(kept):
             path.unlink()
 
@@ -65,7 +66,6 @@ def plot_curves(metrics: pd.DataFrame, out: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     return out

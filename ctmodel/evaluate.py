@@ -15,6 +15,7 @@ import numpy as np
 from ctmodel.config import check_inference
 from ctmodel.metrics import CaseMetrics, SliceScores, case_metrics
 from ctmodel.predict import Predictor
+from ctprep.atomic import write_text
 from ctprep.errors import RunError, UsageError
 from ctprep.store import SliceStore
 
@@ -149,13 +150,12 @@ def write_results(results: list[CaseResult], summary: dict, csv_path: Path) -> P
     """Write the per-case CSV and the summary JSON beside it (same stem, .json), each via temp + rename."""
     import pandas as pd
 
-    from ctmodel.checkpoint import atomic_write_text
-
+    
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(csv_path, pd.DataFrame([r.row() for r in results]).to_csv(index=False))
+    write_text(csv_path, pd.DataFrame([r.row() for r in results]).to_csv(index=False))
     json_path = csv_path.with_suffix(".json")
-    atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=True))
+    write_text(json_path, json.dumps(summary, indent=2, allow_nan=True))
     return json_path
 
 

@@ -1,14 +1,13 @@
 """Overlay figures like the source study's Figures 5.3/5.4: the three input slices, truth and prediction on the centre."""
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ctmodel.inference import stack_indices
+from ctprep.atomic import replacing
 
 if TYPE_CHECKING:
     from ctmodel.evaluate import CaseResult
@@ -61,8 +60,6 @@ def write_overlay(store: "SliceStore", result: "CaseResult", path: Path, title: 
     stack = window[indices - indices.min()]  # (3, S, S)
     truth = store.read_mask(result.case_id, np.array([result.figure_slice]))[0].astype(bool)
     figure = overlay_figure(stack, truth, result.figure_pred, title, result.figure_slice)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
-    figure.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png", bbox_inches="tight")
     return path

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,8 @@ import numpy as np
 
 from ctmodel.config import check_inference
 from ctprep import geometry
+from ctprep.atomic import write_bytes
+from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, CtstackError, UsageError
 from ctprep.nifti import read_volume
 from ctprep.preprocess import preprocess_image
@@ -26,7 +26,6 @@ from ctprep.store import StoreLayout
 from ctprep.window import decode, encode
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # stored (Z, S, S) float32 [0, 1] -> probabilities (Z, S, S)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = re.compile(r"_0000$")  # nnU-Net names the (only) CT channel NAME_0000.nii.gz
 STAGES = ("read", "preprocess", "network", "invert", "write")
 
@@ -82,14 +81,6 @@ class PredictReport:
         return rows
 
 
-def nifti_stem(path: Path) -> str | None:
-    """The file name without .nii/.nii.gz, or None when ``path`` is not a NIfTI name."""
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return None
-
-
 def output_name(path: Path) -> str:
     """Output file name for an input scan: nnU-Net's ``NAME_0000.nii.gz`` -> ``NAME.nii.gz``, else unchanged."""
     stem = nifti_stem(path)
@@ -133,13 +124,7 @@ def write_like(source: Path, data: np.ndarray, destination: Path) -> None:
     payload = nifti_bytes(header, np.asarray(data).reshape(src.shape))
     if str(destination).endswith(".gz"):
         payload = gzip_fast(payload)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{uuid.uuid4().hex[:8]}.{destination.name}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(destination, payload)
 
 
 def nifti_bytes(header, data: np.ndarray) -> bytes:

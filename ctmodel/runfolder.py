@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctmodel.checkpoint import atomic_write_text, read_config
+from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
+from ctprep.atomic import write_text
 from ctprep.errors import PlanError, RunError
 from ctprep.index import index_fingerprint
 from ctprep.store import SliceStore
@@ -128,7 +129,7 @@ def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         "val_cases": val_cases(index), "versions": versions(), "git_commit": git_commit(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    write_text(run_dir / "config.json", json.dumps(config, indent=2))
     return config
 
 
@@ -162,5 +163,5 @@ def read_run_plan(run_dir: Path) -> pd.DataFrame:
 def write_summary(run_dir: Path, summary: dict) -> Path:
     """summary.json at the end of a run (read by `ctmodel compare`)."""
     path = run_dir / "summary.json"
-    atomic_write_text(path, json.dumps(summary, indent=2))
+    write_text(path, json.dumps(summary, indent=2))
     return path

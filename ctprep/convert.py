@@ -189,7 +189,7 @@ def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), p
 def _clear_leftovers(store_path: Path) -> None:
     """Remove partial cases and stray temp files of killed runs (index and zarr metadata writes)."""
     clear_partial(store_path)
-    for stray in [*store_path.glob(".index.parquet.*.tmp"), *store_path.glob("zarr.*.partial")]:
+    for stray in [*store_path.glob(".*.index.parquet"), *store_path.glob("zarr.*.partial")]:  # ctprep.atomic names
         stray.unlink(missing_ok=True)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
+from ctprep.atomic import write_bytes
 from ctprep.errors import UsageError
 from ctprep.phantom import Phantom, make_phantom
 
@@ -210,11 +211,7 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, inter: float | None 
         img.header.set_slope_inter(1.0, inter)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    payload = _gzip(img.to_bytes())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(payload)
-    os.replace(partial, path)
+    write_bytes(path, _gzip(img.to_bytes()))
 
 
 def _gzip(data: bytes) -> bytes:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.store import INDEX_FILE, SliceStore
 
@@ -46,9 +45,8 @@ def write_index(store_path: Path, index: pd.DataFrame) -> Path:
     """Replace the store's index.parquet atomically (temp file + os.replace); rows sorted by case, slice."""
     index = index.loc[:, list(COLUMNS)].sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
     target = Path(store_path) / INDEX_FILE
-    tmp = target.with_name(f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp")
-    index.to_parquet(tmp, index=False, compression="zstd")
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        index.to_parquet(tmp, index=False, compression="zstd")
     return target
 
 

@@ -12,8 +12,6 @@ Everything is vectorised over the index: no Python loop per slice or per patient
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctprep import __version__
+from ctprep.atomic import replacing
 from ctprep.errors import PlanError, UsageError
 from ctprep.index import index_fingerprint
 
@@ -232,17 +231,11 @@ def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
 
 def save_plan(plan: Plan, path: Path) -> Path:
     """Write the plan's rows as Parquet with its parameters in the file metadata (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(plan.slices, preserve_index=False)
     meta = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(plan.params).encode()}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_plan(path: Path) -> Plan:

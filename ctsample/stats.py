@@ -1,14 +1,13 @@
 """Imbalance statistics from the index alone: empty vs lesion slices per patient and overall."""
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ctsample.plan import classify, labeled_rows
+from ctprep.atomic import replacing
 
 STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty")
 
@@ -80,10 +79,7 @@ def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
     hist.legend(fontsize=8)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(path)
 
