@@ -20,9 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zarr
-
-from ctprep import __version__
+from ctprep.atomic import remove_temp_files
 from ctprep.console import progress_bar, rate_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError
@@ -30,7 +28,7 @@ from ctprep.index import build_index, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask
-from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, write_case
+from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
 from ctsample.splits import SplitConfig, assign_splits
 
@@ -182,14 +180,15 @@ def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), p
         report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
         for result in _run(todo, store_path, layout, report.workers, progress):
             _record(result, report)
-        _finish(store_path, raw, split_cfg, report, start)
+        _finish(store_path, split_cfg, report, start)
     return report
 
 
 def _clear_leftovers(store_path: Path) -> None:
-    """Remove partial cases and stray temp files of killed runs (index and zarr metadata writes)."""
+    """Remove partial cases and stray temp files of killed runs (index and root metadata writes)."""
     clear_partial(store_path)
-    for stray in [*store_path.glob(".*.index.parquet"), *store_path.glob("zarr.*.partial")]:  # ctprep.atomic names
+    remove_temp_files(store_path)  # ctprep.atomic's .<random>.index.parquet, .<random>.zarr.json
+    for stray in store_path.glob("zarr.*.partial"):  # zarr's own temp names (stores of ctstack 0.1)
         stray.unlink(missing_ok=True)
 
 
@@ -300,22 +299,20 @@ def _record(result: CaseResult, report: ConvertReport) -> None:
         report.source_bytes += result.source_bytes
 
 
-def _finish(store_path: Path, raw: Path, split_cfg: SplitConfig, report: ConvertReport, start: float) -> None:
-    """Rebuild the index from every complete case, record the split config and run metadata, fill totals."""
+def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, start: float) -> None:
+    """Rebuild the index from every complete case, record the split config, fill totals. Files whose content
+    would not change are not rewritten, and run statistics stay in the report (printed), out of the store."""
     store = SliceStore.open(store_path)
     index = build_index(store, assign_splits(store.case_ids(), split_cfg))
     write_index(store_path, index)
+    update_root_attrs(store_path, {"split_config": split_config_to_attrs(split_cfg)},
+                      drop_obsolete=bool(report.converted))
     report.cases = int(index["case_id"].nunique())
     report.slices = len(index)
     report.labeled_slices = int(index["labeled"].sum())
     report.lesion_slices = int(index["has_lesion"].sum())
     report.seconds = time.perf_counter() - start
     report.store_bytes = disk_bytes(store_path)
-    run = {"tool_version": __version__, "raw": str(raw.absolute()), "finished_utc": _utc_now(),
-           "converted": len(report.converted), "skipped": len(report.skipped), "failed": len(report.failed),
-           "workers": report.workers, "seconds": round(report.seconds, 3)}
-    zarr.open_group(str(store_path), mode="r+").attrs.update(
-        {"split_config": split_config_to_attrs(split_cfg), "last_run": run})
 
 
 def split_config_to_attrs(cfg: SplitConfig) -> dict:
@@ -336,10 +333,6 @@ def split_config_from_attrs(attrs: dict | None) -> SplitConfig:
 def disk_bytes(path: Path) -> int:
     """Bytes of every file below ``path``."""
     return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def human_bytes(n_bytes: float) -> str:

@@ -5,17 +5,19 @@ Every other part of ctstack reads the store through ``SliceStore``.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
+from ctprep.atomic import publish, write_bytes
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.window import STORED_DTYPES, decode
@@ -75,22 +77,47 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
         return store
     if path.exists() and any(p.name not in _CREATION_LEFTOVERS for p in path.iterdir()):
         raise StoreFormatError(f"{path}: exists and is not a ctstack store; choose an empty or new path")
-    # cases/ first, root metadata (with every attribute) last in one atomic write: a store killed while
+    # cases/ first, root metadata (with every attribute) last in one atomic, fsynced write: a store killed while
     # being created is simply created again, and the .lock file of store_lock is left in place.
-    zarr.open_group(str(path / CASES), mode="a")
-    zarr.open_group(str(path), mode="a", attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                                                     "tool_version": __version__, **layout.to_attrs()})
+    write_group_metadata(path / CASES, GroupMetadata())
+    write_group_metadata(path, GroupMetadata(attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                                                         "tool_version": __version__, **layout.to_attrs()}))
     return SliceStore.open(path)
+
+
+def write_group_metadata(folder: Path, metadata: GroupMetadata) -> None:
+    """Write a Zarr group's zarr.json with the bytes zarr itself writes, atomically and fsynced (ctprep.atomic);
+    a zarr.json that already holds those bytes is left untouched."""
+    write_bytes(Path(folder) / "zarr.json", metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+
+
+OBSOLETE_ROOT_ATTRS = ("last_run",)  # per-run statistics that ctstack 0.1 kept in the store; no longer written
+
+
+def update_root_attrs(path: Path, updates: dict, drop_obsolete: bool = False) -> bool:
+    """Set root attributes; returns whether zarr.json was rewritten. Unchanged values leave it byte-identical.
+
+    Obsolete attributes (``OBSOLETE_ROOT_ATTRS``) go whenever the file is rewritten; ``drop_obsolete`` rewrites it
+    for them alone (convert passes it when it changed cases, so a no-op run still changes nothing). Call under
+    the store lock.
+    """
+    metadata = zarr.open_group(str(path), mode="r").metadata
+    kept = {k: v for k, v in metadata.attributes.items() if k not in OBSOLETE_ROOT_ATTRS}
+    wanted = {**kept, **updates}
+    if wanted == kept and (wanted == metadata.attributes or not drop_obsolete):
+        return False
+    write_group_metadata(path, replace(metadata, attributes=wanted))
+    return True
 
 
 _CREATION_LEFTOVERS = {".lock", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
 
 
 def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict) -> None:
-    """Write one case atomically: build it under .partial/, then rename it into cases/<case_id>.
+    """Write one case atomically: build it under .partial/, fsync it, then rename it into cases/<case_id>.
 
     ``image`` is (Z, S, S) in the store's dtype; ``mask`` (Z, S, S) uint8 {0, 1} or None (unlabeled).
-    An existing case of that name is replaced only once the new one is complete.
+    An existing case of that name is replaced only once the new one is complete and on disk.
     """
     path = Path(path)
     tmp = path / PARTIAL / f"{case_id}-{uuid.uuid4().hex[:8]}"
@@ -99,14 +126,9 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
     _write_array(group, "image", image)
     if mask is not None:
         _write_array(group, "mask", mask.astype(np.uint8, copy=False))
-    final = path / CASES / case_id
-    if final.exists():
-        trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, trash)
-        os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
+    publish(tmp, path / CASES / case_id, aside=trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pandas as pd
 from ctprep.convert import split_config_to_attrs
 from ctprep.index import SPLITS, read_index, write_index
 from ctprep.lock import store_lock
+from ctprep.store import update_root_attrs
 from ctsample.splits import SplitConfig, assign_splits, read_split_csv
 
 
@@ -16,8 +17,6 @@ def resplit(store_path: Path, cfg: SplitConfig) -> tuple[pd.DataFrame, list[str]
 
     Returns the per-split counts (before and after) and the CSV's case ids that the store does not hold.
     """
-    import zarr
-
     store_path = Path(store_path)
     with store_lock(store_path):
         index = read_index(store_path)
@@ -27,7 +26,7 @@ def resplit(store_path: Path, cfg: SplitConfig) -> tuple[pd.DataFrame, list[str]
         splits = assign_splits(case_ids, cfg)
         index["split"] = index["case_id"].astype(str).map(splits).astype("string")
         write_index(store_path, index)
-        zarr.open_group(str(store_path), mode="r+").attrs.update({"split_config": split_config_to_attrs(cfg)})
+        update_root_attrs(store_path, {"split_config": split_config_to_attrs(cfg)})  # unchanged: not rewritten
     after = split_counts(index)
     return before.add_suffix("_before").join(after.add_suffix("_after")), unknown
 

@@ -1,6 +1,8 @@
-"""Re-running convert: unchanged cases are skipped, changed ones reconverted, killed runs leave no trace."""
+"""Re-running convert: unchanged cases are skipped, changed ones reconverted, killed runs leave no trace, and a
+run that changes nothing leaves every file of the store byte-identical and untouched."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from conftest import phantom, ras_affine, save_nifti
 
 from ctprep.convert import ConvertConfig, convert
@@ -18,6 +21,8 @@ from ctprep.errors import StoreLockedError
 from ctprep.index import read_index
 from ctprep.lock import store_lock
 from ctprep.store import INDEX_FILE, SliceStore
+from ctsample.resplit import resplit
+from ctsample.splits import SplitConfig
 
 CFG = ConvertConfig(size=16, workers=1)
 
@@ -142,3 +147,61 @@ def test_killed_parallel_run_leaves_no_worker_holding_the_lock(tmp_path, clean_r
             assert time.monotonic() < deadline, "a worker of the killed run still holds the store lock"
             time.sleep(0.2)
     assert_same_store(tmp_path / "s.zarr", clean)
+
+
+def snapshot(store: Path) -> dict[str, tuple[str, int, int]]:
+    """{relative path: (sha256, inode, mtime_ns)} of every file in the store, the lock file included."""
+    return {str(p.relative_to(store)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino,
+                                        p.stat().st_mtime_ns)
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_a_no_op_rerun_leaves_every_file_byte_identical_and_untouched(tmp_path):
+    write_phantoms(tmp_path / "raw", range(3))
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    before = snapshot(tmp_path / "s.zarr")
+    report = convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    assert sorted(report.skipped) == ["p0", "p1", "p2"] and report.seconds > 0  # the statistics are in the report
+    assert {"zarr.json", ".lock", INDEX_FILE, "cases/p0/image/zarr.json"} <= set(before)
+    assert snapshot(tmp_path / "s.zarr") == before
+
+
+def test_a_rerun_after_a_failed_case_leaves_every_file_byte_identical(tmp_path):
+    write_phantoms(tmp_path / "raw", range(3))
+    (tmp_path / "raw" / "p1_ct.nii.gz").write_bytes(b"not a NIfTI file")
+    first = convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    before = snapshot(tmp_path / "s.zarr")
+    second = convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    assert sorted(first.converted) == ["p0", "p2"] and len(first.failed) == len(second.failed) == 1
+    assert snapshot(tmp_path / "s.zarr") == before
+
+
+def test_the_store_holds_no_run_statistics(tmp_path):
+    write_phantoms(tmp_path / "raw", [0])
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    attrs = SliceStore.open(tmp_path / "s.zarr").attrs
+    assert set(attrs) == {"format", "format_version", "tool_version", "window_hu", "size", "dtype", "split_config"}
+
+
+def test_last_run_of_an_older_store_outlives_no_ops_and_goes_with_the_next_converted_case(tmp_path):
+    write_phantoms(tmp_path / "raw", range(2))
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    zarr.open_group(str(tmp_path / "s.zarr"), mode="r+").attrs.update({"last_run": {"seconds": 1.5}})  # ctstack 0.1
+    before = snapshot(tmp_path / "s.zarr")
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    assert snapshot(tmp_path / "s.zarr") == before
+    write_phantoms(tmp_path / "raw", [2])
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    assert "last_run" not in SliceStore.open(tmp_path / "s.zarr").attrs
+
+
+def test_resplit_with_the_recorded_rule_leaves_the_store_untouched_and_a_new_rule_rewrites_it(tmp_path):
+    write_phantoms(tmp_path / "raw", range(4))
+    convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
+    before = snapshot(tmp_path / "s.zarr")
+    resplit(tmp_path / "s.zarr", SplitConfig())  # the default rule convert recorded
+    assert snapshot(tmp_path / "s.zarr") == before
+    resplit(tmp_path / "s.zarr", SplitConfig(seed=7))
+    changed = {path for path, entry in snapshot(tmp_path / "s.zarr").items() if before[path] != entry}
+    assert "zarr.json" in changed and SliceStore.open(tmp_path / "s.zarr").attrs["split_config"]["seed"] == 7
+    assert changed <= {"zarr.json", INDEX_FILE}
