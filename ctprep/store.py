@@ -1,6 +1,7 @@
 """The slice store, format version 1: a Zarr v3 group of per-case (Z, S, S) arrays plus index.parquet.
 
-Writing is crash-safe: a case is built under ``.partial/`` and renamed into ``cases/`` only when complete.
+Writing is crash- and power-loss-safe: a case is built under ``.partial/``, fsynced, and renamed into ``cases/``
+only when complete (``ctprep.atomic.publish``).
 Every other part of ctstack reads the store through ``SliceStore``.
 """
 from __future__ import annotations
@@ -88,7 +89,8 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
 def write_group_metadata(folder: Path, metadata: GroupMetadata) -> None:
     """Write a Zarr group's zarr.json with the bytes zarr itself writes, atomically and fsynced (ctprep.atomic);
     a zarr.json that already holds those bytes is left untouched."""
-    write_bytes(Path(folder) / "zarr.json", metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+    data = metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    write_bytes(Path(folder) / "zarr.json", data)
 
 
 OBSOLETE_ROOT_ATTRS = ("last_run",)  # per-run statistics that ctstack 0.1 kept in the store; no longer written

@@ -19,7 +19,7 @@ from conftest import phantom, ras_affine, save_nifti
 from ctprep.convert import ConvertConfig, convert
 from ctprep.errors import StoreLockedError
 from ctprep.index import read_index
-from ctprep.lock import store_lock
+from ctprep.lock import LOCK_FILE, store_lock
 from ctprep.store import INDEX_FILE, SliceStore
 from ctsample.resplit import resplit
 from ctsample.splits import SplitConfig
@@ -149,11 +149,14 @@ def test_killed_parallel_run_leaves_no_worker_holding_the_lock(tmp_path, clean_r
     assert_same_store(tmp_path / "s.zarr", clean)
 
 
-def snapshot(store: Path) -> dict[str, tuple[str, int, int]]:
-    """{relative path: (sha256, inode, mtime_ns)} of every file in the store, the lock file included."""
-    return {str(p.relative_to(store)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino,
-                                        p.stat().st_mtime_ns)
-            for p in sorted(store.rglob("*")) if p.is_file()}
+def snapshot(store: Path) -> dict[str, tuple]:
+    """{relative path: (sha256, inode, mtime_ns)} of every file in the store; the lock file by its bytes alone
+    (filelock versions that open it with O_TRUNC touch its mtime; docs/store-format.md)."""
+    def entry(p: Path) -> tuple:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        return (digest,) if p.name == LOCK_FILE else (digest, p.stat().st_ino, p.stat().st_mtime_ns)
+
+    return {str(p.relative_to(store)): entry(p) for p in sorted(store.rglob("*")) if p.is_file()}
 
 
 def test_a_no_op_rerun_leaves_every_file_byte_identical_and_untouched(tmp_path):
