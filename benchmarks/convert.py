@@ -1,11 +1,14 @@
 """Convert speed vs. the cost of just loading the NIfTI files, measured in one run on full-size demo cases.
 
-Run: python benchmarks/convert.py [--raw DIR] [--cases 6] [--max-slices 64] [--workers N]
+Run: python benchmarks/convert.py [--raw DIR] [--cases 6] [--max-slices 64] [--workers N] [--repeat 3]
 
 (a)  nibabel loads every case into memory (image get_fdata float32 + mask), the floor a Dataset pays per epoch;
 (a') the same files through ctprep's reader (ISA-L gunzip when `isal` is installed, voxels viewed in place,
      float32 scaling);
 (b)  `convert` with 1 worker, and (b0) the same with ISA-L switched off (stock zlib through nibabel);
+(b-) `convert` with 1 worker and os.fsync made a no-op: b / b- is the cost of durable writes (ctprep.atomic fsyncs
+     each case's files and folders before renaming it into cases/, and the folders after); during (b) every
+     os.fsync call is timed too, so their total is reported beside the ratio;
 (c)  `convert` with all cores.
 Goal: b <= 1.3 a, c scaling with cores.
 """
@@ -16,6 +19,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -71,6 +76,26 @@ def source_sizes(cases) -> tuple[int, int, int]:
     return compressed, uncompressed, slices
 
 
+@contextmanager
+def fsync_timed(enabled: bool) -> Iterator[list[float]]:
+    """Yield a list that gets the seconds of every os.fsync call made in this process; ``enabled=False`` skips the
+    calls (seconds 0). Benchmark-only: the library has no switch for this."""
+    real = os.fsync
+    seconds: list[float] = []
+
+    def fsync(fd: int) -> None:
+        start = time.perf_counter()
+        if enabled:
+            real(fd)
+        seconds.append(time.perf_counter() - start)
+
+    os.fsync = fsync
+    try:
+        yield seconds
+    finally:
+        os.fsync = real
+
+
 def run_convert(raw: Path, store: Path, workers: int, size: int) -> float:
     """Seconds of one convert into a fresh store."""
     shutil.rmtree(store, ignore_errors=True)
@@ -92,6 +117,7 @@ def main() -> None:
         a, a_isal, b0, b, c = (best[k] for k in ("a", "a_isal", "b0", "b", "c"))
         store_bytes = disk_bytes(Path(tmp) / "b.zarr")
         report(args, len(cases), slices, compressed, uncompressed, store_bytes, a, a_isal, b0, b, c)
+        report_fsync(best, Path(tmp))
 
 
 def one_round(cases, raw: Path, tmp: Path, args, isal) -> dict[str, float]:
@@ -103,7 +129,11 @@ def one_round(cases, raw: Path, tmp: Path, args, isal) -> dict[str, float]:
         times["b0"] = run_convert(raw, tmp / "b0.zarr", 1, args.size)
     finally:
         nifti.isal_zlib = isal
-    times["b"] = run_convert(raw, tmp / "b.zarr", 1, args.size)
+    with fsync_timed(enabled=True) as synced:
+        times["b"] = run_convert(raw, tmp / "b.zarr", 1, args.size)
+    times["fsync_calls"], times["fsync_s"] = len(synced), sum(synced)  # best round: the fewest seconds in fsync
+    with fsync_timed(enabled=False):
+        times["b_nosync"] = run_convert(raw, tmp / "b_nosync.zarr", 1, args.size)
     times["c"] = run_convert(raw, tmp / "c.zarr", args.workers, args.size)
     return times
 
@@ -133,6 +163,14 @@ def report(args, n_cases, slices, compressed, uncompressed, store_bytes, a, a_is
     print(f"a / a'  = {a / a_isal:.2f}x  (ISA-L gunzip speed-up of the load)")
     print(f"b / c   = {b / c:.2f}x  with {args.workers} workers (ideal {args.workers}x)")
     print(f"a / c   = {a / c:.2f}x  (all-core convert vs. single-threaded nibabel load)")
+
+
+def report_fsync(best: dict[str, float], tmp: Path) -> None:
+    b, b_nosync = best["b"], best["b_nosync"]
+    print(f"\n{'(b)  convert, 1 worker (fsync on)':44s} {b:7.2f} s   {best['fsync_calls']:.0f} fsync calls, "
+          f"{best['fsync_s']:.3f} s in fsync ({best['fsync_s'] / b:.1%} of b)")
+    print(f"{'(b-) convert, 1 worker, fsync off':44s} {b_nosync:7.2f} s")
+    print(f"b / b-  = {b / b_nosync:.3f}   (cost of fsync on convert; stores under {tmp})")
 
 
 if __name__ == "__main__":
