@@ -3,12 +3,15 @@ rewritten; what is renamed into place was on disk before the rename, and the ren
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ctprep.atomic import remove_temp_files, replacing, write_text
+from ctprep.atomic import remove_temp_files, replacing, write_bytes, write_text
 from ctprep.store import CASES, PARTIAL, StoreLayout, create_or_open, write_case
 
 
@@ -96,3 +99,17 @@ def test_only_the_temp_files_of_killed_writes_are_removed(tmp_path):
         (tmp_path / name).write_text("half")
     assert remove_temp_files(tmp_path) == len(strays)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=6))
+def test_a_file_is_replaced_exactly_when_its_bytes_change(contents):
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "f.bin"
+        write_bytes(target, contents[0])
+        for old, new in zip(contents, contents[1:]):
+            inode = target.stat().st_ino
+            write_bytes(target, new)
+            assert target.read_bytes() == new
+            assert (target.stat().st_ino != inode) == (new != old)
+        assert [p.name for p in Path(folder).iterdir()] == ["f.bin"]
