@@ -255,14 +255,17 @@ def keep_every_component(source: np.ndarray, coverage: np.ndarray, stored: np.nd
     """
     from scipy import ndimage
 
-    labels, n_components = ndimage.label(source, structure=IN_PLANE_8)
-    if n_components == 0:
+    row_span, col_span = (np.flatnonzero(source.any(axis=axes)) for axes in ((0, 2), (0, 1)))
+    if row_span.size == 0:
         return stored.astype(np.uint8)
+    top, left = row_span[0], col_span[0]  # label only the lesions' bounding box: labelling costs per voxel
+    labels, n_components = ndimage.label(source[:, top : row_span[-1] + 1, left : col_span[-1] + 1],
+                                         structure=IN_PLANE_8)
     z, rows, cols = np.nonzero(labels)
     owner = labels[z, rows, cols]
     n_in, n_out = source.shape[-1], stored.shape[-1]
     to_pixel = (2 * np.arange(n_in) + 1) * n_out // (2 * n_in)  # the stored pixel holding each voxel centre
-    pixel = np.ravel_multi_index((z, to_pixel[rows], to_pixel[cols]), stored.shape)
+    pixel = np.ravel_multi_index((z, to_pixel[rows + top], to_pixel[cols + left]), stored.shape)
     kept = np.bincount(owner, weights=stored.ravel()[pixel], minlength=n_components + 1) > 0
     lost = ~kept[owner]
     if not lost.any():
