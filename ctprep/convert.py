@@ -24,15 +24,16 @@ from ctprep.atomic import remove_temp_files
 from ctprep.console import progress_bar, rate_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError
-from ctprep.index import build_index, write_index
+from ctprep.index import build_index, lost_to_resize, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
-from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask
+from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
 from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
 from ctsample.splits import SplitConfig, assign_splits
 
-CONVERTER_VERSION = 1  # bump when the stored arrays of an unchanged source would change: forces reconversion
+CONVERTER_VERSION = 2  # bump when the stored arrays of an unchanged source would change: forces reconversion
+# 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
 FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each source file
 
 
@@ -94,6 +95,8 @@ class ConvertReport:
     slices: int = 0
     labeled_slices: int = 0
     lesion_slices: int = 0
+    lost_slices: int = 0  # labeled slices with source lesion voxels whose stored mask is empty
+    lost_voxels: int = 0  # the source lesion voxels of those slices
     store_bytes: int = 0
     source_bytes: int = 0  # bytes of source files read this run
     seconds: float = 0.0
@@ -109,7 +112,8 @@ class ConvertReport:
         return [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
                 ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
                 ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
-                ("empty:lesion", round(self.empty_per_lesion, 3)), ("store size", human_bytes(self.store_bytes)),
+                ("lesion slices lost to resizing", self.lost_slices),
+                ("lesion voxels lost to resizing", self.lost_voxels), ("empty:lesion", round(self.empty_per_lesion, 3)), ("store size", human_bytes(self.store_bytes)),
                 ("workers", self.workers), ("seconds", round(self.seconds, 2))]
 
 
@@ -154,9 +158,11 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
     del image
     stored_mask = preprocess_mask(mask, geom) if mask is not None else None
     pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
+    voxels = source_lesion_voxels(mask, geom) if mask is not None else None
     attrs = {"case_id": case.case_id, "source": source, "source_fingerprint": source_fingerprint(source, layout),
              "geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "labeled": stored_mask is not None,
-             "lesion_pixels": pixels, "layout": layout.to_attrs(), "converter_version": CONVERTER_VERSION}
+             "lesion_pixels": pixels, "source_lesion_voxels": voxels, "layout": layout.to_attrs(),
+             "converter_version": CONVERTER_VERSION}
     write_case(store_path, case.case_id, encode(unit, layout.dtype), stored_mask, attrs)
     source_bytes = sum(entry["size"] for entry in source.values() if entry is not None)
     return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in pixels or []), source_bytes)
@@ -311,6 +317,7 @@ def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, sta
     report.slices = len(index)
     report.labeled_slices = int(index["labeled"].sum())
     report.lesion_slices = int(index["has_lesion"].sum())
+    report.lost_slices, report.lost_voxels = lost_to_resize(index)
     report.seconds = time.perf_counter() - start
     report.store_bytes = disk_bytes(store_path)
 

@@ -226,17 +226,62 @@ def forward(volume: np.ndarray, geom: CaseGeometry, fill: float, transform=None)
 
 
 def forward_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:
-    """Source-shaped boolean mask -> stored (Z, S, S) uint8 {0, 1}, aligned with ``forward``.
+    """Source-shaped boolean mask -> stored (Z, S, S) uint8 {0, 1}, aligned with ``forward``; no lesion vanishes.
 
-    Only slices holding lesion go through the filter: an empty slice resizes to zeros exactly.
+    The mask goes through the image's linear filter and is thresholded at 0.5; then every 2-D connected
+    component (8-connectivity, per slice) of the source mask that kept no stored pixel gets one back
+    (``keep_every_component``). Only slices holding lesion are filtered: an empty slice stays zeros exactly.
     """
     planes = plane_view(np.asarray(mask, dtype=bool), geom)
     stored = np.zeros((planes.shape[0], geom.size, geom.size), np.uint8)
     busy = np.flatnonzero(planes.any(axis=(1, 2)))
     if busy.size:
-        padded = pad_square(planes[busy].astype(np.float32), geom.pad, 0.0)
-        stored[busy] = resize_planes(padded, geom.size) >= 0.5
+        padded = pad_square(planes[busy], geom.pad, False)
+        coverage = resize_planes(padded.astype(np.float32), geom.size)
+        stored[busy] = keep_every_component(padded, coverage, coverage >= 0.5)
     return stored
+
+
+IN_PLANE_8 = np.zeros((3, 3, 3), bool)
+IN_PLANE_8[1] = True  # 8-connectivity within a slice, none across slices
+
+
+def keep_every_component(source: np.ndarray, coverage: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Thresholded ``stored`` (Z, S, S) plus one pixel for each component of ``source`` (Z, N, N) that lost all.
+
+    A source voxel belongs to the stored pixel holding its centre; a component is kept when one of its voxels'
+    pixels is set. A lost component gets the pixel, among those holding its voxels, of highest filter
+    ``coverage`` (the resized mask before thresholding; ties: the lowest row, then column).
+    """
+    from scipy import ndimage
+
+    row_span, col_span = (np.flatnonzero(source.any(axis=axes)) for axes in ((0, 2), (0, 1)))
+    if row_span.size == 0:
+        return stored.astype(np.uint8)
+    top, left = row_span[0], col_span[0]  # label only the lesions' bounding box: labelling costs per voxel
+    labels, n_components = ndimage.label(source[:, top : row_span[-1] + 1, left : col_span[-1] + 1],
+                                         structure=IN_PLANE_8)
+    z, rows, cols = np.nonzero(labels)
+    owner = labels[z, rows, cols]
+    n_in, n_out = source.shape[-1], stored.shape[-1]
+    to_pixel = (2 * np.arange(n_in) + 1) * n_out // (2 * n_in)  # the stored pixel holding each voxel centre
+    pixel = np.ravel_multi_index((z, to_pixel[rows + top], to_pixel[cols + left]), stored.shape)
+    kept = np.bincount(owner, weights=stored.ravel()[pixel], minlength=n_components + 1) > 0
+    lost = ~kept[owner]
+    if not lost.any():
+        return stored.astype(np.uint8)
+    owner, pixel = owner[lost], pixel[lost]
+    order = np.lexsort((pixel, -coverage.ravel()[pixel], owner))  # per component: best coverage first
+    first = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1]])
+    rescued = stored.astype(np.uint8)
+    rescued.ravel()[pixel[order][first]] = 1
+    return rescued
+
+
+def source_lesion_voxels(mask: np.ndarray, geom: CaseGeometry) -> list[int]:
+    """Lesion voxels per stored slice, counted on the source grid (before padding and resizing)."""
+    planes = plane_view(np.asarray(mask, dtype=bool), geom)
+    return planes.sum(axis=(1, 2), dtype=np.int64).tolist()
 
 
 def inverse(stored: np.ndarray, geom: CaseGeometry) -> np.ndarray:

@@ -9,16 +9,19 @@ import pandas as pd
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
-from ctprep.store import INDEX_FILE, SliceStore
+from ctprep.store import INDEX_FILE, SliceStore, check_format_version, reconvert_hint, root_attrs
 
-COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "split")
+COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split")
 SPLITS = ("train", "val", "test")
 
 
-def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str) -> pd.DataFrame:
-    """Index rows of one case; ``lesion_pixels`` per slice at stored resolution, None if unlabeled."""
+def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
+              source_voxels: list[int] | None = None) -> pd.DataFrame:
+    """Index rows of one case; ``lesion_pixels`` per slice at stored resolution and ``source_voxels`` per slice
+    on the source grid, both None if unlabeled."""
     labeled = lesion_pixels is not None
     pixels = np.asarray(lesion_pixels if labeled else np.zeros(n_slices), dtype=np.int64)
+    voxels = np.asarray(source_voxels if source_voxels is not None else np.zeros(n_slices), dtype=np.int64)
     return pd.DataFrame({
         "case_id": pd.Series([case_id] * n_slices, dtype="string"),
         "slice": np.arange(n_slices, dtype=np.int32),
@@ -26,6 +29,7 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
         "labeled": np.full(n_slices, labeled, dtype=bool),
         "has_lesion": pixels > 0,
         "lesion_pixels": pixels,
+        "source_lesion_voxels": voxels,
         "split": pd.Series([split] * n_slices, dtype="string"),
     })
 
@@ -35,7 +39,11 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
     frames = []
     for case_id in store.case_ids():
         attrs = store.case_attrs(case_id)
-        frames.append(case_rows(case_id, int(attrs["n_slices"]), attrs.get("lesion_pixels"), splits[case_id]))
+        pixels, voxels = attrs.get("lesion_pixels"), attrs.get("source_lesion_voxels")
+        if pixels is not None and voxels is None:
+            raise StoreFormatError(f"{store.path}: case {case_id!r} lacks source_lesion_voxels (written by an older "
+                                   f"ctstack); {reconvert_hint(store.path)}")
+        frames.append(case_rows(case_id, int(attrs["n_slices"]), pixels, splits[case_id], voxels))
     if not frames:
         return case_rows("", 0, [], "train")
     return pd.concat(frames, ignore_index=True)
@@ -58,8 +66,15 @@ def read_index(store_path: Path) -> pd.DataFrame:
     index = pd.read_parquet(path)
     missing = [c for c in COLUMNS if c not in index.columns]
     if missing:
+        check_format_version(store_path, root_attrs(store_path))  # an older store: say so, with the upgrade
         raise StoreFormatError(f"{path}: index lacks columns {missing}; re-run `ctprep convert`")
     return index
+
+
+def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:
+    """(slices, source lesion voxels) lost to resizing: labeled slices with source lesion but an empty stored mask."""
+    lost = index["labeled"] & (index["source_lesion_voxels"] > 0) & ~index["has_lesion"]
+    return int(lost.sum()), int(index.loc[lost, "source_lesion_voxels"].sum())
 
 
 def index_fingerprint(index: pd.DataFrame) -> str:

@@ -23,6 +23,11 @@ def preprocess_mask(mask: np.ndarray, geom: CaseGeometry) -> np.ndarray:
     return geometry.forward_mask(np.asarray(mask) != 0, geom)
 
 
+def source_lesion_voxels(mask: np.ndarray, geom: CaseGeometry) -> list[int]:
+    """Lesion voxels per stored slice on the source grid (any nonzero voxel is lesion), before any resampling."""
+    return geometry.source_lesion_voxels(np.asarray(mask) != 0, geom)
+
+
 def lesion_pixels(stored_mask: np.ndarray) -> list[int]:
     """Lesion pixel count per stored slice."""
     return stored_mask.reshape(stored_mask.shape[0], -1).sum(axis=1).astype(int).tolist()

@@ -1,4 +1,4 @@
-"""The slice store, format version 1: a Zarr v3 group of per-case (Z, S, S) arrays plus index.parquet.
+"""The slice store, format version 2: a Zarr v3 group of per-case (Z, S, S) arrays plus index.parquet.
 
 Writing is crash- and power-loss-safe: a case is built under ``.partial/``, fsynced, and renamed into ``cases/``
 only when complete (``ctprep.atomic.publish``).
@@ -24,7 +24,8 @@ from ctprep.geometry import CaseGeometry
 from ctprep.window import STORED_DTYPES, decode
 
 FORMAT_NAME = "ctstack-slice-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index column and case attribute source_lesion_voxels; no lesion vanishes in the resize
+FORMAT_CHANGES = {2: "new index column source_lesion_voxels"}  # what each version added, for the upgrade message
 CASES = "cases"
 PARTIAL = ".partial"
 INDEX_FILE = "index.parquet"
@@ -154,7 +155,7 @@ def clear_partial(path: Path) -> int:
 
 
 class SliceStore:
-    """Read access to a format-v1 store: layout, cases, per-case attributes, images, masks, index."""
+    """Read access to a format-v2 store: layout, cases, per-case attributes, images, masks, index."""
 
     def __init__(self, path: Path, root_attrs: dict) -> None:
         self.path = Path(path)
@@ -165,19 +166,8 @@ class SliceStore:
     def open(cls, path: Path | str) -> "SliceStore":
         """Open and validate a store; raises StoreNotFoundError / StoreFormatError with what to do."""
         path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise StoreNotFoundError(f"{path}: no ctstack store here; create one with `ctprep convert RAW {path}`")
-        try:
-            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-        except Exception as err:  # zarr raises several types for damaged metadata
-            raise StoreFormatError(f"{path}: unreadable store metadata ({err}); re-run `ctprep convert`") from err
-        if attrs.get("format") != FORMAT_NAME:
-            raise StoreFormatError(f"{path}: a Zarr group but not a ctstack store; re-run `ctprep convert`")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreFormatError(
-                f"{path}: store format version {attrs.get('format_version')}, this ctstack reads "
-                f"version {FORMAT_VERSION}; re-convert with `ctprep convert`"
-            )
+        attrs = root_attrs(path)
+        check_format_version(path, attrs)
         return cls(path, attrs)
 
     def case_ids(self) -> list[str]:
@@ -228,6 +218,38 @@ class SliceStore:
     def describe(self) -> dict:
         """Root attributes plus the layout, for printing and for run configs."""
         return {**self.attrs, "path": str(self.path)}
+
+
+def root_attrs(path: Path) -> dict:
+    """The root attributes of the ctstack store at ``path`` (any format version)."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreNotFoundError(f"{path}: no ctstack store here; create one with `ctprep convert RAW {path}`")
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as err:  # zarr raises several types for damaged metadata
+        raise StoreFormatError(f"{path}: unreadable store metadata ({err}); re-run `ctprep convert`") from err
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreFormatError(f"{path}: a Zarr group but not a ctstack store; re-run `ctprep convert`")
+    return attrs
+
+
+def check_format_version(path: Path, attrs: dict) -> None:
+    """StoreFormatError in one line, with the command to run, unless the store is of this ctstack's version."""
+    found = attrs.get("format_version")
+    if found == FORMAT_VERSION:
+        return
+    if isinstance(found, int) and found < FORMAT_VERSION:
+        added = ", ".join(FORMAT_CHANGES[v] for v in range(found + 1, FORMAT_VERSION + 1) if v in FORMAT_CHANGES)
+        raise StoreFormatError(f"{path}: store format version {found}, this ctstack needs version {FORMAT_VERSION} "
+                               f"({added}); {reconvert_hint(path)}")
+    raise StoreFormatError(f"{path}: store format version {found}, this ctstack reads version {FORMAT_VERSION}; "
+                           "use a newer ctstack, or re-convert with this one")
+
+
+def reconvert_hint(path: Path) -> str:
+    """What to do with a store written by an older ctstack: convert afresh into a new path (or remove it first)."""
+    return f"re-convert into a new store with `ctprep convert RAW NEW_STORE` (or delete {path} first)"
 
 
 def _read(array: zarr.Array, slices: slice | np.ndarray | None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Imbalance statistics from the index alone: empty vs lesion slices per patient and overall."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +10,30 @@ import pandas as pd
 from ctsample.plan import classify, labeled_rows
 from ctprep.atomic import replacing
 
-STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty")
+STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty",
+                "source_lesion_voxels", "lost_slices", "lost_voxels")
 
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
-    """Per labeled patient of ``split``: slices, lesion, empty, empty:lesion, % empty, empties within k of a lesion."""
-    slices = classify(labeled_rows(index, split), neighbours)
+    """Per labeled patient of ``split``: slices, lesion, empty, empty:lesion, % empty, empties within k of a lesion,
+    source lesion voxels, and the slices and source lesion voxels lost to resizing (see ``lost_to_resize``)."""
+    rows = labeled_rows(index, split)
+    slices = classify(rows, neighbours)
     per_kind = pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
     lesion = per_kind[0].to_numpy()
     empty = per_kind[1].to_numpy() + per_kind[2].to_numpy()
     first = slices.groupby("case")[["case_id", "split"]].first()
+    voxels = rows["source_lesion_voxels"].to_numpy(np.int64)
+    lost = (voxels > 0) & ~rows["has_lesion"].to_numpy(bool)
+    per_case = partial(np.bincount, slices["case"].to_numpy(), minlength=len(first))
     return pd.DataFrame({
         "case_id": first["case_id"].to_numpy(), "split": first["split"].to_numpy(),
         "slices": lesion + empty, "lesion": lesion, "empty": empty,
         "ratio": np.where(lesion > 0, empty / np.maximum(lesion, 1), np.nan),
         "pct_empty": 100.0 * empty / (lesion + empty), "neighbour_empty": per_kind[1].to_numpy(),
+        "source_lesion_voxels": per_case(weights=voxels).astype(np.int64),
+        "lost_slices": per_case(weights=lost).astype(np.int64),
+        "lost_voxels": per_case(weights=np.where(lost, voxels, 0)).astype(np.int64),
     })
 
 
@@ -44,6 +54,9 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
         ("% empty, patients with lesions (p10 / p90)",
          f"{with_lesion.quantile(0.1):.0f} / {with_lesion.quantile(0.9):.0f}" if len(with_lesion) else "-"),
         ("empty neighbours available (within k)", int(stats["neighbour_empty"].sum())),
+        ("lesion slices lost to resizing", int(stats["lost_slices"].sum())),
+        ("lesion voxels lost to resizing", f"{int(stats['lost_voxels'].sum())} of "
+                                           f"{int(stats['source_lesion_voxels'].sum())}"),
     ]
 
 

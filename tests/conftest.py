@@ -9,7 +9,7 @@ import pytest
 
 from ctprep.index import build_index, write_index
 from ctprep.store import StoreLayout, create_or_open, write_case
-from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask
+from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
 from ctprep.window import encode
 
 SHAPE = (23, 17, 9)  # (x, y, z) in RAS: odd, non-square, few slices
@@ -83,8 +83,9 @@ def build_store(path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None
         unit, geom = preprocess_image(hu, affine, layout)
         stored_mask = preprocess_mask(mask, geom) if mask is not None else None
         pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
-        write_case(path, case_id, encode(unit, layout.dtype), stored_mask,
-                   {"geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "lesion_pixels": pixels})
+        voxels = source_lesion_voxels(mask, geom) if mask is not None else None
+        write_case(path, case_id, encode(unit, layout.dtype), stored_mask, {"geometry": geom.to_attrs(),
+                   "n_slices": int(unit.shape[0]), "lesion_pixels": pixels, "source_lesion_voxels": voxels})
     write_index(path, build_index(store, splits))
     return path
 

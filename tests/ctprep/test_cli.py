@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli import prep_app
 from ctprep.errors import UsageError
 from ctprep.lock import store_lock
-from ctprep.store import SliceStore
+from ctprep.store import FORMAT_VERSION, SliceStore
 
 runner = CliRunner()
 
@@ -112,7 +112,7 @@ def test_info_shows_layout_counts_splits_and_size(tmp_path):
     assert result.exit_code == 0, result.output
     index = SliceStore.open(tmp_path / "s.zarr").index()
     rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
-    assert ["format", "ctstack-slice-store", "v1"] in rows
+    assert ["format", "ctstack-slice-store", f"v{FORMAT_VERSION}"] in rows
     assert ["slices", str(len(index))] in rows
     assert ["lesion", "slices", str(int(index["has_lesion"].sum()))] in rows
     for split, part in index.groupby("split"):
