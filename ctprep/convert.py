@@ -23,7 +23,7 @@ from pathlib import Path
 import zarr
 
 from ctprep import __version__
-from ctprep.console import progress_bar, rate_text
+from ctprep.console import progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError
 from ctprep.index import build_index, write_index
@@ -111,7 +111,7 @@ class ConvertReport:
         return [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
                 ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
                 ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
-                ("empty:lesion", round(self.empty_per_lesion, 3)), ("store size", human_bytes(self.store_bytes)),
+                ("empty:lesion", ratio_text(self.empty_per_lesion)), ("store size", human_bytes(self.store_bytes)),
                 ("workers", self.workers), ("seconds", round(self.seconds, 2))]
 
 
@@ -303,7 +303,8 @@ def _record(result: CaseResult, report: ConvertReport) -> None:
 def _finish(store_path: Path, raw: Path, split_cfg: SplitConfig, report: ConvertReport, start: float) -> None:
     """Rebuild the index from every complete case, record the split config and run metadata, fill totals."""
     store = SliceStore.open(store_path)
-    index = build_index(store, assign_splits(store.case_ids(), split_cfg))
+    unlabeled = [case_id for case_id in store.case_ids() if not store.has_mask(case_id)]  # they go to train
+    index = build_index(store, assign_splits(store.case_ids(), split_cfg, unlabeled))
     write_index(store_path, index)
     report.cases = int(index["case_id"].nunique())
     report.slices = len(index)
