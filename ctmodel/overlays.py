@@ -73,7 +73,7 @@ def _legend_handles(truth: np.ndarray, pred: np.ndarray) -> list:
 
 
 def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str) -> "Figure":
-    """A Figure of three square panels: the slice, truth (green) and prediction (magenta dashed), and a zoom."""
+    """A Figure of three square panels: the slice, truth (green) and prediction (magenta dashed), a zoom on the truth."""
     from matplotlib.figure import Figure
 
     panel_px = max(MIN_PANEL_PX, image.shape[1])
@@ -81,7 +81,7 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title
     width_px, height_px = 3 * panel_px + 4 * LAYOUT_PAD_PX, panel_px + 2 * LAYOUT_PAD_PX + 90  # + titles, legend
     figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
     axes = figure.subplots(1, 3)
-    r0, r1, c0, c1 = zoom_box(truth | pred)
+    r0, r1, c0, c1 = zoom_box(truth if truth.any() else pred)  # the lesion; a far false positive shows left
     panels = [("input slice", None), ("truth and prediction", None),
               (f"zoom: rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}", (r0, r1, c0, c1))]
     for ax, (name, box) in zip(axes, panels):

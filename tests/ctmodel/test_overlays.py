@@ -78,6 +78,17 @@ def test_a_mask_empty_on_the_slice_is_named_in_the_legend_and_draws_no_contour()
     assert contours_per_panel == [0, 1, 1]  # the input slice stays clean; truth alone on the other two
 
 
+def test_zoom_follows_the_truth_not_a_far_false_positive():
+    truth = np.zeros((64, 64), bool)
+    truth[30:34, 30:34] = True
+    pred = truth.copy()
+    pred[0, 0] = True  # a stray false positive in the corner
+    figure = overlay_figure(np.zeros((64, 64), np.float32), truth, pred, "title")
+    top, bottom, left, right = zoom_box(truth)
+    assert (top, left) != (0, 0)
+    assert figure.get_axes()[2].get_title() == f"zoom: rows {top}-{bottom - 1}, columns {left}-{right - 1}"
+
+
 def test_title_names_the_labels_case_slice_and_both_dice():
     truth = np.zeros((16, 16), bool)
     truth[4:8, 4:8] = True  # 16 px; the prediction hits half of them and nothing else: Dice 2*8/(16+8)
