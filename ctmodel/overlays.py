@@ -73,7 +73,7 @@ def _legend_handles(truth: np.ndarray, pred: np.ndarray) -> list:
 
 
 def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str) -> "Figure":
-    """A Figure of three square panels: the slice, truth (green) and prediction (magenta dashed), a zoom on the truth."""
+    """A Figure of three square panels: the slice, truth (green) and prediction (magenta dashed), a truth zoom."""
     from matplotlib.figure import Figure
 
     panel_px = max(MIN_PANEL_PX, image.shape[1])

@@ -114,6 +114,7 @@ def test_split_csv_listing_an_unlabeled_patient_as_test_exits_2_in_one_line(stor
     (tmp_path / "s.csv").write_text("case_id,split\ncase0,test\nnomask,test\n")
     before = read_index(store)
     result = run("split", store, "--splits", tmp_path / "s.csv")
-    assert result.exit_code == 2 and "nomask (test)" in result.output  # a usage error, like any bad CSV and "Traceback" not in result.output
+    assert result.exit_code == 2  # a usage error, like any bad CSV
+    assert "nomask (test)" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert read_index(store).equals(before)  # nothing rewritten
