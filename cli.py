@@ -127,7 +127,7 @@ def info(
     with errors(ctx):
         summary = store_info(store)
     print_table(f"{store}", ["", "value"], summary.rows())
-    print_table("splits", ["split", "cases", "slices", "lesion slices"], summary.splits)
+    print_table("splits", ["split", "cases", "labeled", "unlabeled", "slices", "lesion slices"], summary.splits)
 
 
 
@@ -220,6 +220,7 @@ def split(
     """Reassign patients to train / val / test (atomically; one patient is never in two splits).
 
     Deterministic from (seed, case_id): adding cases never moves existing ones. Later converts keep the rule.
+    Labeled patients alone fill val and test; unlabeled patients (no mask) always go to train.
 
     Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0
     """
@@ -233,14 +234,14 @@ def split(
         typer.secho(f"warning: {splits}: {len(unknown)} case ids not in the store, e.g. {unknown[:3]}", err=True,
                     fg=typer.colors.YELLOW)
     for name, fraction in (("test", test), ("val", val)):
-        if fraction > 0 and splits is None and counts.loc[name, "patients_after"] == 0:
-            typer.secho(f"warning: the {name} split is empty ({int(counts['patients_after'].sum())} patients, "
-                        f"--{name} {fraction:g}): try another --seed, or list the cases in --splits FILE.csv",
-                        err=True, fg=typer.colors.YELLOW)
-    print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "slices",
-                                            "lesion slices"],
-                [(name, int(r.patients_before), int(r.patients_after), int(r.labeled_after), int(r.slices_after),
-                  int(r.lesion_after)) for name, r in counts.iterrows()])
+        if fraction > 0 and splits is None and counts.loc[name, "labeled_after"] == 0:
+            typer.secho(f"warning: the {name} split is empty ({int(counts['labeled_after'].sum())} labeled "
+                        f"patients, --{name} {fraction:g}): try another --seed, or list the cases in --splits "
+                        "FILE.csv", err=True, fg=typer.colors.YELLOW)
+    print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "unlabeled",
+                                            "slices", "lesion slices"],
+                [(name, int(r.patients_before), int(r.patients_after), int(r.labeled_after), int(r.unlabeled_after),
+                  int(r.slices_after), int(r.lesion_after)) for name, r in counts.iterrows()])
 
 
 @sample_app.command()

@@ -203,12 +203,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
 
 
 def write_figures(store: SliceStore, results: list[CaseResult], out_dir: Path) -> list[Path]:
-    """Overlay PNGs of the best, median and worst cases by 3-D Dice."""
-    from ctmodel.overlays import pick_cases, write_overlay
+    """Overlay PNGs of the best, median and worst cases by 3-D Dice (one per distinct case)."""
+    from ctmodel.overlays import write_overlays
 
-    paths = []
-    for label, result in pick_cases(results).items():
-        path = out_dir / f"{label}-{result.case_id}.png"
-        write_overlay(store, result, path, title=f"{label}: {result.case_id} (Dice {result.metrics.dice:.3f})")
-        paths.append(path)
-    return paths
+    return write_overlays(store, results, out_dir)

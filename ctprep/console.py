@@ -51,6 +51,11 @@ def rate_text(done: float, seconds: float, unit: str) -> str:
     return f"{done / seconds:.1f} {unit}/s" if seconds > 0 and done > 0 else ""
 
 
+def ratio_text(empty_per_lesion: float) -> str:
+    """An empty:lesion ratio as '1.776', or 'no lesion slices' where it is NaN (nothing to divide by)."""
+    return "no lesion slices" if empty_per_lesion != empty_per_lesion else f"{empty_per_lesion:.3f}"
+
+
 def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "it",
           console: Console | None = None) -> Iterator[T]:
     """Iterate ``items`` with a progress bar showing rate and ETA."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctprep.atomic import remove_temp_files
-from ctprep.console import progress_bar, rate_text
+from ctprep.console import progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError
 from ctprep.index import build_index, lost_to_resize, write_index
@@ -113,7 +113,8 @@ class ConvertReport:
                 ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
                 ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
                 ("lesion slices lost to resizing", self.lost_slices),
-                ("lesion voxels lost to resizing", self.lost_voxels), ("empty:lesion", round(self.empty_per_lesion, 3)), ("store size", human_bytes(self.store_bytes)),
+                ("lesion voxels lost to resizing", self.lost_voxels),
+                ("empty:lesion", ratio_text(self.empty_per_lesion)), ("store size", human_bytes(self.store_bytes)),
                 ("workers", self.workers), ("seconds", round(self.seconds, 2))]
 
 
@@ -309,7 +310,8 @@ def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, sta
     """Rebuild the index from every complete case, record the split config, fill totals. Files whose content
     would not change are not rewritten, and run statistics stay in the report (printed), out of the store."""
     store = SliceStore.open(store_path)
-    index = build_index(store, assign_splits(store.case_ids(), split_cfg))
+    unlabeled = [case_id for case_id in store.case_ids() if not store.has_mask(case_id)]  # they go to train
+    index = build_index(store, assign_splits(store.case_ids(), split_cfg, unlabeled))
     write_index(store_path, index)
     update_root_attrs(store_path, {"split_config": split_config_to_attrs(split_cfg)},
                       drop_obsolete=bool(report.converted))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctprep.console import ratio_text
 from ctprep.convert import disk_bytes, human_bytes
 from ctprep.store import SliceStore
 
@@ -25,7 +26,7 @@ class StoreInfo:
     slices: int
     lesion_slices: int
     labeled_slices: int
-    splits: tuple[tuple[str, int, int, int], ...]  # (split, cases, slices, lesion slices)
+    splits: tuple[tuple[str, int, int, int, int, int], ...]  # (split, cases, labeled, unlabeled, slices, lesion)
     disk_bytes: int
 
     @property
@@ -39,7 +40,7 @@ class StoreInfo:
         return [("format", self.format), ("tool version", self.tool_version), ("window (HU)", f"{lo:g},{hi:g}"),
                 ("size", f"{self.size}x{self.size}"), ("dtype", self.dtype), ("cases", self.cases),
                 ("labeled cases", self.labeled_cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
-                ("empty:lesion", round(self.empty_per_lesion, 3)), ("size on disk", human_bytes(self.disk_bytes))]
+                ("empty:lesion", ratio_text(self.empty_per_lesion)), ("size on disk", human_bytes(self.disk_bytes))]
 
 
 def store_info(store_path: Path) -> StoreInfo:
@@ -57,12 +58,12 @@ def store_info(store_path: Path) -> StoreInfo:
     )
 
 
-def _split_counts(index) -> tuple[tuple[str, int, int, int], ...]:
-    """(split, cases, slices, lesion slices) for each split present, in train/val/test order."""
+def _split_counts(index) -> tuple[tuple[str, int, int, int, int, int], ...]:
+    """(split, cases, labeled cases, unlabeled cases, slices, lesion slices) per split present, train/val/test first."""
     rows = []
     present = [s for s in SPLIT_ORDER if s in set(index["split"])]
     for split in present + sorted(set(index["split"]) - set(SPLIT_ORDER)):
         part = index[index["split"] == split]
-        rows.append((str(split), int(part["case_id"].nunique()), len(part), int(part["has_lesion"].sum())))
+        cases, labeled = int(part["case_id"].nunique()), int(part.loc[part["labeled"], "case_id"].nunique())
+        rows.append((str(split), cases, labeled, cases - labeled, len(part), int(part["has_lesion"].sum())))
     return tuple(rows)
-

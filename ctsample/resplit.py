@@ -23,7 +23,7 @@ def resplit(store_path: Path, cfg: SplitConfig) -> tuple[pd.DataFrame, list[str]
         before = split_counts(index)
         case_ids = sorted(index["case_id"].astype(str).unique())
         unknown = sorted(set(read_split_csv(cfg.csv)) - set(case_ids)) if cfg.csv is not None else []
-        splits = assign_splits(case_ids, cfg)
+        splits = assign_splits(case_ids, cfg, unlabeled=unlabeled_cases(index))
         index["split"] = index["case_id"].astype(str).map(splits).astype("string")
         write_index(store_path, index)
         update_root_attrs(store_path, {"split_config": split_config_to_attrs(cfg)})  # unchanged: not rewritten
@@ -31,10 +31,17 @@ def resplit(store_path: Path, cfg: SplitConfig) -> tuple[pd.DataFrame, list[str]
     return before.add_suffix("_before").join(after.add_suffix("_after")), unknown
 
 
+def unlabeled_cases(index: pd.DataFrame) -> set[str]:
+    """Case ids of the index's unlabeled (mask-less) cases."""
+    return set(index.loc[~index["labeled"].astype(bool), "case_id"].astype(str))
+
+
 def split_counts(index: pd.DataFrame) -> pd.DataFrame:
-    """Patients, labeled patients, slices and lesion slices per split (train, val, test)."""
+    """Patients, labeled and unlabeled patients, slices and lesion slices per split (train, val, test)."""
     per_case = index.groupby("case_id").agg(split=("split", "first"), labeled=("labeled", "first"),
                                             slices=("slice", "size"), lesion=("has_lesion", "sum"))
     counts = per_case.groupby("split").agg(patients=("labeled", "size"), labeled=("labeled", "sum"),
                                            slices=("slices", "sum"), lesion=("lesion", "sum"))
-    return counts.reindex(list(SPLITS), fill_value=0)
+    counts = counts.reindex(list(SPLITS), fill_value=0).astype(int)
+    counts.insert(2, "unlabeled", counts["patients"] - counts["labeled"])
+    return counts

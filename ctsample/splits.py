@@ -1,7 +1,12 @@
-"""Patient-level split assignment: a hash of (seed, case_id), so adding cases never moves existing ones."""
+"""Patient-level split assignment: a hash of (seed, case_id), so adding cases never moves existing ones.
+
+Only labeled cases take val and test places (an unlabeled case has no mask to score against); unlabeled cases go
+to train, where a plan skips them and later semi-supervised work can use them.
+"""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +42,26 @@ def split_of(case_id: str, cfg: SplitConfig) -> str:
     return "train"
 
 
-def assign_splits(case_ids: list[str], cfg: SplitConfig) -> dict[str, str]:
-    """case_id -> split for every case; the CSV (if any) overrides the hash for the cases it lists."""
+def assign_splits(case_ids: Iterable[str], cfg: SplitConfig, unlabeled: Collection[str] = ()) -> dict[str, str]:
+    """case_id -> split for every case: the hash for labeled cases, train for ``unlabeled`` ones, the CSV over both.
+
+    Raises:
+        UsageError: the CSV puts an unlabeled case in val or test (it could never be scored there).
+    """
     overrides = read_split_csv(cfg.csv) if cfg.csv is not None else {}
-    return {case_id: overrides.get(case_id) or split_of(case_id, cfg) for case_id in case_ids}
+    unlabeled = set(unlabeled)
+    check_unlabeled_overrides(overrides, unlabeled, cfg.csv)
+    return {case_id: overrides.get(case_id) or ("train" if case_id in unlabeled else split_of(case_id, cfg))
+            for case_id in case_ids}
+
+
+def check_unlabeled_overrides(overrides: dict[str, str], unlabeled: set[str], csv: Path | None) -> None:
+    """Refuse a CSV that lists an unlabeled case as val or test, naming the cases."""
+    held_out = sorted(case_id for case_id, split in overrides.items() if case_id in unlabeled and split != "train")
+    if held_out:
+        shown = ", ".join(f"{c} ({overrides[c]})" for c in held_out[:3]) + (", ..." if len(held_out) > 3 else "")
+        raise UsageError(f"{csv}: expected labeled cases in val/test, found {len(held_out)} unlabeled (no mask): "
+                         f"{shown}; list them as train or drop their lines")
 
 
 def read_split_csv(path: Path) -> dict[str, str]:

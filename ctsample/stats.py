@@ -49,7 +49,7 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
         ("slices", int(stats["slices"].sum())),
         ("lesion slices", lesion),
         ("empty slices", empty),
-        ("empty : lesion overall", f"{empty / lesion:.2f} : 1" if lesion else "no lesion slice"),
+        ("empty : lesion overall", f"{empty / lesion:.2f} : 1" if lesion else "no lesion slices"),
         ("% empty per patient (min / median / max)", f"{pct.min():.0f} / {pct.median():.0f} / {pct.max():.0f}"),
         ("% empty, patients with lesions (p10 / p90)",
          f"{with_lesion.quantile(0.1):.0f} / {with_lesion.quantile(0.9):.0f}" if len(with_lesion) else "-"),

@@ -14,6 +14,7 @@ from cli import prep_app
 from ctprep.errors import UsageError
 from ctprep.lock import store_lock
 from ctprep.store import FORMAT_VERSION, SliceStore
+from ctsample.splits import SplitConfig, split_of
 
 runner = CliRunner()
 
@@ -116,7 +117,43 @@ def test_info_shows_layout_counts_splits_and_size(tmp_path):
     assert ["slices", str(len(index))] in rows
     assert ["lesion", "slices", str(int(index["has_lesion"].sum()))] in rows
     for split, part in index.groupby("split"):
-        assert [split, str(part["case_id"].nunique()), str(len(part)), str(int(part["has_lesion"].sum()))] in rows
+        cases = part["case_id"].nunique()
+        assert [split, str(cases), str(cases), "0", str(len(part)), str(int(part["has_lesion"].sum()))] in rows
+
+
+def test_info_counts_labeled_and_unlabeled_cases_per_split_and_unlabeled_ones_stay_in_train(tmp_path):
+    write_good(tmp_path / "raw", seeds=range(4))
+    for seed in range(4, 8):  # images without a mask, as in an nnU-Net imagesTs folder
+        save_nifti(tmp_path / "raw" / f"nomask{seed}_ct.nii.gz", phantom(seed=seed)[0], ras_affine())
+    converted = runner.invoke(prep_app, ["convert", str(tmp_path / "raw"), str(tmp_path / "s.zarr"), "--size", "16",
+                                         "--workers", "1", "--test", "0.5", "--val", "0.5"])
+    assert converted.exit_code == 0, converted.output
+    result = runner.invoke(prep_app, ["info", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 0, result.output
+    per_case = SliceStore.open(tmp_path / "s.zarr").index().groupby("case_id").agg(
+        split=("split", "first"), labeled=("labeled", "first"))
+    unlabeled = per_case.index[~per_case["labeled"]]
+    assert set(per_case.loc[unlabeled, "split"]) == {"train"}
+    assert any(split_of(c, SplitConfig(test=0.5, val=0.5)) != "train" for c in unlabeled)  # the hash would not
+    rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
+    split_rows = {row[0]: row[1:4] for row in rows if row and row[0] in ("train", "val", "test")}
+    for split, part in per_case.groupby("split"):
+        labeled = int(part["labeled"].sum())
+        assert split_rows[split] == [str(len(part)), str(labeled), str(len(part) - labeled)]
+
+
+def test_store_without_lesion_slices_says_so_instead_of_nan(tmp_path):
+    for seed in range(2):
+        hu, _lesion = phantom(seed=seed)
+        save_nifti(tmp_path / "raw" / f"clear{seed}_ct.nii.gz", hu, ras_affine())
+        save_nifti(tmp_path / "raw" / f"clear{seed}_seg.nii.gz", np.zeros(hu.shape, np.uint8), ras_affine())
+    converted = runner.invoke(prep_app, ["convert", str(tmp_path / "raw"), str(tmp_path / "s.zarr"), "--size", "16",
+                                         "--workers", "1"])
+    info = runner.invoke(prep_app, ["info", str(tmp_path / "s.zarr")])
+    for result in (converted, info):
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.stdout.splitlines() if line.startswith("empty:lesion"))
+        assert "no lesion slices" in row and "nan" not in result.stdout
 
 
 @pytest.mark.parametrize("args, words", [

@@ -10,6 +10,7 @@ from cli import sample_app
 from ctprep.index import read_index
 from ctprep.lock import store_lock
 from ctsample.plan import load_plan
+from ctsample.splits import SplitConfig, split_of
 from ctsample.stats import patient_stats
 
 from conftest import build_store, phantom, ras_affine
@@ -93,3 +94,27 @@ def test_plan_bad_input_is_one_line(store, args, message):
 def test_missing_store_is_one_line_that_says_what_to_do(tmp_path):
     result = run("stats", tmp_path / "nope.zarr")
     assert result.exit_code == 1 and "ctprep convert" in result.output
+
+
+def test_split_keeps_the_unlabeled_patient_in_train_and_counts_it(store):
+    seed = next(s for s in range(100) if split_of("nomask", SplitConfig(test=0.5, val=0.5, seed=s)) != "train")
+    result = run("split", store, "--test", "0.5", "--val", "0.5", "--seed", seed)
+    assert result.exit_code == 0, result.output
+    per_case = read_index(store).groupby("case_id")["split"].first()
+    assert per_case["nomask"] == "train"  # although its hash says otherwise
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines()
+            if (cells := line.replace("│", " ").split()) and cells[0] in ("train", "val", "test")}
+    for split in ("train", "val", "test"):
+        labeled = int((per_case[per_case.index != "nomask"] == split).sum())
+        unlabeled = int(split == "train")
+        assert rows[split][1:4] == [str(labeled + unlabeled), str(labeled), str(unlabeled)]  # patients, labeled, unl.
+
+
+def test_split_csv_listing_an_unlabeled_patient_as_test_exits_2_in_one_line(store, tmp_path):
+    (tmp_path / "s.csv").write_text("case_id,split\ncase0,test\nnomask,test\n")
+    before = read_index(store)
+    result = run("split", store, "--splits", tmp_path / "s.csv")
+    assert result.exit_code == 2  # a usage error, like any bad CSV
+    assert "nomask (test)" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert read_index(store).equals(before)  # nothing rewritten
