@@ -297,9 +297,10 @@ ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface toler
 _TRAIN_FIELDS = {"model": "name", "width": "width", "depth": "depth", "context": "context", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "step_size": "step_size",
                  "gamma": "gamma", "dice_weight": "dice_weight", "bce_weight": "bce_weight", "ratio": "ratio",
-                 "neighbours": "neighbours", "augment": "augment", "device": "device", "precision": "precision",
-                 "compile": "compile", "channels_last": "channels_last", "deterministic": "deterministic",
-                 "seed": "seed", "resident": "resident"}
+                 "neighbours": "neighbours", "lesion_free": "lesion_free", "accumulate": "accumulate",
+                 "augment": "augment", "device": "device", "precision": "precision", "compile": "compile",
+                 "channels_last": "channels_last", "deterministic": "deterministic", "seed": "seed",
+                 "resident": "resident"}
 
 
 @model_app.command()
@@ -308,8 +309,11 @@ def train(
     store: Annotated[Path, typer.Argument(help="Slice store made by `ctprep convert`.")],
     plan: Annotated[Optional[Path], typer.Option(help="Plan from `ctsample plan` (default: build one, one "
                                                       "fresh fill per epoch).")] = None,
-    ratio: Annotated[float, typer.Option(help="Without --plan: empty:lesion target ratio.")] = 1.75,
+    ratio: Annotated[str, typer.Option(help="Without --plan: empty:lesion target ratio, or 'natural' (every "
+                                            "slice: the study's regime).")] = "1.75",
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
+    lesion_free: Annotated[float, typer.Option(help="Without --plan: fraction (0..1) of a lesion-free patient's "
+                                                    "slices per epoch.")] = 0.1,
     model: Annotated[str, typer.Option(help="dual-encoder (the study's model) or unet2d (its baseline).")]
     = "dual-encoder",
     width: Annotated[int, typer.Option(help="Channels of the first level (12 -> ~1.5 M parameters).")] = 12,
@@ -317,7 +321,9 @@ def train(
     = 4,
     context: Annotated[int, typer.Option(help="unet2d input: 1 = centre slice, 3 = z-1, z, z+1 stack.")] = 1,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Samples per optimizer step.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch).")] = 16,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (effective batch "
+                                                        "accumulate x batch-size; the study: batch 1).")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     step_size: Annotated[int, typer.Option(help="StepLR: epochs between learning-rate drops.")] = 20,
@@ -342,14 +348,17 @@ def train(
     """Train a dual-encoder 2.5D U-Net (or the unet2d baseline) from a store; writes a run folder.
 
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
+    (the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
     """
     from ctmodel.config import ModelConfig, TrainConfig
     from ctmodel.train import train as run_train
     from ctprep.console import print_table
+    from ctsample.plan import parse_ratio
 
     given = {name: value for name, value in ctx.params.items() if name in _TRAIN_FIELDS}
     explicit = frozenset(_TRAIN_FIELDS[n] for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE")
     with errors(ctx):
+        given["ratio"] = parse_ratio(ratio)
         model_cfg = ModelConfig(name=model, width=width, depth=depth, context=context)
         train_cfg = TrainConfig(**{_TRAIN_FIELDS[n]: v for n, v in given.items()
                                    if n not in ("model", "width", "depth", "context")})

@@ -1,6 +1,7 @@
 """Frozen, validated configuration of the networks (ModelConfig) and of a training run (TrainConfig)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from ctprep.errors import UsageError
@@ -21,6 +22,12 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a one-line UsageError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} {value}: expected one of {', '.join(choices)}")
+
+
+def check_ratio(ratio: float | None) -> None:
+    """Raise a one-line UsageError unless ``ratio`` is None (natural) or a finite number >= 0 (as ctsample plan)."""
+    if ratio is not None and not (math.isfinite(ratio) and ratio >= 0):
+        raise UsageError(f"--ratio {ratio}: expected a number >= 0 (e.g. 1.75) or 'natural'")
 
 
 def check_inference(checkpoint: str, threshold: float, batch_size: int | None) -> None:
@@ -58,18 +65,22 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of a training run; defaults are the source study's (design.md, "Training")."""
+    """Every option of a training run; defaults follow design.md, "Training" (docs/model.md marks which are the
+    study's and which are the project's)."""
 
     epochs: int = 50  # the study trained 50 epochs
-    batch_size: int = 16
+    batch_size: int = 16  # the project's choice: the study trained at batch 1 (see accumulate)
+    accumulate: int = 1  # micro-batches of batch_size per optimizer step (the study: batch 1 with accumulation)
     lr: float = 1e-4  # AdamW
     weight_decay: float = 1e-4
     step_size: int = 20  # StepLR: x gamma every step_size epochs
     gamma: float = 0.1
     dice_weight: float = 0.7  # loss = 0.7 Dice + 0.3 BCE
     bce_weight: float = 0.3
-    ratio: float = 1.75  # plan built when no --plan: empty:lesion target (the study's natural imbalance)
+    ratio: float | None = 1.75  # plan built when no --plan: empty:lesion target; None = natural (every slice,
+    # the study's regime); 1.75 (the study's data's natural imbalance) is the project's balanced default
     neighbours: int = 1  # plan: empty slices within k of a lesion slice always taken
+    lesion_free: float = 0.1  # plan: share of a lesion-free patient's slices per epoch (ctsample's default)
     augment: bool = True  # flips, small rotation/scale, intensity jitter on the device; off = the study exactly
     device: str = "auto"
     precision: str = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
@@ -81,8 +92,11 @@ class TrainConfig:
     resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "step_size", "gamma", "ratio"):
+        for name in ("epochs", "batch_size", "accumulate", "lr", "step_size", "gamma"):
             check_positive(name, getattr(self, name))
+        check_ratio(self.ratio)
+        if not 0.0 <= self.lesion_free <= 1.0:
+            raise UsageError(f"--lesion-free {self.lesion_free}: expected a fraction in [0, 1]")
         if self.val_batch_size is not None:
             check_positive("val_batch_size", self.val_batch_size)
         for name in ("weight_decay", "dice_weight", "bce_weight"):

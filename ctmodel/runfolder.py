@@ -5,7 +5,7 @@ import hashlib
 import json
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +34,22 @@ def plan_hash(slices: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
+PLAN_RULE = ("ratio", "neighbours", "lesion_free")  # TrainConfig fields that only shape the default plan
+
+
 def build_plan(index: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
-    """A fresh plan through ctsample's API: one random fill per epoch, the study's rule."""
+    """A fresh plan through ctsample's API: one random fill per epoch (``ratio`` None: every slice, every epoch)."""
     from ctsample.plan import PlanConfig, make_plan
 
     plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
-                                       epochs=cfg.epochs, seed=cfg.seed))
+                                       epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free))
     return plan.slices, dict(plan.params)
+
+
+def with_plan_rule(cfg: TrainConfig, params: dict) -> TrainConfig:
+    """``cfg`` with ratio/neighbours/lesion_free taken from a plan file's parameters (those it records), so that
+    config.json states the rule the run really trained on."""
+    return replace(cfg, **{name: params[name] for name in PLAN_RULE if name in params})
 
 
 def read_plan_file(path: Path) -> tuple[pd.DataFrame, dict]:

@@ -18,23 +18,23 @@ import torch
 from rich.console import Console
 
 from ctmodel.augment import augment_batch
-from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident, n_batches
+from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident
 from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, read_config, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
 from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.runfolder import (build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
-                               read_plan_file, read_run_plan, resume_configs, val_cases, write_config,
-                               write_summary)
+from ctmodel.runfolder import (PLAN_RULE, build_plan, check_new_run_dir, check_plan, default_run_dir,
+                               plan_epochs, read_plan_file, read_run_plan, resume_configs, val_cases,
+                               with_plan_rule, write_config, write_summary)
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
 from ctprep.store import SliceStore
 
-StepHook = Callable[[int, int], None]  # (epoch, step) after every optimizer step
-BAR_EVERY = 10  # steps between progress-bar refreshes (each one syncs the GPU for the loss value)
+StepHook = Callable[[int, int], None]  # (epoch, step) after every optimizer step (not micro-batch)
+BAR_EVERY = 10  # optimizer steps between progress-bar refreshes (each one syncs the GPU for the loss value)
 
 
 @dataclass
@@ -113,11 +113,14 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
                 plan_path: Path | None, explicit: frozenset[str], console: Console) -> Session:
     """Check the inputs, write config.json + plan.parquet, load the data, build model and optimizer."""
     check_new_run_dir(run_dir)
-    if plan_path is not None and explicit & {"ratio", "neighbours"}:
-        raise UsageError("--ratio/--neighbours build a plan; with --plan FILE the plan's own rule applies, drop them")
+    if plan_path is not None and explicit & set(PLAN_RULE):
+        raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free build a plan, but --plan FILE already "
+                         "fixed them; drop them (the plan's own rule applies)")
     index = store.index()
     plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg)
     source = str(plan_path) if plan_path is not None else "built by ctmodel train"
+    if plan_path is not None:
+        cfg = with_plan_rule(cfg, plan[1])
     check_plan(plan[0], plan[1], index, store.path, source)
     if not val_cases(index):
         console.print(f"warning: {store.path} has no labeled val patient, so nothing to select a checkpoint on: "
@@ -202,29 +205,56 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
 
 def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
                     console: Console) -> tuple[float, int, float]:
-    """One pass over the plan epoch's samples; returns (mean loss, samples, seconds)."""
+    """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step;
+    returns (mean loss per sample, samples, seconds)."""
     cfg, model = session.cfg, session.model
     samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)])
     shuffle, aug = epoch_generators(cfg, epoch, session.device)
-    total = n_batches(len(samples), cfg.batch_size)
+    groups = accumulation_weights(len(samples), cfg.batch_size, cfg.accumulate)
     loss_sum = torch.zeros((), device=session.device)
+    seen, step = 0, 0
     model.train()
     start = time.perf_counter()
     with progress_bar("samples", console) as bar:
-        task = bar.add_task(f"epoch {epoch}", total=total, rate="", status="")
-        for step, (x, y) in enumerate(iterate_batches(session.data, samples, cfg.batch_size, shuffle), start=1):
-            loss_sum += train_step(session, x, y, aug).detach() * x.shape[0]
+        task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
+        batches = iterate_batches(session.data, samples, cfg.batch_size, shuffle)
+        for (x, y), (weight, first, last) in zip(batches, groups):
+            if first:
+                session.optimizer.zero_grad(set_to_none=True)
+            loss_sum += forward_backward(session, x, y, aug, weight).detach() * x.shape[0]
+            seen += x.shape[0]
+            if not last:
+                continue
+            session.optimizer.step()
+            step += 1
             if on_step is not None:
                 on_step(epoch, step)
-            if step % BAR_EVERY == 0 or step == total:
-                seen = min(step * cfg.batch_size, len(samples))
-                bar.update(task, completed=step, status=f"loss {float(loss_sum) / seen:.4f}",
+            if step % BAR_EVERY == 0 or seen == len(samples):
+                bar.update(task, completed=seen, status=f"loss {float(loss_sum) / seen:.4f}",
                            rate=rate_text(seen, time.perf_counter() - start, "samples"))
     return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start
 
 
-def train_step(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator) -> torch.Tensor:
-    """Augment, forward under autocast, loss, backward, AdamW step; returns the loss (no GPU sync)."""
+def accumulation_weights(n_samples: int, batch_size: int, accumulate: int) -> list[tuple[float, bool, bool]]:
+    """Per micro-batch of an epoch: (loss weight, first of its group, last of its group).
+
+    ``accumulate`` consecutive micro-batches form one optimizer step; a micro-batch's weight is its share of the
+    group's samples (1/accumulate for full groups), so the step's gradient is that of the per-sample-weighted
+    mean of the micro-batch losses. A shorter final group (the epoch's leftover) still steps, weighted by its
+    own samples.
+    """
+    sizes = [min(batch_size, n_samples - start) for start in range(0, n_samples, batch_size)]
+    out = []
+    for first in range(0, len(sizes), accumulate):
+        group = sizes[first:first + accumulate]
+        out += [(size / sum(group), i == 0, i == len(group) - 1) for i, size in enumerate(group)]
+    return out
+
+
+def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator,
+                     weight: float = 1.0) -> torch.Tensor:
+    """Augment, forward under autocast, loss, backward of ``weight`` x loss (gradients add up in .grad);
+    returns the unweighted loss (no GPU sync)."""
     if session.cfg.augment:
         x, y = augment_batch(x, y, aug)
     if session.cfg.channels_last and session.device.type == "cuda":
@@ -232,9 +262,7 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Ge
     with autocast(session.device, session.cfg.precision):
         logits = session.model(x)
     loss = session.loss_fn(logits, y)
-    session.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    session.optimizer.step()
+    (loss * weight if weight != 1.0 else loss).backward()
     return loss
 
 

@@ -168,9 +168,11 @@ def test_cli_trains_on_a_plan_file_from_ctsample_and_records_its_hash(tiny_store
     assert str(plan_file) in json.dumps(config)
     trained_on = pd.read_parquet(out / "plan.parquet")
     assert len(trained_on) == len(pd.read_parquet(plan_file))
-    conflict = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), "--ratio", "1",
-                                              "--out", str(tmp_path / "x")])
-    assert conflict.exit_code == 2 and "--plan" in one_line_error(conflict)
+    assert (config["train"]["ratio"], config["train"]["lesion_free"]) == (0.5, 0.1)  # the rule the file used
+    for option in (["--ratio", "1"], ["--lesion-free", "0"], ["--neighbours", "2"]):
+        conflict = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), *option,
+                                                  "--out", str(tmp_path / "x")])
+        assert conflict.exit_code == 2 and "--plan" in one_line_error(conflict)
 
 
 def test_without_val_patients_best_follows_the_latest_epoch_and_says_so(tmp_path):
@@ -182,3 +184,48 @@ def test_without_val_patients_best_follows_the_latest_epoch_and_says_so(tmp_path
     assert result.exit_code == 0, result.output
     assert "no labeled val patient" in result.output
     assert load_run(out, "best").epoch == 2
+
+
+def test_ratio_natural_trains_on_every_slice_and_resume_keeps_the_rule(tmp_path):
+    # The study's regime: every slice of every train patient, a lesion-free one included, each epoch.
+    cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(4)}
+    cases["case2"] = (cases["case2"][0], cases["case2"][1] & False, ras_affine())  # lesion-free patient
+    splits = {"case0": "train", "case1": "train", "case2": "train", "case3": "val"}
+    store = build_store(tmp_path / "store.zarr", cases, splits)
+    out = tmp_path / "natural"
+    args = ["train", str(store), "--epochs", "2", "--width", "4", "--depth", "2", "--device", "cpu",
+            "--no-augment", "--out", str(out)]
+    result = CliRunner().invoke(model_app, [*args, "--ratio", "natural", "--batch-size", "1", "--accumulate", "4"])
+    assert result.exit_code == 0, result.output
+    index = SliceStore.open(store).index()
+    train_slices = index[index["split"] == "train"]
+    trained_on = pd.read_parquet(out / "plan.parquet")
+    assert len(trained_on) == 2 * len(train_slices)  # both epochs hold every train slice
+    assert set(trained_on.loc[trained_on["epoch"] == 0, "case_id"]) == {"case0", "case1", "case2"}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["train"]["ratio"], config["train"]["accumulate"], config["train"]["batch_size"]) == (None, 4, 1)
+    assert config["plan"]["params"]["ratio"] is None
+    resumed = CliRunner().invoke(model_app, [*args, "--resume", "--ratio", "1.75"])
+    assert resumed.exit_code == 1 and "ratio=None, not 1.75" in one_line_error(resumed)
+
+
+def test_lesion_free_share_reaches_the_default_plan(tmp_path):
+    cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(3)}
+    cases["case2"] = (cases["case2"][0], cases["case2"][1] & False, ras_affine())  # 9 slices, no lesion
+    store = build_store(tmp_path / "store.zarr", cases, {"case0": "train", "case1": "val", "case2": "train"})
+    planned = {}
+    for share in (0.0, 1.0):
+        run = train(store, TINY, replace(FAST, epochs=1, lesion_free=share), out=tmp_path / f"lf{share}")
+        plan = pd.read_parquet(run.run_dir / "plan.parquet")
+        planned[share] = int((plan["case_id"] == "case2").sum())
+        assert json.loads((run.run_dir / "config.json").read_text())["train"]["lesion_free"] == share
+    assert planned == {0.0: 0, 1.0: 9}
+
+
+def test_bad_ratio_or_accumulate_is_one_line(tiny_store):
+    runner = CliRunner()
+    for option, text in ((["--ratio", "lots"], "--ratio 'lots'"), (["--ratio", "-1"], "--ratio -1"),
+                         (["--accumulate", "0"], "--accumulate 0"),
+                         (["--lesion-free", "2"], "--lesion-free 2")):
+        result = runner.invoke(model_app, ["train", str(tiny_store), *option])
+        assert result.exit_code == 2 and text in one_line_error(result)
