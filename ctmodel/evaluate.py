@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ctmodel.config import check_inference
-from ctmodel.metrics import CaseMetrics, SliceScores, case_metrics, slice_scores
+from ctmodel.metrics import (CaseMetrics, SliceScores, case_metrics, dice, iou, slice_scores, surface_metrics,
+                             volume_ml)
 from ctmodel.predict import Predictor, restore_numpy
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
@@ -149,8 +150,10 @@ def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, thr
                    tolerance_mm: float, slices: SliceScores) -> CaseMetrics:
     """3-D scores on the source grid: ``probs`` inverted exactly as `ctmodel predict` writes them, then
     thresholded, against the source ``truth`` at the source spacing; ``slices`` (store grid) kept as given."""
-    pred = restore_numpy(probs, geom, threshold)[0].astype(bool)
-    return replace(case_metrics(pred, truth, source_spacing_mm(geom), tolerance_mm), slices=slices)
+    pred, spacing_mm = restore_numpy(probs, geom, threshold)[0].astype(bool), source_spacing_mm(geom)
+    surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
+    return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
+                       pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm), slices=slices)
 
 
 def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
@@ -233,7 +236,7 @@ def summary_rows(summary: dict) -> list[tuple[object, ...]]:
     """Table rows: metric (with its grid), mean ± sd, median (3-D per case), then the slice-level means both ways."""
     rows: list[tuple[object, ...]] = []
     for name, stats in summary["metrics"].items():
-        rows.append((f"{name} (3-D, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
+        rows.append((f"{name} (3-D per case, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
                      stats["median"]))
     for way, values in summary["slice_level"].items():
         for metric in ("dice", "iou"):
