@@ -137,7 +137,7 @@ def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndar
     from ctprep.nifti import NiftiVolume, read_mask
 
     entry = (store.case_attrs(case_id).get("source") or {}).get("mask")
-    if not entry or not entry.get("path"):
+    if not isinstance(entry, dict) or not entry.get("path"):
         raise CaseError(f"{store.path}: expected a source mask path recorded for case {case_id}, found none; "
                         "re-convert with this ctstack to score it on the native grid")
     path = Path(entry["path"])
