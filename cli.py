@@ -292,6 +292,8 @@ CheckpointOption = Annotated[str, typer.Option(help="Which checkpoint of the run
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")]
 SplitOption = Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")]
 ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface tolerance in mm.")]
+GridOption = Annotated[str, typer.Option(help="Grid of the 3-D scores: native (the source files' voxels and "
+                                              "spacing, as challenges score) or store (the resized arrays, fast).")]
 
 # CLI option name -> ModelConfig / TrainConfig field, for --resume conflict checks
 _TRAIN_FIELDS = {"model": "name", "width": "width", "depth": "depth", "context": "context", "epochs": "epochs",
@@ -389,8 +391,12 @@ def evaluate(
                                                      "the summary JSON goes beside it.")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of the best, median and "
                                                          "worst cases.")] = None,
+    grid: GridOption = "native",
 ) -> None:
     """Evaluate a run on every labeled case of a split: 3-D Dice, IoU, NSD, HD95, volumes, slice-level means.
+
+    3-D scores are on the source files' grid unless --grid store; a case whose source mask is missing or changed
+    falls back to the store grid with a warning.
 
     Example: ctmodel evaluate runs/dual store.zarr --split test --figures figs/
     """
@@ -399,8 +405,10 @@ def evaluate(
 
     with errors(ctx):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
-                             batch_size=batch_size)
+                             batch_size=batch_size, grid=grid)
         result = run_evaluate(run, store, cfg, out=out, figures=figures)
+    for line in result.warnings:
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
                 ["metric", "mean ± sd", "median"], summary_rows(result.summary))
     typer.echo(f"per-case CSV: {result.csv_path}\nsummary JSON: {result.json_path}")
@@ -416,6 +424,7 @@ def compare(
     checkpoint: CheckpointOption = "best",
     tolerance: ToleranceOption = 1.0,
     device: DeviceOption = "auto",
+    grid: GridOption = "native",
 ) -> None:
     """Compare runs side by side (the study's Tables 5.1/5.2), re-using matching evaluations.
 
@@ -426,7 +435,7 @@ def compare(
     from ctprep.console import print_table
 
     with errors(ctx):
-        cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device)
+        cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
         rows = run_compare(paths[:-1], paths[-1], cfg)
     print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
 

@@ -13,7 +13,7 @@ from ctmodel.evaluate import EvaluateConfig, default_csv, evaluate, run_identity
 from ctprep.errors import RunError
 from ctprep.store import SliceStore
 
-COLUMNS = ("run", "model", "IoU (3-D)", "Dice (3-D)", "NSD", "HD95 mm", "slice IoU (empty=1)",
+COLUMNS = ("run", "model", "3-D grid", "IoU (3-D)", "Dice (3-D)", "NSD", "HD95 mm", "slice IoU (empty=1)",
            "slice Dice (empty=1)", "slice IoU (excl. empty)", "slice Dice (excl. empty)", "parameters",
            "peak memory MB", "training min", "inference s/case", "evaluation")
 
@@ -33,8 +33,8 @@ class RunComparison:
         metrics, slices = self.summary["metrics"], self.summary["slice_level"]
         one, excl = slices["empty slices = 1"], slices["empty slices excluded"]
         seconds = self.training.get("train_seconds")
-        values = (self.run_dir.name, self.model, metrics["iou"]["mean"], metrics["dice"]["mean"],
-                  metrics["nsd"]["mean"], metrics["hd95_mm"]["mean"], one["iou"], one["dice"], excl["iou"],
+        values = (self.run_dir.name, self.model, self.summary.get("grid", "store"), metrics["iou"]["mean"],
+                  metrics["dice"]["mean"], metrics["nsd"]["mean"], metrics["hd95_mm"]["mean"], one["iou"], one["dice"], excl["iou"],
                   excl["dice"], self.training.get("parameters"), self.training.get("peak_memory_mb"),
                   seconds / 60.0 if seconds is not None else None, self.summary["network_seconds_per_case"],
                   "re-used" if self.reused else "evaluated")

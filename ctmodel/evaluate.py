@@ -1,5 +1,10 @@
 """`ctmodel evaluate`: predict every labeled case of a split, score it in 3-D and per slice, write CSV + JSON.
 
+3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry as
+`ctmodel predict` writes it, against the source mask file at the source spacing); a case whose source mask is
+missing, changed or unreadable falls back to the store grid with one warning line. Slice-level scores are
+always on the store grid. docs/metrics.md ("Which grid") has the details.
+
 Run: ctmodel evaluate runs/demo store.zarr --split test --figures figs/
 """
 from __future__ import annotations
@@ -13,14 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from ctmodel.config import check_inference
-from ctmodel.metrics import CaseMetrics, SliceScores, case_metrics
-from ctmodel.predict import Predictor
+from ctmodel.metrics import (CaseMetrics, SliceScores, case_metrics, dice, iou, slice_scores, surface_metrics,
+                             volume_ml)
+from ctmodel.predict import Predictor, restore_numpy
 from ctprep.atomic import write_text
-from ctprep.errors import RunError, UsageError
+from ctprep.errors import CaseError, RunError, UsageError
+from ctprep.geometry import CaseGeometry
 from ctprep.store import SliceStore
 
 CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "pred_ml", "true_ml")
 SPLITS = ("train", "val", "test", "all")
+GRIDS = ("native", "store")  # native: the source file's voxels and spacing; store: the resized (Z, S, S) arrays
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,13 @@ class EvaluateConfig:
     device: str = "auto"
     batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"
+    grid: str = "native"  # where 3-D scores are computed: native (as challenges score) or store (fast)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split}: expected one of {', '.join(SPLITS)}")
+        if self.grid not in GRIDS:
+            raise UsageError(f"--grid {self.grid}: expected one of {', '.join(GRIDS)}")
         check_inference(self.checkpoint, self.threshold, self.batch_size)
         if not self.tolerance_mm >= 0:
             raise UsageError(f"--tolerance {self.tolerance_mm}: expected a distance >= 0 mm")
@@ -45,17 +56,20 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One evaluated case: its metrics, network seconds, and the slice shown in overlay figures."""
+    """One evaluated case: its metrics, the grid of its 3-D scores, network seconds, the overlay slice."""
 
     case_id: str
-    metrics: CaseMetrics
+    metrics: CaseMetrics  # 3-D scores on ``grid``; slice-level scores always on the store grid
     network_seconds: float
     figure_slice: int  # slice with the most lesion (truth, else prediction)
     figure_pred: np.ndarray = field(repr=False)  # (S, S) bool prediction on that slice
+    grid: str = "store"  # grid of the 3-D scores: native or store
+    warning: str | None = None  # why a case asked for on the native grid was scored on the store grid
 
     def row(self) -> dict:
         """The per-case CSV row."""
-        return {"case_id": self.case_id, **self.metrics.row(), "network_seconds": self.network_seconds}
+        return {"case_id": self.case_id, "grid": self.grid, **self.metrics.row(),
+                "network_seconds": self.network_seconds}
 
 
 @dataclass
@@ -67,6 +81,11 @@ class Evaluation:
     csv_path: Path | None = None
     json_path: Path | None = None
     figures: list[Path] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per case that fell back from the native to the store grid."""
+        return [r.warning for r in self.results if r.warning]
 
 
 def split_cases(store: SliceStore, split: str) -> list[str]:
@@ -86,26 +105,86 @@ def figure_slice(pred: np.ndarray, truth: np.ndarray) -> int:
     return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
 
 
+def source_spacing_mm(geom: CaseGeometry) -> tuple[float, float, float]:
+    """Voxel size in mm along each axis of the source file's array (the affine's column lengths)."""
+    affine = np.asarray(geom.source_affine, dtype=np.float64)
+    return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def check_unchanged(path: Path, recorded: dict) -> None:
+    """CaseError unless ``path`` exists with the size and head/tail hash recorded at convert time (mtime ignored)."""
+    from ctprep.convert import file_fingerprint
+
+    try:
+        current = file_fingerprint(path)
+    except FileNotFoundError as err:
+        raise CaseError(f"{path}: expected the source mask recorded at convert time, found no file; restore it "
+                        "to score the case on the native grid") from err
+    except OSError as err:
+        raise CaseError(f"{path}: expected a readable source mask, found {err.strerror or err}; fix its "
+                        "permissions or restore it") from err
+    if (current["size"], current["sha256_head_tail"]) != (recorded.get("size"), recorded.get("sha256_head_tail")):
+        raise CaseError(f"{path}: expected the source mask recorded at convert time, found a changed file "
+                        "(size or hash differ); re-convert the case to score it on the native grid")
+
+
+def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndarray:
+    """The case's source mask file as bool (nonzero = lesion) in the file's own voxel order.
+
+    Raises:
+        CaseError: no mask path recorded, the file is missing, changed since convert, or not on the recorded grid.
+    """
+    from ctprep.nifti import NiftiVolume, read_mask
+
+    entry = (store.case_attrs(case_id).get("source") or {}).get("mask")
+    if not isinstance(entry, dict) or not entry.get("path"):
+        raise CaseError(f"{store.path}: expected a source mask path recorded for case {case_id}, found none; "
+                        "re-convert with this ctstack to score it on the native grid")
+    path = Path(entry["path"])
+    check_unchanged(path, entry)
+    grid = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine), path)
+    return read_mask(path, grid)  # shape and affine checked against the recorded source geometry
+
+
+def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, threshold: float,
+                   tolerance_mm: float, slices: SliceScores) -> CaseMetrics:
+    """3-D scores on the source grid: ``probs`` inverted exactly as `ctmodel predict` writes them, then
+    thresholded, against the source ``truth`` at the source spacing; ``slices`` (store grid) kept as given."""
+    pred, spacing_mm = restore_numpy(probs, geom, threshold)[0].astype(bool), source_spacing_mm(geom)
+    surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
+    return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
+                       pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm), slices=slices)
+
+
 def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
-                  threshold: float) -> CaseResult:
-    """Predict one stored case and score it against its stored mask at the stored spacing."""
+                  threshold: float, grid: str = "native") -> CaseResult:
+    """Predict one stored case; score it in 3-D on ``grid`` (store-grid fallback with a warning), per slice on
+    the store grid."""
     image, truth = store.read_image(case_id), store.read_mask(case_id).astype(bool)
     start = time.perf_counter()
-    probs = predictor(image)
+    probs = np.asarray(predictor(image))
     seconds = time.perf_counter() - start
-    pred = np.asarray(probs) >= threshold
-    metrics = case_metrics(pred, truth, store.geometry(case_id).stored_spacing_mm, tolerance_mm)
-    z = figure_slice(pred, truth)
-    return CaseResult(case_id, metrics, seconds, z, pred[z].copy())
+    pred, geom = probs >= threshold, store.geometry(case_id)
+    z, warning = figure_slice(pred, truth), None
+    if grid == "native":
+        try:
+            source = source_truth(store, case_id, geom)
+        except CaseError as err:
+            warning = f"{err} (case {case_id} scored on the store grid)"
+        else:
+            metrics = native_metrics(probs, source, geom, threshold, tolerance_mm, slice_scores(pred, truth))
+            return CaseResult(case_id, metrics, seconds, z, pred[z].copy(), "native")
+    metrics = case_metrics(pred, truth, geom.stored_spacing_mm, tolerance_mm)
+    return CaseResult(case_id, metrics, seconds, z, pred[z].copy(), "store", warning)
 
 
 def evaluate_cases(store: SliceStore, case_ids: list[str], predictor: Predictor, tolerance_mm: float = 1.0,
-                   threshold: float = 0.5, progress: bool = True) -> list[CaseResult]:
+                   threshold: float = 0.5, progress: bool = True, grid: str = "native") -> list[CaseResult]:
     """Evaluate each case with a progress bar over cases."""
     from ctprep.console import track
 
     items = track(case_ids, "evaluate", unit="case") if progress else case_ids
-    return [evaluate_case(store, case_id, predictor, tolerance_mm, threshold) for case_id in items]
+    return [evaluate_case(store, case_id, predictor, tolerance_mm, threshold, grid) for case_id in items]
 
 
 def _stats(values: list[float]) -> dict:
@@ -117,18 +196,36 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(finite.mean()), "sd": sd, "median": float(np.median(finite)), "n": int(finite.size)}
 
 
+def grid_label(results: list[CaseResult]) -> str:
+    """The grid of a set of 3-D scores: 'native', 'store', or 'mixed' when cases differ."""
+    grids = {r.grid for r in results}
+    return grids.pop() if len(grids) == 1 else "mixed"
+
+
+def metric_stats(results: list[CaseResult]) -> dict:
+    """Statistics per 3-D metric over ``results``, each labelled with the grid it was computed on."""
+    grid = grid_label(results)
+    return {name: {**_stats([getattr(r.metrics, name) for r in results]), "grid": grid} for name in CASE_METRICS}
+
+
 def summarize(results: list[CaseResult]) -> dict:
-    """Per-metric statistics over cases, slice-level means pooled over all slices (both ways), timing."""
+    """Per-metric statistics over cases (and per grid), slice-level means pooled over all slices (both ways),
+    the grid of every figure, timing."""
     pooled = sum((r.metrics.slices for r in results), SliceScores(0, 0, 0.0, 0.0))
     n_slices = max(1, pooled.n_slices)
+    by_grid = {grid: [r for r in results if r.grid == grid] for grid in GRIDS}
     return {
         "cases": len(results),
-        "metrics": {name: _stats([getattr(r.metrics, name) for r in results]) for name in CASE_METRICS},
+        "grid": grid_label(results),
+        "grid_cases": {grid: len(cases) for grid, cases in by_grid.items()},
+        "store_grid_fallbacks": {r.case_id: r.warning for r in results if r.warning},
+        "metrics": metric_stats(results),
+        "metrics_by_grid": {grid: metric_stats(cases) for grid, cases in by_grid.items() if cases},
         "slice_level": {
             "empty slices = 1": {"dice": pooled.mean("dice", "one"), "iou": pooled.mean("iou", "one"),
-                                 "slices": pooled.n_slices},
+                                 "slices": pooled.n_slices, "grid": "store"},
             "empty slices excluded": {"dice": pooled.mean("dice", "exclude"), "iou": pooled.mean("iou", "exclude"),
-                                      "slices": pooled.n_slices - pooled.n_empty},
+                                      "slices": pooled.n_slices - pooled.n_empty, "grid": "store"},
         },
         "network_seconds_per_case": float(np.mean([r.network_seconds for r in results])) if results else math.nan,
         "network_ms_per_slice": 1000.0 * sum(r.network_seconds for r in results) / n_slices,
@@ -136,13 +233,15 @@ def summarize(results: list[CaseResult]) -> dict:
 
 
 def summary_rows(summary: dict) -> list[tuple[object, ...]]:
-    """Table rows: metric, mean ± sd, median (3-D per case), then the slice-level means both ways."""
+    """Table rows: metric (with its grid), mean ± sd, median (3-D per case), then the slice-level means both ways."""
     rows: list[tuple[object, ...]] = []
     for name, stats in summary["metrics"].items():
-        rows.append((f"{name} (3-D, per case)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}", stats["median"]))
+        rows.append((f"{name} (3-D per case, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
+                     stats["median"]))
     for way, values in summary["slice_level"].items():
         for metric in ("dice", "iou"):
-            rows.append((f"slice {metric} ({way})", f"{values[metric]:.3f}", f"{values['slices']} slices"))
+            rows.append((f"slice {metric} ({way}, {values['grid']} grid)", f"{values[metric]:.3f}",
+                         f"{values['slices']} slices"))
     return rows
 
 
@@ -150,7 +249,6 @@ def write_results(results: list[CaseResult], summary: dict, csv_path: Path) -> P
     """Write the per-case CSV and the summary JSON beside it (same stem, .json), each via temp + rename."""
     import pandas as pd
 
-    
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     write_text(csv_path, pd.DataFrame([r.row() for r in results]).to_csv(index=False))
@@ -173,7 +271,7 @@ def run_identity(run_dir: Path, checkpoint: Path, epoch: int, store: SliceStore,
     return {"run": str(Path(run_dir).resolve()), "checkpoint": cfg.checkpoint, "epoch": epoch,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "checkpoint_bytes": stat.st_size,
             "store": str(store.path.resolve()), "index_mtime_ns": index.st_mtime_ns, "split": cfg.split,
-            "tolerance_mm": cfg.tolerance_mm, "threshold": cfg.threshold}
+            "tolerance_mm": cfg.tolerance_mm, "threshold": cfg.threshold, "grid": cfg.grid}
 
 
 def default_csv(run_dir: Path, split: str) -> Path:
@@ -194,7 +292,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     check_layout(run.layout, store, Path(run_dir))
     cases = split_cases(store, cfg.split)
     predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
-    results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress)
+    results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress, cfg.grid)
     summary = {"identity": run_identity(Path(run_dir), run.path, run.epoch, store, cfg), **summarize(results)}
     csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
     json_path = write_results(results, summary, csv_path)

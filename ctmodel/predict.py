@@ -161,16 +161,18 @@ class Backend:
     restore: Callable[[object, geometry.CaseGeometry, float, bool], tuple[np.ndarray, int]]
 
 
+def restore_numpy(probs: np.ndarray, geom: geometry.CaseGeometry, threshold: float,
+                  probabilities: bool = False) -> tuple[np.ndarray, int]:
+    """Stored (Z, S, S) probabilities -> (source-grid uint8 mask, or float32 probabilities, lesion voxel count);
+    the threshold applies on the source grid. `ctmodel evaluate --grid native` scores this same array."""
+    source_probs = geometry.inverse(probs, geom)
+    mask = (source_probs >= threshold).astype(np.uint8)
+    return (source_probs.astype(np.float32) if probabilities else mask), int(mask.sum())
+
+
 def numpy_backend(predictor: Predictor) -> Backend:
     """Preprocess and invert with ctprep's numpy code on the CPU around any stored-volume ``predictor``."""
-
-    def restore(probs: np.ndarray, geom: geometry.CaseGeometry, threshold: float,
-                probabilities: bool) -> tuple[np.ndarray, int]:
-        source_probs = geometry.inverse(probs, geom)
-        mask = (source_probs >= threshold).astype(np.uint8)
-        return (source_probs.astype(np.float32) if probabilities else mask), int(mask.sum())
-
-    return Backend(prepare=prepare_input, network=predictor, restore=restore)
+    return Backend(prepare=prepare_input, network=predictor, restore=restore_numpy)
 
 
 def torch_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:

@@ -63,3 +63,13 @@ def test_cli_compare_without_runs_fails_with_one_line(tmp_path, tiny_store):
     result = CliRunner().invoke(model_app, ["compare", str(tiny_store)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no runs given" in result.output
+
+
+def test_an_evaluation_on_another_grid_is_not_reused(tmp_path, tiny_store):
+    run = _save_run(tmp_path / "a")
+    store_grid = EvaluateConfig(device="cpu", grid="store")
+    assert not compare([run], tiny_store, store_grid, progress=False)[0].reused
+    assert compare([run], tiny_store, store_grid, progress=False)[0].reused
+    native = compare([run], tiny_store, EvaluateConfig(device="cpu"), progress=False)[0]
+    assert not native.reused
+    assert dict(zip(COLUMNS, native.row()))["3-D grid"] == "store"  # tiny_store records no source files
