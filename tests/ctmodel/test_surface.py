@@ -231,6 +231,7 @@ def test_distances_are_exactly_translation_invariant():
     pred, truth = _blobs(7, shape=(10, 20, 20)), _blobs(8, shape=(10, 20, 20))
     big_pred, big_truth = np.zeros((25, 45, 41), bool), np.zeros((25, 45, 41), bool)
     big_pred[9:19, 17:37, 13:33], big_truth[9:19, 17:37, 13:33] = pred, truth
-    here, there = surface_distances(pred, truth, (5.0, 0.7, 0.7)), surface_distances(big_pred, big_truth, (5.0, 0.7, 0.7))
+    spacing = (5.0, 0.7, 0.7)
+    here, there = surface_distances(pred, truth, spacing), surface_distances(big_pred, big_truth, spacing)
     assert np.array_equal(here.pred_to_truth, there.pred_to_truth)
     assert np.array_equal(here.truth_to_pred, there.truth_to_pred)
