@@ -11,12 +11,12 @@ Run: python benchmarks/mask_resize.py [--slices 64]
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from scipy import ndimage
 
 from ctprep import geometry
+from timing import best_of
 
 SIDE = 512
 
@@ -59,13 +59,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def best_of(fn, rounds: int = 3) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -99,9 +92,9 @@ def main() -> None:
     volume[:, :, ::2] = (((x - 180) ** 2 + (y - 260) ** 2) <= 60**2)[:, :, None]
     volume |= specks(args.slices, 40, rng) & (np.arange(args.slices) % 2 == 0)
     geom = geometry.describe(affine, volume.shape, 256)
-    base = best_of(lambda: v1_forward_mask(volume, geom))
-    new = best_of(lambda: geometry.forward_mask(volume, geom))
-    image = best_of(lambda: geometry.forward(volume.astype(np.float32), geom, fill=0.0))
+    base = best_of(lambda: v1_forward_mask(volume, geom))[0]
+    new = best_of(lambda: geometry.forward_mask(volume, geom))[0]
+    image = best_of(lambda: geometry.forward(volume.astype(np.float32), geom, fill=0.0))[0]
     print(f"  v1 rule (baseline) {base * 1e3:7.1f} ms   v2 rule {new * 1e3:7.1f} ms   ratio {new / base:.2f}x")
     print(f"  for scale: the image's forward (float32, same volume) {image * 1e3:.1f} ms")
 

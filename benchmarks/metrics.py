@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from ctmodel.metrics import case_metrics
 from ctmodel.surface import _bounding_crop, surface_distances, surface_voxels
+from timing import best_of
 
 
 def bilateral_case(slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,14 +46,6 @@ def bilateral_case(slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, n
     return lungs & (np.roll(field, 2, axis=2) > 0.18), lungs & (field > 0.15)
 
 
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    """Fastest of ``repeats`` calls (seconds) and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def edt_direction(source: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:

@@ -10,13 +10,13 @@ both plans are checked to hold the same number of rows per epoch. Single process
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
 
 from ctprep.index import case_rows
 from ctsample.plan import PlanConfig, make_plan
+from timing import best_of
 
 
 def synthetic_index(patients: int, slices: int, seed: int = 0) -> pd.DataFrame:
@@ -60,14 +60,6 @@ def loop_plan(index: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["epoch", "case_id", "slice", "role"])
 
 
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    """Fastest of ``repeats`` calls (seconds) and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:
