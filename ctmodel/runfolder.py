@@ -76,8 +76,8 @@ def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple
 
     train_rows = index[(index["split"] == "train") & index["labeled"]]
     if train_rows.empty:
-        raise PlanError(f"{store_path}: expected labeled patients in the train split, found none; move some there "
-                        f"with `ctsample split {store_path}` (and its --test/--val), or add their masks")
+        raise PlanError(f"{store_path}: expected labeled patients in the train split, found none; put some there "
+                        f"with `ctsample split {store_path} --test 0.2 --val 0.1`, or add their masks")
     plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
                                        epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free))
     return plan.slices, dict(plan.params)
