@@ -16,7 +16,7 @@ from cli import model_app
 from conftest import build_store, phantom, ras_affine
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.train import train
-from ctprep.errors import PlanError, RunError, RunLockedError
+from ctprep.errors import PlanError, RunError, RunLockedError, UsageError
 from ctprep.lock import LOCK_FILE
 
 torch.set_num_threads(1)
@@ -96,7 +96,7 @@ def test_a_refused_new_run_or_resume_leaves_no_folder_behind(tiny_store, tmp_pat
         train(tiny_store, TINY, FAST, out=tmp_path / "missing", resume=True)
     plan = tmp_path / "plan.parquet"
     plan.write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError, match="--plan FILE already fixed them"):
         train(tiny_store, TINY, FAST, out=tmp_path / "new", plan_path=plan, explicit=frozenset({"ratio"}))
     assert not (tmp_path / "missing").exists() and not (tmp_path / "new").exists()
 
