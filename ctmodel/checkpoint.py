@@ -1,7 +1,14 @@
-"""Checkpoints and run folders: crash-safe saving (temp file + os.replace) and ``load_run`` for evaluate/predict."""
+"""Checkpoints and run folders: crash-safe saving (temp file + os.replace) and ``load_run`` for evaluate/predict.
+
+Checkpoints hold only tensors and plain values and are read with ``torch.load(weights_only=True)``: a file that
+holds any other pickled object is refused unread, so a doctored best.pt/last.pt cannot run code.
+"""
 from __future__ import annotations
 
 import json
+import pickle
+import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +44,30 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+PLAIN_TYPES = (torch.Tensor, str, int, float, bool, type(None))  # what weights_only=True loads, besides containers
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError (a bug, not a user error) unless ``obj`` is tensors and plain values in dicts/lists/tuples."""
+    if isinstance(obj, (dict, OrderedDict)):
+        for key, value in obj.items():
+            check_plain(key, where)
+            check_plain(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+    elif not isinstance(obj, PLAIN_TYPES):
+        raise TypeError(f"{where}: {type(obj).__name__} would not load with weights_only=True; "
+                        "store tensors, numbers, strings, lists or dicts")
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file next to ``path``, then os.replace: a crash never leaves half a checkpoint."""
+    """torch.save to a temp file next to ``path``, then os.replace: a crash never leaves half a checkpoint.
+
+    Raises:
+        TypeError: ``obj`` holds something other than tensors and plain values (``read_checkpoint`` would refuse it).
+    """
+    check_plain(obj)
     with replacing(path) as tmp:
         torch.save(obj, tmp)
 
@@ -52,17 +81,38 @@ def checkpoint_payload(model: nn.Module, model_cfg: ModelConfig, layout: StoreLa
 
 
 def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """Load and check a checkpoint file; RunError (one line) when it is missing or damaged."""
+    """Load and check a checkpoint file with ``weights_only=True`` (never runs code from the file).
+
+    Raises:
+        RunError: missing, damaged, holding pickled objects, foreign or from a newer ctstack (one line).
+    """
     if not path.exists():
-        raise RunError(f"{path}: checkpoint not found; train first with `ctmodel train` or pick --which last")
+        raise RunError(f"{path}: checkpoint not found; train first with `ctmodel train` or pass --checkpoint last")
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise unsafe_or_unreadable(path, err) from err
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise RunError(f"{path}: unreadable checkpoint ({type(err).__name__}); use the other checkpoint "
                        "(best/last) or retrain") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path}: not a ctstack checkpoint; expected a file written by `ctmodel train`")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise RunError(f"{path}: checkpoint format {version!r}, this ctstack reads up to {CHECKPOINT_VERSION}; "
+                       "upgrade ctstack to use this run")
     return payload
+
+
+def unsafe_or_unreadable(path: Path, err: pickle.UnpicklingError) -> RunError:
+    """The one-line error for a file that ``torch.load(weights_only=True)`` refused: a pickled object, or damage."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found is None:
+        return RunError(f"{path}: unreadable checkpoint (damaged pickle); use the other checkpoint (best/last) "
+                        "or retrain")
+    return RunError(f"{path}: refused unread: expected only tensors and plain values, found a pickled Python "
+                    f"object ({found.group(1)}) that could run code when loaded; use a checkpoint from a source "
+                    "you trust, or retrain")
 
 
 def read_config(run_dir: Path) -> dict:

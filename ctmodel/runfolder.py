@@ -1,10 +1,12 @@
-"""The run folder runs/<name>/: config.json, the plan it trained on, resume checks and summary.json."""
+"""The run folder runs/<name>/: its lock, config.json, the plan it trained on, resume checks and summary.json."""
 from __future__ import annotations
 
 import hashlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import pandas as pd
 from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
 from ctprep.atomic import write_text
-from ctprep.errors import PlanError, RunError
+from ctprep.errors import PlanError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
+from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
 
 PLAN_FILE = "plan.parquet"
@@ -28,6 +31,35 @@ def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+@contextmanager
+def run_lock(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold RUN/.lock for a whole `ctmodel train` (new or resumed); RunLockedError at once when another process
+    trains into the same folder. A new run's folder is created here and removed again if nothing was written."""
+    run_dir = Path(run_dir)
+    if resume:
+        read_config(run_dir)  # RunError (no run folder / no config.json) before anything is created
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    busy = RunLockedError(f"{run_dir}: another `ctmodel train` is writing this run folder (its {LOCK_FILE} is "
+                          "held); wait for it to finish, or train into another --out")
+    try:
+        with folder_lock(run_dir, busy):
+            yield
+    finally:
+        if created:
+            remove_if_unused(run_dir)
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but its lock file (a new run refused before it wrote anything)."""
+    if {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:  # another process wrote into it meanwhile: keep it
+            pass
+
+
 def plan_hash(slices: pd.DataFrame) -> str:
     """A short content hash of the plan's rows (epoch, case_id, slice, role)."""
     rows = slices.loc[:, [c for c in PLAN_COLUMNS if c in slices.columns]].astype(str)
@@ -37,10 +69,15 @@ def plan_hash(slices: pd.DataFrame) -> str:
 PLAN_RULE = ("ratio", "neighbours", "lesion_free")  # TrainConfig fields that only shape the default plan
 
 
-def build_plan(index: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
-    """A fresh plan through ctsample's API: one random fill per epoch (``ratio`` None: every slice, every epoch)."""
+def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple[pd.DataFrame, dict]:
+    """A fresh plan through ctsample's API: one random fill per epoch (``ratio`` None: every slice, every epoch);
+    PlanError, with a hint that fits `ctmodel train` (which has no --split), when no train patient is labeled."""
     from ctsample.plan import PlanConfig, make_plan
 
+    train_rows = index[(index["split"] == "train") & index["labeled"]]
+    if train_rows.empty:
+        raise PlanError(f"{store_path}: expected labeled patients in the train split, found none; put some there "
+                        f"with `ctsample split {store_path} --test 0.2 --val 0.1`, or add their masks")
     plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
                                        epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free))
     return plan.slices, dict(plan.params)

@@ -26,7 +26,7 @@ from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (PLAN_RULE, build_plan, check_new_run_dir, check_plan, default_run_dir,
-                               plan_epochs, read_plan_file, read_run_plan, resume_configs, val_cases,
+                               plan_epochs, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
                                with_plan_rule, write_config, write_summary)
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
@@ -74,19 +74,21 @@ def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainCo
     """Train a model on ``store_path`` and write the run folder ``out`` (default runs/<model>-<time>).
 
     With ``resume``, continue ``out`` from its last.pt with the saved configs and plan; options named in
-    ``explicit`` (given on the command line) must equal the saved ones.
+    ``explicit`` (given on the command line) must equal the saved ones. The run folder is locked throughout:
+    a second train into it raises RunLockedError at once.
     """
     console = console or make_console(stderr=True)
     store = SliceStore.open(store_path)
     if resume and out is None:
         raise RunError("--resume needs --out RUN_DIR: the run folder to continue")
     run_dir = Path(out) if out is not None else default_run_dir(model_cfg.name)
-    with determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))):
+    with run_lock(run_dir, resume), determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))):
         session = (resume_session(store, run_dir, model_cfg, cfg, explicit, console) if resume
                    else new_session(store, run_dir, model_cfg, cfg, plan_path, explicit, console))
         for epoch in range(session.start_epoch, session.cfg.epochs + 1):
             run_epoch(session, epoch, on_step, console)
-    return TrainResult(run_dir, finish(session), session.rows)
+        summary = finish(session)
+    return TrainResult(run_dir, summary, session.rows)
 
 
 def _saved_deterministic(run_dir: Path) -> bool:
@@ -117,7 +119,7 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
         raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free build a plan, but --plan FILE already "
                          "fixed them; drop them (the plan's own rule applies)")
     index = store.index()
-    plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg)
+    plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg, store.path)
     source = str(plan_path) if plan_path is not None else "built by ctmodel train"
     if plan_path is not None:
         cfg = with_plan_rule(cfg, plan[1])
@@ -137,9 +139,11 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
     index = store.index()
     check_plan(read_run_plan(run_dir), {"index_fingerprint": config["store"]["index_fingerprint"]},
                index, store.path, str(run_dir / "plan.parquet"))
+    last = run_dir / "last.pt"
+    payload = read_checkpoint(last) if last.exists() else None  # on the CPU, checked before any data loads
     session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console)
-    if (run_dir / "last.pt").exists():
-        restore(session, read_checkpoint(run_dir / "last.pt", session.device))
+    if payload is not None:
+        restore(session, payload)  # load_state_dict moves weights and optimizer state to the session's device
     truncate_metrics(run_dir / "metrics.csv", session.start_epoch - 1)
     session.rows = read_metrics(run_dir / "metrics.csv").to_dict("records")
     console.print(f"resuming {run_dir} at epoch {session.start_epoch}/{cfg.epochs}")

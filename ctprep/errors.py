@@ -32,3 +32,7 @@ class PlanError(CtstackError, ValueError):
 
 class RunError(CtstackError, ValueError):
     """A training run folder is missing, incomplete or conflicts with the options given."""
+
+
+class RunLockedError(CtstackError, RuntimeError):
+    """Another process is training into the same run folder (holds its lock)."""

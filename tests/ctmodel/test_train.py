@@ -98,8 +98,8 @@ def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tiny_store
     keys = ["epoch", "train_loss", "val_loss", "val_dice_3d", "val_dice_slice", "val_iou_slice", "lr"]
     expected = pd.read_csv(tmp_path / "whole" / "metrics.csv")[keys]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "killed" / "metrics.csv")[keys], expected)
-    final_a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
-    final_b = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["model"]
+    final_a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    final_b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     assert resumed.summary["best_val_dice_3d"] == whole.summary["best_val_dice_3d"]
 
