@@ -32,3 +32,7 @@ class PlanError(CtstackError, ValueError):
 
 class RunError(CtstackError, ValueError):
     """A training run folder is missing, incomplete or conflicts with the options given."""
+
+
+class OutputError(CtstackError, ValueError):
+    """Writing would lose data: an output exists already (without overwrite), or two inputs map to one output."""
