@@ -189,16 +189,18 @@ def stats(
     from ctprep.console import print_table
     from ctprep.index import read_index
     from ctsample.plan import PlanConfig
-    from ctsample.stats import overall_rows, patient_stats, plot_stats, unlabeled_patients
+    from ctprep.outputs import check_outputs
+    from ctsample.stats import overall_rows, patient_stats, plot_stats, save_stats_csv, unlabeled_patients
 
     with errors(ctx):
         PlanConfig(split=split, neighbours=neighbours)  # validates the options
+        check_outputs(plot, csv)  # both refused before either is written
         index = read_index(store)
         table = patient_stats(index, split, neighbours)
         if plot is not None:
             plot_stats(table, plot, f"{store.name}: {split} split, {len(table)} labeled patients")
         if csv is not None:
-            table.to_csv(csv, index=False)
+            save_stats_csv(table, csv)
     print_table(f"ctsample stats {store} --split {split}: per patient",
                 ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty", f"neighbours (k={neighbours})"],
                 [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), f"{r.pct_empty:.1f}",
@@ -265,13 +267,15 @@ def plan(
     """
     from ctprep.console import print_table
     from ctprep.index import read_index
+    from ctprep.outputs import check_output
     from ctsample.plan import PlanConfig, default_plan_path, make_plan, parse_ratio, save_plan, summary
 
     with errors(ctx):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
                          strict=strict, lesion_free=lesion_free)
+        plan_path = check_output(out or default_plan_path(store, cfg), "plan")  # never a store's own files
         made = make_plan(read_index(store), cfg)
-        path = save_plan(made, out or default_plan_path(store, cfg))
+        path = save_plan(made, plan_path)
     target = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
     print_table(f"ctsample plan {store}: per epoch (target empty:lesion {target})",
                 ["split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
@@ -452,6 +456,8 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per forward pass (default: 32 on a "
                                                                    "GPU, 4 on the CPU: the fastest measured).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (an input is never "
+                                                                "overwritten).")] = False,
 ) -> None:
     """Predict lesion masks for NIfTI scans, written in each source file's shape, affine and orientation.
 
@@ -462,7 +468,7 @@ def predict(
 
     with errors(ctx):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
-                            probabilities=probabilities, batch_size=batch_size)
+                            probabilities=probabilities, batch_size=batch_size, overwrite=overwrite)
         report = run_predict(run, input, output, cfg)
     for line in report.failed:
         make_console(stderr=True).print(f"[red]failed:[/red] {line}", markup=True)

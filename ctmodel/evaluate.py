@@ -24,6 +24,7 @@ from ctmodel.predict import Predictor, restore_numpy
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry
+from ctprep.outputs import check_output_dir, check_outputs
 from ctprep.store import SliceStore
 
 CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "pred_ml", "true_ml")
@@ -286,6 +287,13 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     from ctmodel.device import resolve_device
     from ctmodel.predict import model_predictor
 
+    csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
+    if csv_path.suffix.lower() == ".json":
+        raise UsageError(f"{csv_path}: expected a .csv path for --out, found .json (the summary JSON goes beside "
+                         "the CSV and would replace it); name the CSV, e.g. eval.csv")
+    check_outputs(csv_path, csv_path.with_suffix(".json"), what="evaluation")  # before any work: never a store's files
+    if figures:
+        check_output_dir(Path(figures), "figures folder")
     store = SliceStore.open(store_path)
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
@@ -294,7 +302,6 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
     results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress, cfg.grid)
     summary = {"identity": run_identity(Path(run_dir), run.path, run.epoch, store, cfg), **summarize(results)}
-    csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
     json_path = write_results(results, summary, csv_path)
     written = write_figures(store, results, Path(figures)) if figures else []
     return Evaluation(results, summary, csv_path, json_path, written)

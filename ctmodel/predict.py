@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import re
 import time
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from ctmodel.config import check_inference
 from ctprep import geometry
 from ctprep.atomic import write_bytes
 from ctprep.discover import nifti_stem
-from ctprep.errors import CaseError, CtstackError, UsageError
+from ctprep.errors import CaseError, CtstackError, OutputError, UsageError
 from ctprep.nifti import read_volume
+from ctprep.outputs import check_output
 from ctprep.preprocess import preprocess_image
 from ctprep.store import StoreLayout
 from ctprep.window import decode, encode
@@ -28,6 +30,7 @@ from ctprep.window import decode, encode
 Predictor = Callable[[np.ndarray], np.ndarray]  # stored (Z, S, S) float32 [0, 1] -> probabilities (Z, S, S)
 CHANNEL_SUFFIX = re.compile(r"_0000$")  # nnU-Net names the (only) CT channel NAME_0000.nii.gz
 STAGES = ("read", "preprocess", "network", "invert", "write")
+MAX_LISTED = 3  # existing outputs named in the refusal
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class PredictConfig:
     probabilities: bool = False  # write float32 probabilities instead of a uint8 mask
     batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
+    overwrite: bool = False  # replace existing output files (an input file is never overwritten)
 
     def __post_init__(self) -> None:
         check_inference(self.checkpoint, self.threshold, self.batch_size)
@@ -88,23 +92,65 @@ def output_name(path: Path) -> str:
     return CHANNEL_SUFFIX.sub("", stem) + suffix
 
 
-def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: one file to one file (or into a folder), or every NIfTI in a folder into a folder."""
+def plan_outputs(source: Path, output: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file to one file (or into a folder), or every NIfTI in a folder into a folder;
+    the whole set is checked (``check_pairs``) before anything is written."""
     source, output = Path(source), Path(output)
     if source.is_dir():
         if nifti_stem(output) is not None:
             raise UsageError(f"{output}: INPUT {source} is a folder, so OUTPUT must be a folder, not a NIfTI file")
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"{output}: expected an OUTPUT folder, found a file; choose a folder path")
         scans = sorted(p for p in source.iterdir() if p.is_file() and nifti_stem(p) is not None)
         if not scans:
             raise CaseError(f"{source}: expected .nii or .nii.gz scans in this folder, found none; check the path")
-        return [(scan, output / output_name(scan)) for scan in scans]
-    if not source.exists():
+        pairs = [(scan, output / output_name(scan)) for scan in scans]
+    elif not source.exists():
         raise CaseError(f"{source}: not found; pass a .nii/.nii.gz file or a folder of them")
-    if output.is_dir():
-        return [(source, output / output_name(source))]
-    if nifti_stem(output) is None:
+    elif output.is_dir():
+        pairs = [(source, output / output_name(source))]
+    elif nifti_stem(output) is None:
         raise UsageError(f"{output}: expected a .nii or .nii.gz output path (or an existing folder)")
-    return [(source, output)]
+    else:
+        pairs = [(source, output)]
+    check_pairs(pairs, overwrite)
+    return pairs
+
+
+def check_pairs(pairs: list[tuple[Path, Path]], overwrite: bool = False) -> None:
+    """Refuse, before anything is written, an output that is an input file (links and hard links resolved) or
+    a store's reserved file (UsageError, exit 2), two inputs with one output, and existing outputs unless
+    ``overwrite`` (OutputError, exit 1)."""
+    inputs = {_file_key(src): src for src, _ in pairs}
+    for src, dst in pairs:
+        victim = inputs.get(_file_key(dst)) if os.path.lexists(dst) else None
+        if victim is not None:
+            raise UsageError(f"{dst}: expected a new output file, found the input {victim} (the prediction of "
+                             f"{src.name} would overwrite it); choose another OUTPUT")
+        check_output(dst, "prediction")
+    by_output: dict[Path, Path] = {}
+    for src, dst in pairs:
+        first = by_output.setdefault(dst.resolve(), src)
+        if first != src:
+            raise OutputError(f"{dst}: expected one input per output, found two ({first.name} and {src.name}); "
+                              "rename or move one of them, or predict them into different OUTPUT folders")
+    existing = [dst for _, dst in pairs if os.path.lexists(dst)]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        shown = ", ".join(p.name for p in existing[1:MAX_LISTED])
+        also = f" ({shown}{', ...' if len(existing) > MAX_LISTED else ''})" if shown else ""
+        raise OutputError(f"{existing[0]}: expected a new output file, found an existing one{more}{also}; "
+                          "pass --overwrite to replace them, or choose another OUTPUT")
+
+
+def _file_key(path: Path) -> tuple[int, int] | Path:
+    """What makes two paths one file: (device, inode) when it exists (hard links, case-insensitive names),
+    else the resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return Path(path).resolve()
+    return info.st_dev, info.st_ino
 
 
 def prepare_input(hu: np.ndarray, affine: np.ndarray, layout: StoreLayout) -> tuple[np.ndarray, geometry.CaseGeometry]:
@@ -228,11 +274,15 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
 
 
 def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, layout: StoreLayout,
-                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True) -> PredictReport:
-    """Predict one file or every scan of a folder; a bad scan fails alone (one line in ``report.failed``)."""
+                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True,
+                  overwrite: bool = False) -> PredictReport:
+    """Predict one file or every scan of a folder; a bad scan fails alone (one line in ``report.failed``).
+
+    Every output is checked before the first is written (``check_pairs``); existing ones need ``overwrite``.
+    """
     from ctprep.console import track
 
-    pairs = plan_outputs(source, output)
+    pairs = plan_outputs(source, output, overwrite)
     report = PredictReport()
     items = track(pairs, "predict", unit="scan") if progress else pairs
     for src, dst in items:
@@ -269,8 +319,9 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
     from ctmodel.checkpoint import load_run
     from ctmodel.device import resolve_device
 
-    plan_outputs(source, output)  # refuse bad paths before loading the model
+    plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
     backend = model_backend(run.model, device, cfg.batch_size, cfg.precision)
-    return predict_paths(source, output, backend, run.layout, cfg.threshold, cfg.probabilities, progress)
+    return predict_paths(source, output, backend, run.layout, cfg.threshold, cfg.probabilities, progress,
+                         cfg.overwrite)

@@ -36,3 +36,7 @@ class RunError(CtstackError, ValueError):
 
 class RunLockedError(CtstackError, RuntimeError):
     """Another process is training into the same run folder (holds its lock)."""
+
+
+class OutputError(CtstackError, ValueError):
+    """Writing would lose data: an output exists already (without overwrite), or two inputs map to one output."""

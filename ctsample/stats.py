@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ctsample.plan import classify, labeled_rows
-from ctprep.atomic import replacing
+from ctprep.atomic import replacing, write_text
+from ctprep.outputs import check_output
 
 STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty",
                 "source_lesion_voxels", "lost_slices", "lost_voxels")
@@ -71,6 +72,8 @@ def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    check_output(path, "plot")
+
     ordered = stats.sort_values(["pct_empty", "case_id"]).reset_index(drop=True)
     figure = Figure(figsize=(11, 4.2), dpi=100)
     bars, hist = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
@@ -96,3 +99,8 @@ def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:
         figure.savefig(tmp, format="png")
     return Path(path)
 
+
+def save_stats_csv(stats: pd.DataFrame, path: Path) -> Path:
+    """Write the per-patient table as CSV (temp file + rename); never over a store's own files."""
+    write_text(check_output(path, "CSV"), stats.to_csv(index=False))
+    return Path(path)
