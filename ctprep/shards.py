@@ -30,9 +30,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shard_keys(array_dir: Path) -> list[str]:
-    """Keys ('c/0/0/0') of every shard file the array needs, from its zarr.json (shape / shard shape)."""
-    meta = read_metadata(Path(array_dir) / "zarr.json")
+def shard_keys(array_dir: Path, meta: dict | None = None) -> list[str]:
+    """Keys ('c/0/0/0') of every shard file the array needs, from its zarr.json (``meta`` if already read)."""
+    meta = read_metadata(Path(array_dir) / "zarr.json") if meta is None else meta
     try:
         shape = [int(n) for n in meta["shape"]]
         grid = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
@@ -99,7 +99,8 @@ def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: b
     array holds no data (``has_data`` false: zarr did not write all-zero shards then)."""
     meta_path = Path(array_dir) / "zarr.json"
     try:
-        found = tuple(read_metadata(meta_path).get("shape") or ())
+        meta = read_metadata(meta_path)
+        found = tuple(meta.get("shape") or ())
     except FileNotFoundError:
         return [f"{meta_path}: {array_dir.name} array metadata missing (expected a Zarr array, found no file)"]
     except StoreFormatError as err:
@@ -108,7 +109,7 @@ def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: b
         return [f"{meta_path}: {array_dir.name} array of shape {list(found)} (expected {list(shape)}: n_slices, "
                 "size, size)"]
     faults = []
-    for key in shard_keys(array_dir):
+    for key in shard_keys(array_dir, meta):
         expected = (record or {}).get(key, {}).get("bytes")
         try:
             found_bytes = (Path(array_dir) / key).stat().st_size
