@@ -132,6 +132,55 @@ def info(
 
 
 @prep_app.command()
+def verify(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
+    repair: Annotated[Optional[Path], typer.Option(help="Raw folder to re-convert damaged cases from (also "
+                                                        "restores a missing root zarr.json).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="With --repair: convert processes.")] = None,
+) -> None:
+    """Check every case's arrays against the index and the checksums recorded at convert time; exit 1 if damaged.
+
+    Example: ctprep verify store.zarr --repair raw/
+    """
+    from ctprep.verify import repair as run_repair, verify as run_verify
+
+    with errors(ctx):
+        if repair is None:
+            report, fixed = run_verify(store), None
+        else:
+            fixed = run_repair(store, repair, workers=workers)
+            report = fixed.after
+    _print_verify(report, fixed)
+    if report.damaged or (fixed is not None and fixed.failed):
+        raise typer.Exit(1)
+
+
+def _print_verify(report, fixed) -> None:
+    """Print what verify (and repair) found and did."""
+    from ctprep.console import print_table
+
+    if fixed is not None:
+        if fixed.restored_root:
+            typer.echo("restored root zarr.json from the cases' layout; split config is the default: re-run "
+                       "`ctsample split` if the store used other split options")
+        typer.echo(f"damaged before repair: {len(fixed.before.damaged_cases)}; re-converted: "
+                   f"{', '.join(fixed.reconverted) or 'none'}")
+        for case_id in fixed.not_in_raw:
+            typer.secho(f"warning: {case_id}: no source in RAW; left damaged", err=True, fg=typer.colors.YELLOW)
+        for line in fixed.failed:
+            typer.secho(f"failed: {line}", err=True, fg=typer.colors.RED)
+    if report.unrecorded:
+        typer.echo(f"{len(report.unrecorded)} cases have no recorded checksums (written by an older ctstack): "
+                   "checked for structure and lesion counts only")
+    if report.damaged:
+        print_table(f"damaged cases in {report.store_path}", ["case", "fault"],
+                    [(d.case_id, d.reason) for d in report.damaged])
+    typer.echo(f"{report.cases} cases checked, {len(report.damaged_cases)} damaged")
+
+
+
+@prep_app.command()
 def demo(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write the demo set into.")],

@@ -28,6 +28,7 @@ from ctprep.index import build_index, lost_to_resize, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
+from ctprep.shards import case_faults
 from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
 from ctsample.splits import SplitConfig, assign_splits
@@ -219,9 +220,12 @@ def _plan(cases: list[CaseSource], store: SliceStore, layout: StoreLayout,
 
 
 def _unchanged(store: SliceStore, case_id: str, source: dict, layout: StoreLayout) -> bool:
-    """The resume rule: same source fingerprint (sources, layout, converter version) and same layout."""
+    """The resume rule: same source fingerprint (sources, layout, converter version) and same layout, and the
+    arrays pass the cheap check (metadata present, shapes, every shard of its recorded size): a re-run repairs
+    a case whose shard or array metadata was deleted or truncated."""
     attrs = store.case_attrs(case_id)
-    return attrs.get("source_fingerprint") == source_fingerprint(source, layout) and attrs.get("layout") == layout.to_attrs()
+    return (attrs.get("source_fingerprint") == source_fingerprint(source, layout)
+            and attrs.get("layout") == layout.to_attrs() and not case_faults(store.path, case_id, layout.size))
 
 
 def _run(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, workers: int,

@@ -9,7 +9,8 @@ import pandas as pd
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
-from ctprep.store import INDEX_FILE, SliceStore, check_format_version, reconvert_hint, root_attrs
+from ctprep.store import (INDEX_FILE, SliceStore, check_format_version, check_index_cases, reconvert_hint,
+                          root_attrs)
 
 COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split")
 SPLITS = ("train", "val", "test")
@@ -58,8 +59,9 @@ def write_index(store_path: Path, index: pd.DataFrame) -> Path:
     return target
 
 
-def read_index(store_path: Path) -> pd.DataFrame:
-    """Read index.parquet; raises with what to do when it is missing or lacks columns."""
+def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
+    """Read index.parquet; raises with what to do when it is missing or lacks columns, or (``check``) when a case
+    it lists is missing or damaged in the store (``store.check_index_cases``: file stats, no decoding)."""
     path = Path(store_path) / INDEX_FILE
     if not path.exists():
         raise StoreNotFoundError(f"{path}: no index; run `ctprep convert RAW {store_path}` to build it")
@@ -68,6 +70,8 @@ def read_index(store_path: Path) -> pd.DataFrame:
     if missing:
         check_format_version(store_path, root_attrs(store_path))  # an older store: say so, with the upgrade
         raise StoreFormatError(f"{path}: index lacks columns {missing}; re-run `ctprep convert`")
+    if check:
+        check_index_cases(store_path, index)
     return index
 
 

@@ -21,6 +21,7 @@ from ctprep import __version__
 from ctprep.atomic import publish, write_bytes
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
+from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
 
 FORMAT_NAME = "ctstack-slice-store"
@@ -29,6 +30,7 @@ FORMAT_CHANGES = {2: "new index column source_lesion_voxels"}  # what each versi
 CASES = "cases"
 PARTIAL = ".partial"
 INDEX_FILE = "index.parquet"
+SHARDS = "shards"  # per-case attribute: {array: {shard key: {"bytes": n, "sha256": hex}}}, recorded at write time
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
                 "convert into a new store path or pass the store's own options"
             )
         return store
+    if stored_cases(path):
+        raise StoreFormatError(root_missing_text(path))
     if path.exists() and any(p.name not in _CREATION_LEFTOVERS for p in path.iterdir()):
         raise StoreFormatError(f"{path}: exists and is not a ctstack store; choose an empty or new path")
     # cases/ first, root metadata (with every attribute) last in one atomic, fsynced write: a store killed while
@@ -129,16 +133,20 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
     _write_array(group, "image", image)
     if mask is not None:
         _write_array(group, "mask", mask.astype(np.uint8, copy=False))
+    names = ("image",) if mask is None else ("image", "mask")
+    group.attrs.update({SHARDS: {name: shard_record(tmp / name) for name in names}})
     trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
     publish(tmp, path / CASES / case_id, aside=trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """One chunk per slice, all slices of the case in one shard."""
+    """One chunk per slice, all slices of the case in one shard; empty chunks are written too, so every shard
+    file exists (a missing one is damage, never an all-zero array)."""
     z, rows, cols = data.shape
     array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(1, rows, cols),
-                               shards=(max(z, 1), rows, cols), compressors=_compressor(str(data.dtype)))
+                               shards=(max(z, 1), rows, cols), compressors=_compressor(str(data.dtype)),
+                               config={"write_empty_chunks": True})
     with zarr.config.set({"codec_pipeline.batch_size": max(z, 1)}):  # one pipeline batch per shard: ~25 % faster
         array[...] = data
 
@@ -178,10 +186,15 @@ class SliceStore:
         return sorted(p.name for p in cases.iterdir() if (p / "zarr.json").exists())
 
     def _group(self, case_id: str) -> zarr.Group:
+        folder = self.path / CASES / case_id
+        if not (folder / "zarr.json").exists():
+            raise StoreFormatError(f"{folder}: case {case_id!r} is missing from the store (expected {CASES}/"
+                                   f"{case_id}/zarr.json, found no file); {repair_hint(self.path)}")
         try:
-            return zarr.open_group(str(self.path / CASES / case_id), mode="r")
-        except Exception as err:
-            raise StoreFormatError(f"{self.path}: case {case_id!r} is not in the store") from err
+            return zarr.open_group(str(folder), mode="r")
+        except Exception as err:  # zarr raises several types for damaged metadata
+            raise StoreFormatError(f"{folder}/zarr.json: case {case_id!r} metadata unreadable ({err}); "
+                                   f"{repair_hint(self.path)}") from err
 
     def case_attrs(self, case_id: str) -> dict:
         """Per-case attributes (source paths, fingerprint, geometry, lesion_pixels, ...)."""
@@ -192,8 +205,8 @@ class SliceStore:
         return CaseGeometry.from_attrs(self.case_attrs(case_id)["geometry"])
 
     def has_mask(self, case_id: str) -> bool:
-        """Whether the case is labeled."""
-        return (self.path / CASES / case_id / "mask" / "zarr.json").exists()
+        """Whether the case is labeled (from its attributes: a labeled case whose mask is gone is damaged)."""
+        return is_labeled(self.case_attrs(case_id))
 
     def read_image(self, case_id: str, slices: slice | np.ndarray | None = None) -> np.ndarray:
         """Image slices as float32 in [0, 1], shape (n, S, S); ``slices`` indexes axis 0 (all if None)."""
@@ -201,13 +214,27 @@ class SliceStore:
 
     def read_image_raw(self, case_id: str, slices: slice | np.ndarray | None = None) -> np.ndarray:
         """Image slices in the stored dtype (float16 or uint8)."""
-        return _read(self._group(case_id)["image"], slices)
+        return self._read_checked(case_id, "image", slices)
 
     def read_mask(self, case_id: str, slices: slice | np.ndarray | None = None) -> np.ndarray | None:
         """Mask slices as uint8 {0, 1}, or None when the case is unlabeled."""
         if not self.has_mask(case_id):
             return None
-        return _read(self._group(case_id)["mask"], slices)
+        return self._read_checked(case_id, "mask", slices)
+
+    def _read_checked(self, case_id: str, name: str, slices: slice | np.ndarray | None) -> np.ndarray:
+        """Read an array after the cheap check that every shard is present with its recorded size (Zarr would
+        return the fill value for a missing one); a shard that fails to decode is a StoreFormatError too."""
+        faults = case_faults(self.path, case_id, self.layout.size)
+        if faults:
+            raise damage_error(self.path, faults)
+        array_dir = self.path / CASES / case_id / name
+        try:
+            return _read(zarr.open_array(str(array_dir), mode="r"), slices)
+        except (ValueError, RuntimeError, OSError, EOFError) as err:
+            found = " ".join(str(err).split()) or type(err).__name__
+            raise StoreFormatError(f"{array_dir}: case {case_id!r} {name} unreadable (expected decodable shards, "
+                                   f"found {found}); {repair_hint(self.path)}") from err
 
     def index(self):
         """The slice index as a pandas DataFrame (see ctprep.index)."""
@@ -224,6 +251,8 @@ def root_attrs(path: Path) -> dict:
     """The root attributes of the ctstack store at ``path`` (any format version)."""
     path = Path(path)
     if not (path / "zarr.json").exists():
+        if stored_cases(path):
+            raise StoreFormatError(root_missing_text(path))
         raise StoreNotFoundError(f"{path}: no ctstack store here; create one with `ctprep convert RAW {path}`")
     try:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
@@ -232,6 +261,18 @@ def root_attrs(path: Path) -> dict:
     if attrs.get("format") != FORMAT_NAME:
         raise StoreFormatError(f"{path}: a Zarr group but not a ctstack store; re-run `ctprep convert`")
     return attrs
+
+
+def stored_cases(path: Path) -> list[Path]:
+    """Case folders (with their zarr.json) under ``path``/cases, whether or not the root zarr.json exists."""
+    cases = Path(path) / CASES
+    return sorted(p for p in cases.iterdir() if (p / "zarr.json").exists()) if cases.is_dir() else []
+
+
+def root_missing_text(path: Path) -> str:
+    """The one line for a store whose root zarr.json is gone but whose cases are there."""
+    return (f"{Path(path) / 'zarr.json'}: root metadata missing (expected the ctstack store's zarr.json, found "
+            f"{len(stored_cases(path))} cases without it); run `ctprep verify {path} --repair RAW` to restore it")
 
 
 def check_format_version(path: Path, attrs: dict) -> None:
@@ -263,3 +304,21 @@ def _read(array: zarr.Array, slices: slice | np.ndarray | None) -> np.ndarray:
 def layout_dict(layout: StoreLayout) -> dict:
     """The layout as a plain dict (for configs)."""
     return asdict(layout)
+
+
+def check_index_cases(store_path: Path, index) -> None:
+    """StoreFormatError naming the first damaged case of ``index`` (an index DataFrame): rows per case must
+    equal its n_slices and the case's arrays must pass ``case_faults``. Cheap: no array is decoded."""
+    store_path = Path(store_path)
+    if index.empty:
+        return
+    size = int(root_attrs(store_path)["size"])
+    per_case = index.groupby("case_id", sort=True)["n_slices"].agg(["size", "min", "max"])
+    for case_id, (rows, low, high) in per_case.iterrows():
+        if not rows == low == high:
+            raise StoreFormatError(f"{store_path / INDEX_FILE}: case {case_id!r} has {rows} rows with n_slices "
+                                   f"{low}..{high} (expected one value equal to the row count); re-run "
+                                   f"`ctprep convert RAW {store_path}` to rebuild the index")
+        faults = case_faults(store_path, str(case_id), size, int(rows))
+        if faults:
+            raise damage_error(store_path, faults)
