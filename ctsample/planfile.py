@@ -68,12 +68,12 @@ def check_range(slices: pd.DataFrame, column: str, high: int | None, source: str
 
 def check_case_ids(slices: pd.DataFrame, source: str) -> None:
     """Every row names a case (no missing or empty case id)."""
-    case_ids = slices["case_id"]
-    bad = case_ids.isna().to_numpy() | (case_ids.astype(str).str.len() == 0).to_numpy()
+    codes, cases = pd.factorize(slices["case_id"])  # missing ids get code -1
+    bad = (codes < 0) | (np.asarray([len(str(c)) == 0 for c in cases], bool)[codes] if len(cases) else False)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise PlanError(f"{source}: row {row} has no case id (expected a case of the store, found "
-                        f"{case_ids.iloc[row]!r}); {replan_hint()}")
+                        f"{slices['case_id'].iloc[row]!r}); {replan_hint()}")
 
 
 def check_roles(slices: pd.DataFrame, source: str) -> None:
@@ -87,16 +87,22 @@ def check_roles(slices: pd.DataFrame, source: str) -> None:
 
 def check_no_repeats(slices: pd.DataFrame, source: str) -> None:
     """No (epoch, case_id, slice) twice: make_plan never repeats a slice within an epoch, so a repeat is an edit."""
-    repeat = slices.duplicated(ROW_KEY, keep="first").to_numpy()
+    key = row_keys(slices)
+    repeat = pd.Series(key).duplicated(keep="first").to_numpy()
     if repeat.any():
         later = int(np.flatnonzero(repeat)[0])
-        same = np.ones(len(slices), bool)
-        for column in ROW_KEY:
-            same &= (slices[column].astype(str) == str(slices[column].iloc[later])).to_numpy()
-        first = int(np.flatnonzero(same)[0])
+        first = int(np.flatnonzero(key == key[later])[0])
         raise PlanError(f"{source}: rows {first} and {later} both plan {describe(slices, later)} (expected each "
                         f"slice once per epoch, found {int(repeat.sum())} repeated row(s)); {replan_hint()}, or if "
                         "the repeats are meant set plan.params['repeats'] = True before save_plan")
+
+
+def row_keys(slices: pd.DataFrame) -> np.ndarray:
+    """One int64 per row, equal exactly when (epoch, case_id, slice) are equal (epoch, slice checked >= 0)."""
+    codes, cases = pd.factorize(slices["case_id"].astype(str), sort=False)
+    epoch, slice_index = slices["epoch"].to_numpy(np.int64), slices["slice"].to_numpy(np.int64)
+    slice_span = int(slice_index.max(initial=0)) + 1
+    return (epoch * max(len(cases), 1) + codes) * slice_span + slice_index
 
 
 def check_for_store(slices: pd.DataFrame, params: dict, index: pd.DataFrame, source: str, store_path: object) -> None:
@@ -120,7 +126,8 @@ def check_cases(slices: pd.DataFrame, index: pd.DataFrame, source: str, store_pa
     """PlanError unless every row's case is in ``index``, is labeled, and holds the slice (0 <= slice < n_slices)."""
     per_case = index.groupby(index["case_id"].astype(str), sort=True).agg(n_slices=("n_slices", "first"),
                                                                            labeled=("labeled", "first"))
-    position = per_case.index.get_indexer(slices["case_id"].astype(str))
+    codes, cases = pd.factorize(slices["case_id"].astype(str))  # few distinct cases: look those up, not every row
+    position = per_case.index.get_indexer(cases)[codes] if len(cases) else np.zeros(0, np.int64)
     unknown = position < 0
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
