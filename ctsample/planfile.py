@@ -33,11 +33,11 @@ def check_rows(slices: pd.DataFrame, params: dict, source: str) -> None:
         check_integer_column(slices[column], column, source)
     epochs = params.get("epochs")
     if isinstance(epochs, int) and not isinstance(epochs, bool):
-        check_range(slices, "epoch", epochs, source, f", the plan's epoch count")
+        check_range(slices, "epoch", epochs, source, ", the plan's epoch count")
     check_range(slices, "slice", None, source)
     check_case_ids(slices, source)
     check_roles(slices, source)
-    if not params.get("repeats", False):
+    if params.get("repeats") is not True:  # plans without the key predate it and never repeated
         check_no_repeats(slices, source)
 
 
@@ -98,11 +98,14 @@ def check_no_repeats(slices: pd.DataFrame, source: str) -> None:
 
 
 def row_keys(slices: pd.DataFrame) -> np.ndarray:
-    """One int64 per row, equal exactly when (epoch, case_id, slice) are equal (epoch, slice checked >= 0)."""
-    codes, cases = pd.factorize(slices["case_id"].astype(str), sort=False)
+    """One int64 per row, equal exactly when (epoch, case_id, slice) are equal (epoch and slice are >= 0 here)."""
+    codes, cases = pd.factorize(slices["case_id"].astype(str))
     epoch, slice_index = slices["epoch"].to_numpy(np.int64), slices["slice"].to_numpy(np.int64)
-    slice_span = int(slice_index.max(initial=0)) + 1
-    return (epoch * max(len(cases), 1) + codes) * slice_span + slice_index
+    n_cases, slice_span = max(len(cases), 1), int(slice_index.max(initial=0)) + 1
+    if (int(epoch.max(initial=0)) + 1) * n_cases * slice_span >= 2**62:  # absurd hand-edited values: no packing
+        frame = pd.DataFrame({"epoch": epoch, "case": codes, "slice": slice_index})
+        return frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy(np.int64)
+    return (epoch * n_cases + codes) * slice_span + slice_index
 
 
 def check_for_store(slices: pd.DataFrame, params: dict, index: pd.DataFrame, source: str, store_path: object) -> None:

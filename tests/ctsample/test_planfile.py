@@ -138,3 +138,11 @@ def test_damaged_parameters_are_one_line_errors(tmp_path):
         pq.write_table(table.replace_schema_metadata({METADATA_KEY: raw}), tmp_path / "bad.parquet")
         with pytest.raises(PlanError, match=r"bad\.parquet: plan parameters are damaged \(expected a JSON object"):
             load_plan(tmp_path / "bad.parquet")
+
+
+def test_repeats_are_found_even_with_absurd_slice_and_epoch_numbers():
+    rows = pd.DataFrame({"epoch": [0, 2**40, 2**40], "case_id": ["a", "a", "a"], "slice": [2**40, 5, 5],
+                         "role": ["fill"] * 3})
+    with pytest.raises(PlanError, match="rows 1 and 2 both plan"):
+        check_rows(rows, {}, "p.parquet")
+    check_rows(rows.iloc[:2], {}, "p.parquet")
