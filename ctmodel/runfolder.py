@@ -14,7 +14,7 @@ import pandas as pd
 from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
 from ctprep.atomic import write_text
-from ctprep.errors import PlanError, RunError
+from ctprep.errors import PlanError, PlanNotFoundError, RunError
 from ctprep.index import index_fingerprint
 from ctprep.store import SliceStore
 
@@ -56,7 +56,7 @@ def read_plan_file(path: Path) -> tuple[pd.DataFrame, dict]:
     from ctsample.plan import load_plan
 
     if not Path(path).exists():
-        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+        raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
     plan = load_plan(Path(path))
     return plan.slices, dict(plan.params)
 

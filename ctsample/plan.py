@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ctprep import __version__
 from ctprep.atomic import replacing
-from ctprep.errors import PlanError, UsageError
+from ctprep.errors import PlanError, PlanNotFoundError, UsageError
 from ctprep.index import index_fingerprint
 from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
 
@@ -244,7 +244,7 @@ def load_plan(path: Path) -> Plan:
     that break the plan's invariants (planfile.check_rows: integer, in range, known roles, no repeats)."""
     path = Path(path)
     if not path.exists():
-        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+        raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet files
