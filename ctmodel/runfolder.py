@@ -16,14 +16,13 @@ import pandas as pd
 from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
 from ctprep.atomic import write_text
-from ctprep.errors import PlanError, RunError, RunLockedError
+from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
 from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
 
 PLAN_FILE = "plan.parquet"
 PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
-FINGERPRINT_KEYS = ("index_fingerprint", "store_fingerprint", "fingerprint")
 
 
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
@@ -94,30 +93,22 @@ def read_plan_file(path: Path) -> tuple[pd.DataFrame, dict]:
     from ctsample.plan import load_plan
 
     if not Path(path).exists():
-        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+        raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
     plan = load_plan(Path(path))
     return plan.slices, dict(plan.params)
 
 
 def check_plan(slices: pd.DataFrame, params: dict, index: pd.DataFrame, store_path: Path, source: str) -> None:
-    """Refuse (one line) a plan of another store, with unknown slices, non-train cases or no rows."""
-    missing = [c for c in PLAN_COLUMNS[:3] if c not in slices.columns]
-    if missing:
-        raise PlanError(f"{source}: plan lacks columns {missing}; make it with `ctsample plan`")
-    fingerprint = index_fingerprint(index)
-    planned = next((params[k] for k in FINGERPRINT_KEYS if k in params), fingerprint)
-    if planned != fingerprint:
-        raise PlanError(f"{source}: plan was made from another store (fingerprint {planned}, {store_path} has "
-                        f"{fingerprint}); re-plan with `ctsample plan {store_path}`")
+    """Refuse (one line) a plan of another store, with bad or unknown rows (ctsample.planfile), non-train cases or
+    no rows."""
+    from ctsample.planfile import check_for_store
+
+    check_for_store(slices, params, index, source, store_path)
     if slices.empty:
         raise PlanError(f"{store_path}: the plan holds no training slices (empty train split or no labeled "
                         "train cases); assign cases to train with `ctprep convert --val/--test`")
-    per_case = index.groupby("case_id").agg(n_slices=("n_slices", "first"), split=("split", "first"))
-    joined = slices.assign(case_id=slices["case_id"].astype(str)).join(per_case, on="case_id")
-    if joined["n_slices"].isna().any() or (joined["slice"] >= joined["n_slices"]).any():
-        raise PlanError(f"{source}: plan names cases or slices that {store_path} does not hold; "
-                        f"re-plan with `ctsample plan {store_path}`")
-    leaked = sorted(set(joined.loc[joined["split"] != "train", "case_id"]))
+    split = index.groupby("case_id")["split"].first()
+    leaked = sorted(set(slices.loc[slices["case_id"].astype(str).map(split) != "train", "case_id"].astype(str)))
     if leaked:
         raise PlanError(f"{source}: plan uses non-train cases {leaked[:3]}; plan the train split only")
 

@@ -137,7 +137,8 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
     """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best)."""
     model_cfg, cfg, config = resume_configs(run_dir, model_cfg, cfg, explicit)
     index = store.index()
-    check_plan(read_run_plan(run_dir), {"index_fingerprint": config["store"]["index_fingerprint"]},
+    check_plan(read_run_plan(run_dir), {**config["plan"].get("params", {}),
+                                        "index_fingerprint": config["store"]["index_fingerprint"]},
                index, store.path, str(run_dir / "plan.parquet"))
     last = run_dir / "last.pt"
     payload = read_checkpoint(last) if last.exists() else None  # on the CPU, checked before any data loads

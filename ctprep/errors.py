@@ -30,6 +30,10 @@ class PlanError(CtstackError, ValueError):
     """A slice plan cannot be built or does not belong to the store."""
 
 
+class PlanNotFoundError(PlanError, UsageError, FileNotFoundError):
+    """The plan file named on the command line does not exist (exit code 2, like any missing input path)."""
+
+
 class RunError(CtstackError, ValueError):
     """A training run folder is missing, incomplete or conflicts with the options given."""
 

@@ -81,8 +81,23 @@ def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:
     return int(lost.sum()), int(index.loc[lost, "source_lesion_voxels"].sum())
 
 
+FINGERPRINT_COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "split")  # what a plan depends on
+
+
 def index_fingerprint(index: pd.DataFrame) -> str:
-    """A short hash of the store's cases and slice counts: plans and runs record it to detect another store."""
-    per_case = index.groupby("case_id", sort=True)["n_slices"].first()
-    text = ";".join(f"{case}:{n}" for case, n in per_case.items())
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A short hash of what a plan depends on: per slice, case id, slice, n_slices, labeled, has_lesion and split.
+
+    Plans and runs record it to detect a plan made for another store, for this store before its masks or splits
+    changed, or by an older ctstack (whose fingerprint covered case ids and slice counts only).
+    Order-independent (rows are sorted by case and slice first) and vectorised: one hash over the column bytes.
+    """
+    rows = index.loc[:, list(FINGERPRINT_COLUMNS)].astype({"case_id": str, "split": str})
+    rows = rows.sort_values(["case_id", "slice"], kind="stable")
+    digest = hashlib.sha256(b"ctstack index fingerprint v2\n")
+    for column in ("case_id", "split"):  # strings: codes into the sorted unique values, plus those values
+        codes, values = pd.factorize(rows[column], sort=True)
+        digest.update("\0".join(values).encode() + b"\n")
+        digest.update(codes.astype("<i8").tobytes())
+    for column, dtype in (("slice", "<i8"), ("n_slices", "<i8"), ("labeled", "u1"), ("has_lesion", "u1")):
+        digest.update(rows[column].to_numpy().astype(dtype).tobytes())
+    return digest.hexdigest()[:16]

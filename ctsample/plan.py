@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 
 from ctprep import __version__
 from ctprep.atomic import replacing
-from ctprep.errors import PlanError, UsageError
+from ctprep.errors import PlanError, PlanNotFoundError, UsageError
 from ctprep.index import index_fingerprint
+from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
-ROLES = ("lesion", "neighbour", "fill")
 METADATA_KEY = b"ctstack.plan"
 PLANS_DIR = "plans"
 REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
@@ -84,7 +84,8 @@ def make_plan(index: pd.DataFrame, cfg: PlanConfig = PlanConfig()) -> Plan:
     counts = patient_counts(slices, cfg)
     epochs = [plan_epoch(slices, counts, cfg, epoch) for epoch in range(cfg.epochs)]
     planned = pd.concat(epochs, ignore_index=True)
-    params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index), "ctstack_version": __version__}
+    params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index), "ctstack_version": __version__,
+              "repeats": False}  # make_plan never plans a slice twice in an epoch; see planfile.check_rows
     return Plan(slices=planned, params=params, patients=patient_report(counts, cfg))
 
 
@@ -239,20 +240,28 @@ def save_plan(plan: Plan, path: Path) -> Path:
 
 
 def load_plan(path: Path) -> Plan:
-    """Read a plan written by save_plan; PlanError for a missing file or one that is not a ctstack plan."""
+    """Read a plan written by save_plan; PlanError for a missing file, one that is not a ctstack plan, or rows
+    that break the plan's invariants (planfile.check_rows: integer, in range, known roles, no repeats)."""
     path = Path(path)
     if not path.exists():
-        raise PlanError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
+        raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet files
         raise PlanError(f"{path}: not a Parquet file ({err}); make a plan with `ctsample plan`") from err
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    missing = [c for c in ("epoch", "case_id", "slice", "role") if c not in table.column_names]
+    missing = [c for c in PLAN_COLUMNS if c not in table.column_names]
     if raw is None or missing:
         raise PlanError(f"{path}: not a ctstack plan (no plan parameters or columns {missing}); "
                         "make one with `ctsample plan`")
-    params = json.loads(raw)
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        raise PlanError(f"{path}: plan parameters are damaged (expected a JSON object, found {raw[:40]!r}); "
+                        "make a plan with `ctsample plan`")
     slices = table.to_pandas()
+    check_rows(slices, params, str(path))
     slices["case_id"] = slices["case_id"].astype(str)
     return Plan(slices=slices, params=params, patients=pd.DataFrame(columns=REPORT_COLUMNS))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ctmodel.validate import overlap_scores
 from ctprep.errors import PlanError, RunError
 from ctprep.index import index_fingerprint
 from ctprep.store import SliceStore, StoreLayout
-from ctsample.plan import PlanConfig, make_plan, save_plan
+from ctsample.plan import Plan, PlanConfig, make_plan, save_plan
 
 torch.set_num_threads(1)
 TINY = ModelConfig(width=4, depth=2)
@@ -124,9 +125,9 @@ def test_plan_of_another_store_or_without_slices_is_refused(tiny_store):
         check_plan(slices, {"index_fingerprint": "0123456789abcdef"}, index, tiny_store, "plan.parquet")
     with pytest.raises(PlanError, match="no training slices"):
         check_plan(slices.iloc[:0], params, index, tiny_store, "plan.parquet")
-    val_rows = slices.assign(case_id="case3")
+    val_plan = make_plan(index, PlanConfig(split="val"))
     with pytest.raises(PlanError, match="non-train cases"):
-        check_plan(val_rows, params, index, tiny_store, "plan.parquet")
+        check_plan(val_plan.slices, val_plan.params, index, tiny_store, "plan.parquet")
 
 
 def one_line_error(result) -> str:
@@ -173,6 +174,49 @@ def test_cli_trains_on_a_plan_file_from_ctsample_and_records_its_hash(tiny_store
         conflict = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), *option,
                                                   "--out", str(tmp_path / "x")])
         assert conflict.exit_code == 2 and "--plan" in one_line_error(conflict)
+
+
+@pytest.mark.parametrize("edit", ["negative slice", "NaN slice", "duplicate row"])
+def test_cli_refuses_a_hand_edited_plan_in_one_line(tiny_store, tmp_path, edit):
+    # A negative slice used to train silently: rows are case start + slice, so slice -1 of case1 took the centre
+    # mask (and stack) of case0's last slice. NaN crashed with a traceback; a duplicated row was trained twice.
+    plan = make_plan(SliceStore.open(tiny_store).index(), PlanConfig(ratio=0.5, epochs=2))
+    edited = plan.slices.copy()
+    row = int((edited["case_id"] == "case1").to_numpy().argmax())  # case0 comes right before it in memory
+    if edit == "negative slice":
+        edited.loc[row, "slice"] = -1
+    elif edit == "NaN slice":
+        edited = edited.astype({"slice": "float64"})
+        edited.loc[row, "slice"] = float("nan")
+    else:
+        edited = pd.concat([edited, edited.iloc[[row]]], ignore_index=True)
+    plan_file = save_plan(replace_rows(plan, edited), tmp_path / "edited.parquet")
+    result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(plan_file), "--epochs", "1",
+                                            "--width", "4", "--device", "cpu", "--out", str(tmp_path / "run")])
+    line = one_line_error(result)
+    assert result.exit_code == 1 and f"{plan_file}: " in line and "ctsample plan" in line
+    assert re.search(rf"\brows? {row}\b", line)  # names the offending row
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_cli_missing_plan_file_is_a_command_line_error(tiny_store, tmp_path):
+    result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(tmp_path / "nope.parquet"),
+                                            "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "nope.parquet: plan file not found" in one_line_error(result)
+
+
+def replace_rows(plan, slices: pd.DataFrame):
+    """``plan`` with other rows and the same parameters (what a hand edit of the file leaves)."""
+    return Plan(slices=slices, params=plan.params, patients=plan.patients)
+
+
+def test_resume_rechecks_the_plan_saved_in_the_run_folder(tiny_store, tmp_path):
+    train(tiny_store, TINY, replace(FAST, epochs=1), out=tmp_path / "run")
+    saved = pd.read_parquet(tmp_path / "run" / "plan.parquet")
+    saved.loc[0, "slice"] = -1
+    saved.to_parquet(tmp_path / "run" / "plan.parquet", index=False)
+    with pytest.raises(PlanError, match=r"plan\.parquet: row 0 .*expected slice >= 0, found -1"):
+        train(tiny_store, TINY, replace(FAST, epochs=2), out=tmp_path / "run", resume=True)
 
 
 def test_without_val_patients_best_follows_the_latest_epoch_and_says_so(tmp_path):

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ctprep.index import case_rows
+from ctprep.errors import PlanError
 from ctsample.plan import PlanConfig, make_plan
+from ctsample.planfile import check_for_store
 
 SPLITS = ("train", "val", "test")
 
@@ -102,3 +105,41 @@ def test_different_seeds_and_different_epochs_draw_different_fills():
     assert fill[0] != fill[1] != fill[2]
     assert set(other.loc[(other["epoch"] == 0) & (other["role"] == "fill"), "slice"]) != fill[0]
     assert all(len(f) == 33 for f in fill.values())  # 35 empties = 2 neighbours + 33 fill, in every epoch
+
+
+CORRUPTIONS = ("negative slice", "slice = n_slices", "NaN slice", "duplicate row", "unknown case")
+
+
+def corrupt(slices: pd.DataFrame, index: pd.DataFrame, kind: str, row: int) -> pd.DataFrame:
+    """``slices`` with one hand edit of ``kind`` at ``row``."""
+    edited = slices.copy()
+    if kind == "negative slice":
+        edited.loc[row, "slice"] = -1 - row % 3
+    elif kind == "slice = n_slices":
+        n_slices = index.groupby("case_id")["n_slices"].first()
+        edited.loc[row, "slice"] = n_slices[edited.loc[row, "case_id"]]
+    elif kind == "NaN slice":
+        edited = edited.astype({"slice": "float64"})
+        edited.loc[row, "slice"] = np.nan
+    elif kind == "duplicate row":
+        edited = pd.concat([edited, edited.iloc[[row]]], ignore_index=True)
+    else:
+        edited.loc[row, "case_id"] = "not-a-case"
+    return edited
+
+
+@settings(max_examples=100, deadline=None)
+@given(indexes(), configs)
+def test_every_plan_make_plan_writes_passes_the_plan_checks(index, cfg):
+    plan = make_plan(index, cfg)
+    check_for_store(plan.slices, plan.params, index, "plan.parquet", "store.zarr")
+
+
+@settings(max_examples=150, deadline=None)
+@given(indexes(), configs, st.sampled_from(CORRUPTIONS), st.integers(0, 10**6))
+def test_any_single_hand_edit_fails_the_plan_checks(index, cfg, kind, position):
+    plan = make_plan(index, cfg)
+    assume(len(plan.slices) > 0)
+    edited = corrupt(plan.slices, index, kind, position % len(plan.slices))
+    with pytest.raises(PlanError):
+        check_for_store(edited, plan.params, index, "plan.parquet", "store.zarr")
