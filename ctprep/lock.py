@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ctprep.errors import StoreLockedError
+from ctprep.errors import StoreFormatError, StoreLockedError
 
 LOCK_FILE = ".lock"
 
@@ -18,10 +18,22 @@ def store_lock(store_path: Path) -> Iterator[None]:
     """Hold the store's exclusive write lock; raise StoreLockedError at once if another process has it.
 
     The lock file stays in place, empty, after release (on POSIX; Windows removes it), so runs do not change it.
+    A store path that is a file, or a .lock that is a link or not a plain file, raises StoreFormatError.
     """
     store_path = Path(store_path)
-    store_path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(store_path / LOCK_FILE, timeout=0)
+    if store_path.exists() and not store_path.is_dir():
+        raise StoreFormatError(f"{store_path}: not a store (expected a folder or a new path, found a file); "
+                               "choose another path for the store")
+    try:
+        store_path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as err:  # a link to nothing, or a file in the way further up
+        raise StoreFormatError(f"{store_path}: cannot create the store folder (expected a folder or a new path, "
+                               "found a file or a broken link in the way); choose another path") from err
+    lock_path = store_path / LOCK_FILE
+    if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+        raise StoreFormatError(f"{lock_path}: expected a plain lock file, found a link or a folder; ctstack never "
+                               "follows links inside a store: remove it and run again")
+    lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
     except Timeout as err:
