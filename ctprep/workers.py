@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import spawn
+from pathlib import Path
 
 PRELOAD = ["ctprep.convert", "ctprep.demo"]  # imported once by the fork server: cheap starts, as with fork
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -25,7 +26,7 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """
     context = multiprocessing.get_context("forkserver")  # forked from a clean single-threaded server
     context.set_forkserver_preload(PRELOAD)
-    with single_threaded_libraries(), _without_main(), ProcessPoolExecutor(
+    with single_threaded_libraries(), _package_on_path(), _without_main(), ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         yield pool  # the executor starts workers lazily (in submit): the whole lifetime is covered
 
@@ -57,14 +58,35 @@ def _without_main() -> Iterator[None]:
 
 
 _ORIGINAL_PREPARATION_DATA = spawn.get_preparation_data
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding this ctprep package
 
 
 def _preparation_data_without_main(name: str) -> dict:
-    """multiprocessing's preparation data for a child, less the instruction to re-run ``__main__``."""
+    """multiprocessing's preparation data for a child, less the instruction to re-run ``__main__``, and with the
+    folder this ctprep was imported from first on its path: a '' entry resolves against the folder the process
+    started in, so after a chdir (a notebook, a test) a child could otherwise import another ctprep or none."""
     data = _ORIGINAL_PREPARATION_DATA(name)
     for key in _MAIN_KEYS:
         data.pop(key, None)
+    if "sys_path" in data:
+        data["sys_path"] = [_PACKAGE_ROOT, *(p for p in data["sys_path"] if p != _PACKAGE_ROOT)]
     return data
+
+
+@contextmanager
+def _package_on_path() -> Iterator[None]:
+    """While the pool lives, put the folder of this ctprep first on PYTHONPATH: the fork server imports PRELOAD
+    before it applies the caller's sys.path (Python 3.11 ignores it), so after a chdir it would preload another
+    installed ctprep, or none, and its workers would run that code. The caller's PYTHONPATH is restored."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *([saved] if saved else [])])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 @contextmanager
