@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import site
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
         yield pool  # the executor starts workers lazily (in submit): the whole lifetime is covered
 
 
-_main_hidden = [0]  # pools open in this process that hide __main__ from the children they start
+# The one piece of process-wide state in ctstack, forced by multiprocessing's own module-level hook: a count of the
+# open pools that hide __main__ from the children they start (see _without_main).
+_main_hidden = [0]
 _hidden_lock = threading.Lock()
 
 
@@ -59,6 +62,9 @@ def _without_main() -> Iterator[None]:
 
 _ORIGINAL_PREPARATION_DATA = spawn.get_preparation_data
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding this ctprep package
+# An installed ctprep (site-packages) is found by every child anyway: then nothing is put in front of the path.
+_FROM_SOURCE = _PACKAGE_ROOT not in {str(Path(p).resolve()) for p in (*site.getsitepackages(),
+                                                                     site.getusersitepackages())}
 
 
 def _preparation_data_without_main(name: str) -> dict:
@@ -68,7 +74,7 @@ def _preparation_data_without_main(name: str) -> dict:
     data = _ORIGINAL_PREPARATION_DATA(name)
     for key in _MAIN_KEYS:
         data.pop(key, None)
-    if "sys_path" in data:
+    if _FROM_SOURCE and "sys_path" in data:
         data["sys_path"] = [_PACKAGE_ROOT, *(p for p in data["sys_path"] if p != _PACKAGE_ROOT)]
     return data
 
@@ -79,7 +85,8 @@ def _package_on_path() -> Iterator[None]:
     before it applies the caller's sys.path (Python 3.11 ignores it), so after a chdir it would preload another
     installed ctprep, or none, and its workers would run that code. The caller's PYTHONPATH is restored."""
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *([saved] if saved else [])])
+    if _FROM_SOURCE:
+        os.environ["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *([saved] if saved else [])])
     try:
         yield
     finally:
