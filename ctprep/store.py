@@ -69,6 +69,9 @@ def _compressor(dtype: str) -> BloscCodec:
 def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
     """Create a new store at ``path`` or open an existing one whose layout matches ``layout``."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreFormatError(f"{path}: not a store (expected a folder or a new path, found a file); "
+                               "choose another path for the store")
     refuse_links(path)
     if (path / "zarr.json").exists():
         store = SliceStore.open(path)

@@ -2,6 +2,7 @@
 and store paths that are files, are refused with one line (exit 1)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,18 @@ def test_converting_into_a_regular_file_is_one_line_exit_1(tmp_path):
     result = runner.invoke(prep_app, ["convert", str(write_raw(tmp_path / "raw")), str(target), "--size", "16"])
     assert result.exit_code == 1 and "expected a folder or a new path, found a file" in one_error_line(result)
     assert target.read_text() == "not a store"
+
+
+def test_create_or_open_refuses_a_regular_file(tmp_path):
+    (tmp_path / "s.zarr").write_text("x")
+    with pytest.raises(StoreFormatError, match="found a file"):
+        create_or_open(tmp_path / "s.zarr", StoreLayout(size=16))
+
+
+def test_skipped_entries_are_warnings_and_convert_still_succeeds(tmp_path):
+    raw = write_raw(tmp_path / "raw")
+    os.mkfifo(raw / "b_ct.nii.gz")
+    result = runner.invoke(prep_app, ["convert", str(raw), str(tmp_path / "s.zarr"), "--size", "16",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {raw / 'b_ct.nii.gz'}: skipped, a FIFO (named pipe), not a file" in result.stderr
