@@ -2,6 +2,7 @@
 calls one library function and prints its summary. Library imports are lazy so `--help` stays fast."""
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,17 +48,46 @@ def _model(ctx: typer.Context, debug: DebugOption = False, version: VersionOptio
 
 
 @contextmanager
-def errors(ctx: typer.Context) -> Iterator[None]:
-    """Turn the project's own errors into one line on stderr (exit 1, usage errors exit 2)."""
-    from ctprep.errors import CtstackError, UsageError
+def errors(ctx: typer.Context, inputs: tuple[Optional[Path], ...] = (),
+           stores: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Run a command's library call under the one exit-code scheme of every command, and print one line on error.
+
+    Exit codes: 0 success; 1 the data, store, run or a case is wrong or damaged (a CtstackError, including a full
+    disk, a read-only file system or denied access while writing); 2 the command line is wrong (UsageError: bad
+    option values, conflicting options, an input path that does not exist). Click's own usage errors also exit 2.
+    ``inputs`` (files or folders) and ``stores`` are checked to exist first; None entries (unset options) are
+    skipped. With --debug the error keeps its traceback.
+    """
+    from ctprep.errors import CtstackError, UsageError, storage_error
 
     try:
-        yield
+        _check_inputs(inputs, stores)
+        try:
+            yield
+        except OSError as err:
+            mapped = storage_error(err)
+            if mapped is None:
+                raise
+            raise mapped from err
     except CtstackError as err:
         if ctx.obj and ctx.obj.get("debug"):
             raise
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
+
+
+def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path, ...]) -> None:
+    """UsageError (exit 2) for the first input path or store that does not exist."""
+    from ctprep.errors import UsageError
+
+    for path in inputs:
+        if path is not None and not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or folder (expected an existing path, found nothing); "
+                             "check the path")
+    for path in stores:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no ctstack store there (expected an existing store, found nothing); check "
+                             f"the path, or make the store with `ctprep convert RAW {path}`")
 
 
 # ---------------------------------------------------------------- ctprep commands
@@ -95,7 +125,7 @@ def convert(
 
     if debug:
         ctx.obj = {**(ctx.obj or {}), "debug": True}
-    with errors(ctx):
+    with errors(ctx, inputs=(splits,)):
         split = None
         if any(v is not None for v in (test, val, seed, splits)):
             split = SplitConfig(test=0.2 if test is None else test, val=0.1 if val is None else val,
@@ -105,6 +135,8 @@ def convert(
     err = make_console(stderr=True)
     for path in report.orphans:
         err.print(f"warning: {path}: mask without an image; ignored")
+    for line in report.skipped_files:
+        err.print(f"warning: {line}")
     for line in report.failed:
         err.print(f"[red]failed:[/red] {line}", markup=True)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
@@ -124,7 +156,7 @@ def info(
     from ctprep.console import print_table
     from ctprep.info import store_info
 
-    with errors(ctx):
+    with errors(ctx, stores=(store,)):
         summary = store_info(store)
     print_table(f"{store}", ["", "value"], summary.rows())
     print_table("splits", ["split", "cases", "labeled", "unlabeled", "slices", "lesion slices"], summary.splits)
@@ -241,7 +273,7 @@ def stats(
     from ctprep.outputs import check_outputs
     from ctsample.stats import overall_rows, patient_stats, plot_stats, save_stats_csv, unlabeled_patients
 
-    with errors(ctx):
+    with errors(ctx, stores=(store,)):
         PlanConfig(split=split, neighbours=neighbours)  # validates the options
         check_outputs(plot, csv)  # both refused before either is written
         index = read_index(store)
@@ -279,7 +311,7 @@ def split(
     from ctsample.resplit import resplit
     from ctsample.splits import SplitConfig
 
-    with errors(ctx):
+    with errors(ctx, inputs=(splits,), stores=(store,)):
         counts, unknown = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
     if unknown:
         typer.secho(f"warning: {splits}: {len(unknown)} case ids not in the store, e.g. {unknown[:3]}", err=True,
@@ -319,7 +351,7 @@ def plan(
     from ctprep.outputs import check_output
     from ctsample.plan import PlanConfig, default_plan_path, make_plan, parse_ratio, save_plan, summary
 
-    with errors(ctx):
+    with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
                          strict=strict, lesion_free=lesion_free)
         plan_path = check_output(out or default_plan_path(store, cfg), "plan")  # never a store's own files
@@ -412,7 +444,7 @@ def train(
 
     given = {name: value for name, value in ctx.params.items() if name in _TRAIN_FIELDS}
     explicit = frozenset(_TRAIN_FIELDS[n] for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE")
-    with errors(ctx):
+    with errors(ctx, inputs=(plan,), stores=(store,)):
         given["ratio"] = parse_ratio(ratio)
         model_cfg = ModelConfig(name=model, width=width, depth=depth, context=context)
         train_cfg = TrainConfig(**{_TRAIN_FIELDS[n]: v for n, v in given.items()
@@ -456,7 +488,7 @@ def evaluate(
     from ctmodel.evaluate import EvaluateConfig, evaluate as run_evaluate, summary_rows
     from ctprep.console import print_table
 
-    with errors(ctx):
+    with errors(ctx, inputs=(run,), stores=(store,)):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
                              batch_size=batch_size, grid=grid)
         result = run_evaluate(run, store, cfg, out=out, figures=figures)
@@ -487,7 +519,7 @@ def compare(
     from ctmodel.evaluate import EvaluateConfig
     from ctprep.console import print_table
 
-    with errors(ctx):
+    with errors(ctx, inputs=tuple(paths[:-1]), stores=tuple(paths[-1:])):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
         rows = run_compare(paths[:-1], paths[-1], cfg)
     print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
@@ -515,7 +547,7 @@ def predict(
     from ctmodel.predict import PredictConfig, predict as run_predict
     from ctprep.console import make_console, print_table
 
-    with errors(ctx):
+    with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
                             probabilities=probabilities, batch_size=batch_size, overwrite=overwrite)
         report = run_predict(run, input, output, cfg)

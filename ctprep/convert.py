@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctprep.atomic import remove_temp_files
 from ctprep.console import progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
-from ctprep.errors import CaseError, UsageError
+from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.index import build_index, lost_to_resize, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
@@ -31,6 +28,7 @@ from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, 
 from ctprep.shards import case_faults
 from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
+from ctprep.workers import process_pool
 from ctsample.splits import SplitConfig, assign_splits
 
 CONVERTER_VERSION = 2  # bump when the stored arrays of an unchanged source would change: forces reconversion
@@ -92,6 +90,7 @@ class ConvertReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line each: file, fault, what to do
     orphans: list[Path] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)  # one line each: NIfTI-named entries not read, and why
     cases: int = 0
     slices: int = 0
     labeled_slices: int = 0
@@ -112,6 +111,7 @@ class ConvertReport:
         """(what, value) rows for the closing summary table."""
         return [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
                 ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
+                ("files skipped (not regular)", len(self.skipped_files)),
                 ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
                 ("lesion slices lost to resizing", self.lost_slices),
                 ("lesion voxels lost to resizing", self.lost_voxels),
@@ -171,14 +171,24 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
 
 
 def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), progress: bool = True) -> ConvertReport:
-    """Convert every case found in ``raw`` into the store at ``store_path``; see the module docstring."""
+    """Convert every case found in ``raw`` into the store at ``store_path``; see the module docstring.
+
+    A full disk, read-only file system or denied access raises StorageError naming the file.
+    """
+    with storage_errors(store_path):
+        return _convert(raw, store_path, cfg, progress)
+
+
+def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) -> ConvertReport:
     start = time.perf_counter()
     raw, store_path = Path(raw), Path(store_path)
     found = find_cases(raw)
     if not found.cases and not found.problems:
-        raise UsageError(f"{raw}: no NIfTI cases found; expected NAME_ct/NAME_seg files, imagesTr/ + labelsTr/ "
-                         "or images/ + masks/ (see docs/store-format.md)")
-    report = ConvertReport(store_path, failed=list(found.problems), orphans=list(found.orphans))
+        skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""
+        raise UsageError(f"{raw}: no NIfTI cases found{skipped}; expected NAME_ct/NAME_seg files, imagesTr/ + "
+                         "labelsTr/ or images/ + masks/ (see docs/store-format.md)")
+    report = ConvertReport(store_path, failed=list(found.problems), orphans=list(found.orphans),
+                           skipped_files=list(found.skipped))
     layout = cfg.layout
     with store_lock(store_path):
         store = create_or_open(store_path, layout)
@@ -247,49 +257,13 @@ def _results(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: Stor
         for case, source in todo:
             yield convert_case(case, store_path, layout, source)
         return
-    context = multiprocessing.get_context("forkserver")  # workers forked from a clean single-threaded server
-    context.set_forkserver_preload(["ctprep.convert"])  # which imports once: cheap starts, as with fork
-    with single_threaded_libraries(), ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                          initializer=_exit_with_parent) as pool:
+    with process_pool(workers) as pool:
         pending = {pool.submit(convert_case, case, store_path, layout, source): case for case, source in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 case = pending.pop(future)
                 yield _result_of(future, case)
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-@contextmanager
-def single_threaded_libraries() -> Iterator[None]:
-    """While workers start, tell their BLAS/OpenMP to use one thread each: N processes x N threads each made a
-    16-core convert 7x slower than a 2-core one. Parallelism is across cases; the parent's setting is restored."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: "1" for name in THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _exit_with_parent() -> None:
-    """Worker initializer: exit when the convert process dies (e.g. SIGKILL) instead of lingering forever
-    with an inherited copy of the store lock; a case it was writing stays in .partial/ and is cleared.
-    A worker's parent is the fork server, which exits with the convert process: then the worker is re-parented."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _result_of(future, case: CaseSource) -> CaseResult:

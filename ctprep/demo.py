@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ import numpy as np
 from ctprep.atomic import write_bytes
 from ctprep.errors import UsageError
 from ctprep.phantom import Phantom, make_phantom
+from ctprep.workers import process_pool
 
 try:  # ISA-L gzip (pip install isal): ~2.5x faster than zlib at the same size; optional, as in ctprep.nifti
     from isal import igzip
@@ -131,8 +131,7 @@ def iter_demo(out_dir: Path, cfg: DemoConfig) -> Iterator[dict]:
         for index in range(cfg.cases):
             yield write_case(out_dir, cfg, index)
     else:
-        context = multiprocessing.get_context("spawn")  # no fork under the progress bar's thread
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with process_pool(workers) as pool:  # works from an unguarded script; workers die with this process
             futures = [pool.submit(write_case, out_dir, cfg, index) for index in range(cfg.cases)]
             for future in as_completed(futures):
                 yield future.result()

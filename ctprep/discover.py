@@ -11,13 +11,14 @@ An image without a mask is an unlabeled case; a mask without an image is an orph
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctprep.errors import UsageError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SAFE_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # always fullmatch: "$" allows a final "\n"
 NNUNET_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
 FOLDER_PAIRS = (("images", "masks"), ("images", "labels"))
 LAYOUT_DIRS = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "masks", "labels"}
@@ -34,11 +35,13 @@ class CaseSource:
 
 @dataclass
 class Discovery:
-    """What ``find_cases`` found: cases sorted by id, orphan masks, and one-line problems (name clashes, bad ids)."""
+    """What ``find_cases`` found: cases sorted by id, orphan masks, one-line problems (name clashes, bad ids) and
+    one line per NIfTI-named entry skipped as not a readable regular file (hidden, FIFO, device, broken link)."""
 
     cases: list[CaseSource] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def nifti_stem(path: Path) -> str | None:
@@ -52,14 +55,47 @@ def nifti_stem(path: Path) -> str | None:
     return None
 
 
-def _nifti_files(folder: Path) -> dict[str, list[Path]]:
+def skip_reason(path: Path) -> str | None:
+    """Why a NIfTI-named entry is not read (hidden name, link to nothing, FIFO, device, folder), or None if it is
+    a regular file (directly or through a link). Never opens the entry: opening a FIFO would block."""
+    if path.name.startswith("."):
+        return "hidden name (a dot file, e.g. macOS ._ metadata)"
+    link = "a link to " if path.is_symlink() else ""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a link to a missing file" if link else "unreadable entry"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return f"{link}a FIFO (named pipe), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{link}a device, not a file"
+    if stat.S_ISDIR(mode):
+        return f"{link}a folder, not a file"
+    return f"{link}not a regular file"
+
+
+def _looks_nifti(path: Path) -> bool:
+    """Whether the name ends in .nii/.nii.gz (hidden names included), so a skip is worth reporting."""
+    return any(path.name.endswith(suffix) and len(path.name) > len(suffix) for suffix in NIFTI_SUFFIXES)
+
+
+def _usable(path: Path, skipped: list[str]) -> bool:
+    """Whether a NIfTI-named path is a regular file to read; otherwise its reason goes to ``skipped``."""
+    reason = skip_reason(path)
+    if reason is not None:
+        skipped.append(f"{path}: skipped, {reason}")
+    return reason is None
+
+
+def _nifti_files(folder: Path, skipped: list[str]) -> dict[str, list[Path]]:
     """stem -> files directly in ``folder`` (a list, so 'a.nii' next to 'a.nii.gz' is caught as a clash)."""
     found: dict[str, list[Path]] = {}
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
-            stem = nifti_stem(path)
-            if stem is not None and path.is_file():
-                found.setdefault(stem, []).append(path)
+            if _looks_nifti(path) and _usable(path, skipped):
+                found.setdefault(nifti_stem(path), []).append(path)
     return found
 
 
@@ -72,13 +108,13 @@ def find_cases(raw: Path) -> Discovery:
     images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = {}
     for image_dir, mask_dir in NNUNET_PAIRS:
-        _merge(images, _channel_zero(_nifti_files(raw / image_dir), raw / image_dir, found))
-        _merge(masks, _nifti_files(raw / mask_dir))
+        _merge(images, _channel_zero(_nifti_files(raw / image_dir, found.skipped), raw / image_dir, found))
+        _merge(masks, _nifti_files(raw / mask_dir, found.skipped))
     if (raw / "images").is_dir():
-        _merge(images, _nifti_files(raw / "images"))
+        _merge(images, _nifti_files(raw / "images", found.skipped))
         for _, mask_dir in FOLDER_PAIRS:
-            _merge(masks, _nifti_files(raw / mask_dir))
-    _find_covid_pairs(raw, images, masks, found.problems)
+            _merge(masks, _nifti_files(raw / mask_dir, found.skipped))
+    _find_covid_pairs(raw, images, masks, found)
     _pair(images, masks, found)
     return found
 
@@ -103,12 +139,15 @@ def _channel_zero(files: dict[str, list[Path]], folder: Path, found: Discovery) 
 
 
 def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: dict[str, list[Path]],
-                      problems: list[str]) -> None:
+                      found: Discovery) -> None:
     """COVID-19-20 names anywhere below raw (outside the layout folders): NAME_ct / NAME_seg."""
+    problems = found.problems
     for path in sorted(raw.rglob("*")):
-        stem = nifti_stem(path)
-        if stem is None or LAYOUT_DIRS & set(path.relative_to(raw).parts[:-1]) or not path.is_file():
+        if not _looks_nifti(path) or LAYOUT_DIRS & set(path.relative_to(raw).parts[:-1]):
             continue
+        if not _usable(path, found.skipped):
+            continue
+        stem = nifti_stem(path)
         if stem.endswith("_ct"):
             images.setdefault(stem[:-3], []).append(path)
         elif stem.endswith("_seg"):
@@ -141,7 +180,7 @@ def _case_problem(case_id: str, image_paths: list[Path], mask_paths: list[Path])
         return f"{image_paths[0]}: case {case_id!r} has {len(image_paths)} images ({_names(image_paths)}); keep one"
     if len(mask_paths) > 1:
         return f"{mask_paths[0]}: case {case_id!r} has {len(mask_paths)} masks ({_names(mask_paths)}); keep one"
-    if not SAFE_CASE_ID.match(case_id):
+    if not SAFE_CASE_ID.fullmatch(case_id):
         return (f"{image_paths[0]}: case id {case_id!r} is not a safe name (letters, digits, '.', '_', '-'; "
                 "starting with a letter or digit); rename the file")
     return None

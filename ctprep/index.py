@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pyarrow.lib import ArrowException
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
@@ -65,7 +66,11 @@ def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
     path = Path(store_path) / INDEX_FILE
     if not path.exists():
         raise StoreNotFoundError(f"{path}: no index; run `ctprep convert RAW {store_path}` to build it")
-    index = pd.read_parquet(path)
+    try:
+        index = pd.read_parquet(path)
+    except (ArrowException, ValueError, EOFError) as err:  # random bytes, a truncated or corrupt file
+        raise StoreFormatError(f"{path}: not a readable index (expected Parquet, found damaged data: "
+                               f"{_first_line(err)}); rebuild it with `ctprep convert RAW {store_path}`") from err
     missing = [c for c in COLUMNS if c not in index.columns]
     if missing:
         check_format_version(store_path, root_attrs(store_path))  # an older store: say so, with the upgrade
@@ -73,6 +78,12 @@ def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
     if check:
         check_index_cases(store_path, index)
     return index
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an error's text, for one-line messages."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ctprep.errors import CtstackError, StoreLockedError
+from ctprep.errors import CtstackError, StoreFormatError, StoreLockedError
 
 LOCK_FILE = ".lock"
 
@@ -18,8 +18,13 @@ def folder_lock(folder: Path, busy: CtstackError) -> Iterator[None]:
     """Hold ``folder``'s exclusive lock (the folder must exist); raise ``busy`` at once if another holder has it.
 
     The lock file stays in place, empty, after release (on POSIX; Windows removes it), so runs do not change it.
+    A .lock that is a link or not a plain file raises StoreFormatError: ctstack never follows links it owns.
     """
-    lock = FileLock(Path(folder) / LOCK_FILE, timeout=0)
+    lock_path = Path(folder) / LOCK_FILE
+    if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+        raise StoreFormatError(f"{lock_path}: expected a plain lock file, found a link or a folder; ctstack never "
+                               "follows links inside its folders: remove it and run again")
+    lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
     except Timeout as err:
@@ -32,9 +37,19 @@ def folder_lock(folder: Path, busy: CtstackError) -> Iterator[None]:
 
 @contextmanager
 def store_lock(store_path: Path) -> Iterator[None]:
-    """Hold the store's exclusive write lock; raise StoreLockedError at once if another process has it."""
+    """Hold the store's exclusive write lock; raise StoreLockedError at once if another process has it.
+
+    A store path that is a file (or a broken link) raises StoreFormatError.
+    """
     store_path = Path(store_path)
-    store_path.mkdir(parents=True, exist_ok=True)
+    if store_path.exists() and not store_path.is_dir():
+        raise StoreFormatError(f"{store_path}: not a store (expected a folder or a new path, found a file); "
+                               "choose another path for the store")
+    try:
+        store_path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as err:  # a link to nothing, or a file in the way further up
+        raise StoreFormatError(f"{store_path}: cannot create the store folder (expected a folder or a new path, "
+                               "found a file or a broken link in the way); choose another path") from err
     busy = StoreLockedError(f"{store_path}: another ctprep/ctsample process is writing this store; wait for it to "
                             "finish")
     with folder_lock(store_path, busy):

@@ -71,6 +71,10 @@ def _compressor(dtype: str) -> BloscCodec:
 def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
     """Create a new store at ``path`` or open an existing one whose layout matches ``layout``."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreFormatError(f"{path}: not a store (expected a folder or a new path, found a file); "
+                               "choose another path for the store")
+    refuse_links(path)
     if (path / "zarr.json").exists():
         store = SliceStore.open(path)
         if store.layout != layout:
@@ -152,14 +156,35 @@ def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
 
 
 def clear_partial(path: Path) -> int:
-    """Remove leftovers of interrupted writes; returns how many were removed. Call under the store lock."""
+    """Remove leftovers of interrupted writes; returns how many were removed. Call under the store lock.
+
+    Never follows a link: a ``.partial`` that is a link is refused (StoreFormatError), and a link inside it is
+    removed itself, not what it points to (``shutil.rmtree`` does not descend into links either).
+    """
     partial = Path(path) / PARTIAL
-    if not partial.exists():
+    refuse_links(path, (PARTIAL,))
+    if not partial.is_dir():
         return 0
     leftovers = list(partial.iterdir())
     for item in leftovers:
-        shutil.rmtree(item, ignore_errors=True)
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
     return len(leftovers)
+
+
+RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock")  # names in a store that ctstack writes or removes
+
+
+def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:
+    """Raise StoreFormatError if any reserved path of the store is a symbolic link: writes and clean-ups there
+    would act on whatever the link points to. (The store folder itself may be a link.)"""
+    for name in names:
+        if (Path(path) / name).is_symlink():
+            raise StoreFormatError(f"{Path(path) / name}: expected a real file or folder inside the store, found a "
+                                   "symbolic link; ctstack never follows links inside a store: remove the link "
+                                   "(move what it points to into the store instead)")
 
 
 class SliceStore:

@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADER = (
     "# Command-line reference\n\n"
     "Generated from the Typer apps by `python scripts/gen_cli_docs.py`; "
-    "`tests/test_cli_docs.py` fails when this page is stale.\n"
+    "`tests/test_cli_docs.py` fails when this page is stale.\n\n"
+    "**Exit codes** (one scheme for every command): 0 success; 1 the data, store, run or a case is wrong or "
+    "damaged (including a full disk, a read-only file system or denied access while writing); 2 the command line "
+    "is wrong (bad option values, conflicting options, an input path that does not exist). Every error is one "
+    "line on stderr, `FILE: what is wrong (expected X, found Y); what to do`; `--debug` shows the traceback.\n"
 )
 
 

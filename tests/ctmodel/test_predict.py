@@ -137,7 +137,7 @@ def test_cli_refuses_a_missing_run_with_one_line(tmp_path):
     hu, _, affine = _case()
     source = save_nifti(tmp_path / "scan.nii.gz", hu, affine)
     result = CliRunner().invoke(model_app, ["predict", str(tmp_path / "nope"), str(source), str(tmp_path / "o.nii.gz")])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert "nope" in result.output and len(result.output.strip().splitlines()) == 1
 
 

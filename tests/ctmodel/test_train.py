@@ -140,7 +140,7 @@ def one_line_error(result) -> str:
 def test_cli_bad_input_is_one_line(tiny_store, tmp_path):
     runner = CliRunner()
     missing = runner.invoke(model_app, ["train", str(tmp_path / "nothing.zarr"), "--device", "cpu"])
-    assert missing.exit_code == 1 and "no ctstack store" in one_line_error(missing)
+    assert missing.exit_code == 2 and "no ctstack store" in one_line_error(missing)
     zero = runner.invoke(model_app, ["train", str(tiny_store), "--batch-size", "0"])
     assert zero.exit_code == 2 and "--batch-size 0" in one_line_error(zero)
     meta = tiny_store / "zarr.json"

@@ -187,4 +187,4 @@ def test_debug_keeps_the_traceback(tmp_path):
 
 def test_info_on_missing_store_says_how_to_make_one(tmp_path):
     result = runner.invoke(prep_app, ["info", str(tmp_path / "nope.zarr")])
-    assert result.exit_code == 1 and "ctprep convert" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2 and "ctprep convert" in result.stderr and "Traceback" not in result.output

@@ -1,6 +1,7 @@
 """Finding and pairing cases in the layouts real datasets ship: COVID-19-20, nnU-Net/MSD, images/+masks/."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,26 @@ def test_unrecognised_top_level_nifti_is_reported(tmp_path):
 def test_missing_raw_folder_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not a folder"):
         find_cases(tmp_path / "nope")
+
+
+def test_a_case_id_with_a_trailing_newline_is_refused(tmp_path):
+    touch(tmp_path, "images/evil\n.nii.gz", "images/good.nii.gz")
+    found = find_cases(tmp_path)
+    assert [c.case_id for c in found.cases] == ["good"]
+    assert len(found.problems) == 1 and "'evil\\n'" in found.problems[0] and "not a safe name" in found.problems[0]
+
+
+def test_entries_that_are_not_regular_files_are_reported_as_skipped_with_the_reason(tmp_path):
+    touch(tmp_path, "a_ct.nii.gz", "._a_ct.nii.gz")
+    os.mkfifo(tmp_path / "fifo_ct.nii.gz")
+    (tmp_path / "dev_ct.nii.gz").symlink_to("/dev/null")
+    (tmp_path / "gone_ct.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    (tmp_path / "notes.txt").write_text("not NIfTI: neither read nor reported")
+    found = find_cases(tmp_path)
+    assert [c.case_id for c in found.cases] == ["a"]
+    assert sorted(found.skipped) == sorted([
+        f"{tmp_path / '._a_ct.nii.gz'}: skipped, hidden name (a dot file, e.g. macOS ._ metadata)",
+        f"{tmp_path / 'fifo_ct.nii.gz'}: skipped, a FIFO (named pipe), not a file",
+        f"{tmp_path / 'dev_ct.nii.gz'}: skipped, a link to a device, not a file",
+        f"{tmp_path / 'gone_ct.nii.gz'}: skipped, a link to a missing file",
+    ])

@@ -93,7 +93,7 @@ def test_plan_bad_input_is_one_line(store, args, message):
 
 def test_missing_store_is_one_line_that_says_what_to_do(tmp_path):
     result = run("stats", tmp_path / "nope.zarr")
-    assert result.exit_code == 1 and "ctprep convert" in result.output
+    assert result.exit_code == 2 and "ctprep convert" in result.output
 
 
 def test_split_keeps_the_unlabeled_patient_in_train_and_counts_it(store):
