@@ -177,7 +177,7 @@ def verify(
     """
     from ctprep.verify import repair as run_repair, verify as run_verify
 
-    with errors(ctx):
+    with errors(ctx, inputs=(repair,)):
         if repair is None:
             report, fixed = run_verify(store), None
         else:

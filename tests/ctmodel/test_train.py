@@ -202,7 +202,7 @@ def test_cli_refuses_a_hand_edited_plan_in_one_line(tiny_store, tmp_path, edit):
 def test_cli_missing_plan_file_is_a_command_line_error(tiny_store, tmp_path):
     result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--plan", str(tmp_path / "nope.parquet"),
                                             "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "nope.parquet: plan file not found" in one_line_error(result)
+    assert result.exit_code == 2 and "nope.parquet: no such file" in one_line_error(result)
 
 
 def replace_rows(plan, slices: pd.DataFrame):
