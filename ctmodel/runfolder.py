@@ -194,7 +194,11 @@ def read_run_plan(run_dir: Path) -> pd.DataFrame:
     path = run_dir / PLAN_FILE
     if not path.exists():
         raise RunError(f"{path}: missing; the run folder is incomplete, start a new run")
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError for damaged or foreign files
+        raise RunError(f"{path}: damaged (expected the run's Parquet plan, found unreadable bytes); "
+                       "start a new run, or restore the file from a backup to resume") from err
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:

@@ -219,6 +219,15 @@ def test_resume_rechecks_the_plan_saved_in_the_run_folder(tiny_store, tmp_path):
         train(tiny_store, TINY, replace(FAST, epochs=2), out=tmp_path / "run", resume=True)
 
 
+def test_resume_with_a_damaged_saved_plan_is_one_line_not_a_traceback(tiny_store, tmp_path):
+    train(tiny_store, TINY, replace(FAST, epochs=1), out=tmp_path / "run")
+    (tmp_path / "run" / "plan.parquet").write_bytes(b"PAR1 not really parquet")
+    result = CliRunner().invoke(model_app, ["train", str(tiny_store), "--resume",
+                                            "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "plan.parquet: damaged" in one_line_error(result)
+
+
 def test_without_val_patients_best_follows_the_latest_epoch_and_says_so(tmp_path):
     cases = {f"case{i}": (*phantom(seed=i), ras_affine()) for i in range(3)}
     store = build_store(tmp_path / "store.zarr", cases, {c: "train" for c in cases})
