@@ -19,8 +19,9 @@ from pathlib import Path
 
 import nibabel as nib
 
-from ctprep.demo import DemoConfig, _orient, _save, case_affine, encode_hu, make_demo, storage_of
-from ctprep.phantom import make_phantom
+from ctprep.demo import DemoConfig, case_affine, encode_hu, make_demo, storage_of
+from ctprep.demo.phantom import make_phantom
+from ctprep.demo.writer import _orient, _save
 
 
 def parse_args() -> argparse.Namespace:

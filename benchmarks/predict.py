@@ -25,7 +25,7 @@ from ctmodel.device import inference_batch, resolve_device
 from ctmodel.inference import predict_volume
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.predict import STAGES, model_predictor, numpy_backend, predict_scan, prepare_input, torch_backend
-from ctprep.demo import DemoConfig, write_case
+from ctprep.demo import DemoConfig, write_demo_case
 from ctprep.nifti import read_volume
 from ctprep.store import StoreLayout
 
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
 
 def make_scan(folder: Path, slices: int) -> Path:
     """One synthetic 512x512xZ demo scan of exactly ``slices`` slices; returns its image path."""
-    row = write_case(folder, DemoConfig(cases=1, size=512, max_slices=slices, workers=1), 0)
+    row = write_demo_case(folder, DemoConfig(cases=1, size=512, max_slices=slices, workers=1), 0)
     image = nib.load(row["image"])
     if image.shape[2] == slices:
         return Path(row["image"])

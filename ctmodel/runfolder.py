@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -16,6 +15,7 @@ import pandas as pd
 from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
 from ctprep.atomic import write_text
+from ctprep.clock import NAME_UTC, utc_stamp
 from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
 from ctprep.lock import LOCK_FILE, folder_lock
@@ -27,7 +27,7 @@ PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
 
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
     """runs/<model>-<UTC timestamp>."""
-    return root / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return root / f"{model_name}-{utc_stamp(NAME_UTC)}"
 
 
 @contextmanager
@@ -164,7 +164,7 @@ def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         "plan": {"source": plan_source, "file": PLAN_FILE, "hash": plan_hash(slices),
                  "params": json.loads(json.dumps(params, default=str)), "rows": int(len(slices))},
         "val_cases": val_cases(index), "versions": versions(), "git_commit": git_commit(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": utc_stamp(),
     }
     write_text(run_dir / "config.json", json.dumps(config, indent=2))
     return config

@@ -38,9 +38,12 @@ FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each so
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    """Options of ``ctprep convert``; the first three fix the store's layout."""
+    """Options of ``ctprep convert``; the first three fix the store's layout.
 
-    window_hu: tuple[float, float] = (-1000.0, 400.0)  # lung + mediastinum, as in the source study
+    ``window_hu`` may be given as 'LO,HI' text (the CLI's ``--window``); once built it is always a (lo, hi) pair.
+    """
+
+    window_hu: tuple[float, float] | str = (-1000.0, 400.0)  # lung + mediastinum, as in the source study
     size: int = 256  # stored in-plane side S: 512 CT halves, lesions stay > 10 px
     dtype: str = "float16"  # float16 in [0, 1]; uint8 halves the store
     workers: int | None = None  # processes; None = all cores, 1 = in-process
@@ -194,7 +197,7 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
         store = create_or_open(store_path, layout)
         _clear_leftovers(store_path)
         split_cfg = cfg.split or split_config_from_attrs(store.attrs.get("split_config"))
-        todo = _plan(found.cases, store, layout, report)
+        todo = _cases_to_convert(found.cases, store, layout, report)
         report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
         for result in _run(todo, store_path, layout, report.workers, progress):
             _record(result, report)
@@ -210,8 +213,8 @@ def _clear_leftovers(store_path: Path) -> None:
         stray.unlink(missing_ok=True)
 
 
-def _plan(cases: list[CaseSource], store: SliceStore, layout: StoreLayout,
-          report: ConvertReport) -> list[tuple[CaseSource, dict]]:
+def _cases_to_convert(cases: list[CaseSource], store: SliceStore, layout: StoreLayout,
+                      report: ConvertReport) -> list[tuple[CaseSource, dict]]:
     """Cases to (re)convert with their source attrs; unchanged complete cases go to report.skipped."""
     complete = set(store.case_ids())
     todo = []

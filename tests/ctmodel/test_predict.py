@@ -142,9 +142,9 @@ def test_cli_refuses_a_missing_run_with_one_line(tmp_path):
 
 
 def test_demo_scan_with_lps_scaling_and_fov_padding_comes_back_aligned(tmp_path):
-    from ctprep.demo import DemoConfig, write_case
+    from ctprep.demo import DemoConfig, write_demo_case
 
-    row = write_case(tmp_path / "raw", DemoConfig(cases=4, size=128, max_slices=16, workers=1), 1)
+    row = write_demo_case(tmp_path / "raw", DemoConfig(cases=4, size=128, max_slices=16, workers=1), 1)
     assert row["orientation"] == "LPS" and "-3024" in row["storage"]  # the quirks this test is about
     source_mask = nib.load(row["mask"])
     truth = np.asarray(source_mask.dataobj) != 0

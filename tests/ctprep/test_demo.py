@@ -12,12 +12,12 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from cli import prep_app
-from ctprep.anatomy import draw_patient, lung_frame, to_pixel
 from ctprep.demo import DemoConfig, case_affine, make_demo, storage_of
+from ctprep.demo.anatomy import draw_patient, lung_frame, to_pixel
+from ctprep.demo.phantom import make_phantom
+from ctprep.demo.vessels import draw_vessel_points
 from ctprep.discover import find_cases
 from ctprep.errors import UsageError
-from ctprep.phantom import make_phantom
-from ctprep.vessels import draw_vessel_points
 
 QUICK = dict(size=64, max_slices=24, workers=1)
 

@@ -1,7 +1,4 @@
-"""`ctprep demo`: a folder of synthetic chest CTs with lesion masks, written the way real datasets ship them.
-
-Run: ctprep demo raw/ --cases 12   (then: ctprep convert raw/ store.zarr)
-"""
+"""The demo set on disk: options, the covid19/nnU-Net layouts, each case's NIfTI files and the set's summary."""
 from __future__ import annotations
 
 import gzip
@@ -17,9 +14,9 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from ctprep.atomic import write_bytes
+from ctprep.atomic import write_bytes, write_text
+from ctprep.demo.phantom import Phantom, make_phantom
 from ctprep.errors import UsageError
-from ctprep.phantom import Phantom, make_phantom
 from ctprep.workers import process_pool
 
 try:  # ISA-L gzip (pip install isal): ~2.5x faster than zlib at the same size; optional, as in ctprep.nifti
@@ -129,10 +126,10 @@ def iter_demo(out_dir: Path, cfg: DemoConfig) -> Iterator[dict]:
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.cases)
     if workers == 1:
         for index in range(cfg.cases):
-            yield write_case(out_dir, cfg, index)
+            yield write_demo_case(out_dir, cfg, index)
     else:
         with process_pool(workers) as pool:  # works from an unguarded script; workers die with this process
-            futures = [pool.submit(write_case, out_dir, cfg, index) for index in range(cfg.cases)]
+            futures = [pool.submit(write_demo_case, out_dir, cfg, index) for index in range(cfg.cases)]
             for future in as_completed(futures):
                 yield future.result()
     if cfg.layout == "nnunet":
@@ -148,7 +145,7 @@ def _check_out_dir(out_dir: Path) -> None:
                          "choose a new folder or delete this one")
 
 
-def write_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
+def write_demo_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
     """Render case ``index`` and write its image (and mask); return its row."""
     start = time.perf_counter()
     phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices)
@@ -245,7 +242,7 @@ def _write_dataset_json(out_dir: Path, cfg: DemoConfig) -> None:
     meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
             "numTraining": cfg.cases - unlabeled_count(cfg), "file_ending": ".nii.gz",
             "name": "ctstack demo", "description": f"synthetic chest CT, ctprep demo seed {cfg.seed}"}
-    (out_dir / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
 
 
 def summary_rows(cases: pd.DataFrame | list[dict], seconds: float) -> list[tuple[str, object]]:

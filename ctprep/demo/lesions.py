@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctprep.anatomy import Patient, SliceRenderer, lung_frame
+from ctprep.demo.anatomy import Patient, SliceRenderer, lung_frame
 
 GGO_HU = (-700.0, -300.0)
 CONSOLIDATION_HU = (-100.0, 50.0)

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctprep.anatomy import Patient, SliceRenderer, draw_patient
-from ctprep.lesions import Lesion, burden_stratum, draw_lesions, paint_lesions
-from ctprep.vessels import draw_vessel_points, paint_vessels
+from ctprep.demo.anatomy import Patient, SliceRenderer, draw_patient
+from ctprep.demo.lesions import Lesion, burden_stratum, draw_lesions, paint_lesions
+from ctprep.demo.vessels import draw_vessel_points, paint_vessels
 
 NOISE_HU = 20.0
 NOISE_BANK = 8  # noise slices drawn per case; each slice adds one, circularly shifted by a random offset

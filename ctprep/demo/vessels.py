@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctprep.anatomy import Patient, lung_frame, to_pixel
+from ctprep.demo.anatomy import Patient, lung_frame, to_pixel
 
 VESSEL_HU = 40.0
 LEAF_RADIUS_MM = 0.6
