@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctmodel.backends import model_predictor
 from ctmodel.config import ModelConfig
 from ctmodel.evaluate import evaluate_case
 from ctmodel.nets import build_model
-from ctmodel.predict import model_predictor
 from ctprep.convert import ConvertConfig, convert
 from ctprep.demo import DemoConfig, make_demo
 from ctprep.store import SliceStore

@@ -20,13 +20,15 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ctmodel.backends import model_predictor, numpy_backend, torch_backend
 from ctmodel.config import ModelConfig
 from ctmodel.device import inference_batch, resolve_device
 from ctmodel.inference import predict_volume
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.predict import STAGES, model_predictor, numpy_backend, predict_scan, prepare_input, torch_backend
+from ctmodel.predict import STAGES, predict_scan
 from ctprep.demo import DemoConfig, write_demo_case
 from ctprep.nifti import read_volume
+from ctprep.preprocess import prepare_input
 from ctprep.store import StoreLayout
 
 

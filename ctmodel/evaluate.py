@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ctmodel.backends import Predictor, restore_numpy
 from ctmodel.config import check_inference
 from ctmodel.metrics import (CaseMetrics, SliceScores, case_metrics, dice, iou, slice_scores, surface_metrics,
                              volume_ml)
-from ctmodel.predict import Predictor, restore_numpy
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry
@@ -56,7 +56,7 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class CaseResult:
+class CaseScore:
     """One evaluated case: its metrics, the grid of its 3-D scores, network seconds, the overlay slice."""
 
     case_id: str
@@ -77,7 +77,7 @@ class CaseResult:
 class Evaluation:
     """The result of evaluating one checkpoint on one split."""
 
-    results: list[CaseResult]
+    results: list[CaseScore]
     summary: dict
     csv_path: Path | None = None
     json_path: Path | None = None
@@ -158,7 +158,7 @@ def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, thr
 
 
 def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
-                  threshold: float, grid: str = "native") -> CaseResult:
+                  threshold: float, grid: str = "native") -> CaseScore:
     """Predict one stored case; score it in 3-D on ``grid`` (store-grid fallback with a warning), per slice on
     the store grid."""
     image, truth = store.read_image(case_id), store.read_mask(case_id).astype(bool)
@@ -174,13 +174,13 @@ def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, toleran
             warning = f"{err} (case {case_id} scored on the store grid)"
         else:
             metrics = native_metrics(probs, source, geom, threshold, tolerance_mm, slice_scores(pred, truth))
-            return CaseResult(case_id, metrics, seconds, z, pred[z].copy(), "native")
+            return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "native")
     metrics = case_metrics(pred, truth, geom.stored_spacing_mm, tolerance_mm)
-    return CaseResult(case_id, metrics, seconds, z, pred[z].copy(), "store", warning)
+    return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "store", warning)
 
 
 def evaluate_cases(store: SliceStore, case_ids: list[str], predictor: Predictor, tolerance_mm: float = 1.0,
-                   threshold: float = 0.5, progress: bool = True, grid: str = "native") -> list[CaseResult]:
+                   threshold: float = 0.5, progress: bool = True, grid: str = "native") -> list[CaseScore]:
     """Evaluate each case with a progress bar over cases."""
     from ctprep.console import track
 
@@ -197,19 +197,19 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(finite.mean()), "sd": sd, "median": float(np.median(finite)), "n": int(finite.size)}
 
 
-def grid_label(results: list[CaseResult]) -> str:
+def grid_label(results: list[CaseScore]) -> str:
     """The grid of a set of 3-D scores: 'native', 'store', or 'mixed' when cases differ."""
     grids = {r.grid for r in results}
     return grids.pop() if len(grids) == 1 else "mixed"
 
 
-def metric_stats(results: list[CaseResult]) -> dict:
+def metric_stats(results: list[CaseScore]) -> dict:
     """Statistics per 3-D metric over ``results``, each labelled with the grid it was computed on."""
     grid = grid_label(results)
     return {name: {**_stats([getattr(r.metrics, name) for r in results]), "grid": grid} for name in CASE_METRICS}
 
 
-def summarize(results: list[CaseResult]) -> dict:
+def summarize(results: list[CaseScore]) -> dict:
     """Per-metric statistics over cases (and per grid), slice-level means pooled over all slices (both ways),
     the grid of every figure, timing."""
     pooled = sum((r.metrics.slices for r in results), SliceScores(0, 0, 0.0, 0.0))
@@ -246,7 +246,7 @@ def summary_rows(summary: dict) -> list[tuple[object, ...]]:
     return rows
 
 
-def write_results(results: list[CaseResult], summary: dict, csv_path: Path) -> Path:
+def write_results(results: list[CaseScore], summary: dict, csv_path: Path) -> Path:
     """Write the per-case CSV and the summary JSON beside it (same stem, .json), each via temp + rename."""
     import pandas as pd
 
@@ -285,7 +285,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     """`ctmodel evaluate`: load a checkpoint, evaluate the split, write CSV + JSON (+ overlay figures)."""
     from ctmodel.checkpoint import load_run
     from ctmodel.device import resolve_device
-    from ctmodel.predict import model_predictor
+    from ctmodel.backends import model_predictor
 
     csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
     if csv_path.suffix.lower() == ".json":
@@ -307,7 +307,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     return Evaluation(results, summary, csv_path, json_path, written)
 
 
-def write_figures(store: SliceStore, results: list[CaseResult], out_dir: Path) -> list[Path]:
+def write_figures(store: SliceStore, results: list[CaseScore], out_dir: Path) -> list[Path]:
     """Overlay PNGs of the best, median and worst cases by 3-D Dice (one per distinct case)."""
     from ctmodel.overlays import write_overlays
 

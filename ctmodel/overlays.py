@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ctmodel.evaluate import CaseResult
+    from ctmodel.evaluate import CaseScore
     from ctprep.store import SliceStore
 
 TRUTH_STYLE = {"colors": "#2ca02c", "linewidths": 2.0, "linestyles": "solid"}  # green, solid
@@ -24,7 +24,7 @@ LAYOUT_PAD_PX = 8  # room the constrained layout leaves around each panel
 MIN_ZOOM_PX = 16  # smallest zoom window side, in stored pixels
 
 
-def pick_cases(results: list["CaseResult"]) -> list[tuple[tuple[str, ...], "CaseResult"]]:
+def pick_cases(results: list["CaseScore"]) -> list[tuple[tuple[str, ...], "CaseScore"]]:
     """The best, median and worst cases by 3-D Dice (ties by case id), once each with every label it earns.
 
     With fewer than three cases the labels share a case: two cases give ``(("best", "median"), a), (("worst",), b)``,
@@ -33,7 +33,7 @@ def pick_cases(results: list["CaseResult"]) -> list[tuple[tuple[str, ...], "Case
     ranked = sorted(results, key=lambda r: (-r.metrics.dice, r.case_id))
     if not ranked:
         return []
-    picked: dict[str, tuple[list[str], "CaseResult"]] = {}
+    picked: dict[str, tuple[list[str], "CaseScore"]] = {}
     for label, result in (("best", ranked[0]), ("median", ranked[(len(ranked) - 1) // 2]), ("worst", ranked[-1])):
         picked.setdefault(result.case_id, ([], result))[0].append(label)
     return [(tuple(labels), result) for labels, result in picked.values()]
@@ -100,7 +100,7 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title
     return figure
 
 
-def overlay_title(labels: tuple[str, ...], result: "CaseResult", truth: np.ndarray) -> str:
+def overlay_title(labels: tuple[str, ...], result: "CaseScore", truth: np.ndarray) -> str:
     """Two lines: 'best = median: case p03' and 'slice 41 of 120 (0 = most inferior) | Dice 3-D 0.874, slice 0.912'."""
     n_slices = int(result.metrics.slices.n_slices)
     slice_dice = dice(result.figure_pred, truth)
@@ -109,7 +109,7 @@ def overlay_title(labels: tuple[str, ...], result: "CaseResult", truth: np.ndarr
             f"Dice 3-D {result.metrics.dice:.3f}, this slice {slice_dice:.3f}")
 
 
-def write_overlay(store: "SliceStore", result: "CaseResult", path: Path, labels: tuple[str, ...]) -> Path:
+def write_overlay(store: "SliceStore", result: "CaseScore", path: Path, labels: tuple[str, ...]) -> Path:
     """Write one case's overlay PNG (temp file + rename)."""
     z = np.array([result.figure_slice])
     image = store.read_image(result.case_id, z)[0]
@@ -121,7 +121,7 @@ def write_overlay(store: "SliceStore", result: "CaseResult", path: Path, labels:
     return path
 
 
-def write_overlays(store: "SliceStore", results: list["CaseResult"], out_dir: Path) -> list[Path]:
+def write_overlays(store: "SliceStore", results: list["CaseScore"], out_dir: Path) -> list[Path]:
     """One PNG per distinct best / median / worst case, named by its labels: ``best-median-p03.png``."""
     return [write_overlay(store, result, Path(out_dir) / f"{'-'.join(labels)}-{result.case_id}.png", labels)
             for labels, result in pick_cases(results)]

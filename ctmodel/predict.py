@@ -4,31 +4,21 @@ Run: ctmodel predict runs/demo scan.nii.gz scan_mask.nii.gz   (or folders: image
 """
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from ctmodel.backends import Backend, Predictor, numpy_backend, torch_backend
 from ctmodel.config import check_inference
-from ctprep import geometry
-from ctprep.atomic import write_bytes
-from ctprep.discover import nifti_stem
+from ctprep.discover import CT_CHANNEL, image_channel, nifti_stem
 from ctprep.errors import CaseError, CtstackError, OutputError, UsageError
-from ctprep.nifti import read_volume
+from ctprep.nifti import read_volume, write_like
 from ctprep.outputs import check_output
-from ctprep.preprocess import preprocess_image
 from ctprep.store import StoreLayout
-from ctprep.window import decode, encode
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # stored (Z, S, S) float32 [0, 1] -> probabilities (Z, S, S)
-CHANNEL_SUFFIX = re.compile(r"_0000$")  # nnU-Net names the (only) CT channel NAME_0000.nii.gz
 STAGES = ("read", "preprocess", "network", "invert", "write")
 MAX_LISTED = 3  # existing outputs named in the refusal
 
@@ -88,8 +78,8 @@ class PredictReport:
 def output_name(path: Path) -> str:
     """Output file name for an input scan: nnU-Net's ``NAME_0000.nii.gz`` -> ``NAME.nii.gz``, else unchanged."""
     stem = nifti_stem(path)
-    suffix = path.name[len(stem):]
-    return CHANNEL_SUFFIX.sub("", stem) + suffix
+    name, channel = image_channel(stem)
+    return (name if channel == CT_CHANNEL else stem) + path.name[len(stem):]
 
 
 def plan_outputs(source: Path, output: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
@@ -153,104 +143,6 @@ def _file_key(path: Path) -> tuple[int, int] | Path:
     return info.st_dev, info.st_ino
 
 
-def prepare_input(hu: np.ndarray, affine: np.ndarray, layout: StoreLayout) -> tuple[np.ndarray, geometry.CaseGeometry]:
-    """The network's input exactly as the store would hold it: preprocess, then the dtype's encode/decode round trip."""
-    unit, geom = preprocess_image(hu, affine, layout)
-    return decode(encode(unit, layout.dtype)), geom
-
-
-def write_like(source: Path, data: np.ndarray, destination: Path) -> None:
-    """Write ``data`` as NIfTI with ``source``'s header: shape, qform/sform and codes kept; temp file + rename."""
-    src = nib.load(str(source))
-    header = src.header.copy()
-    header.set_data_dtype(data.dtype)
-    header.set_data_shape(src.shape)
-    header.set_slope_inter(1.0, 0.0)  # the values written are the values meant (a source's scl_* would rescale)
-    header["descrip"] = b"ctstack predict"
-    payload = nifti_bytes(header, np.asarray(data).reshape(src.shape))
-    if str(destination).endswith(".gz"):
-        payload = gzip_fast(payload)
-    write_bytes(destination, payload)
-
-
-def nifti_bytes(header, data: np.ndarray) -> bytes:
-    """A single-file NIfTI image: header (and extensions), zero padding to vox_offset, voxels in Fortran order.
-
-    Built directly instead of through nibabel's writer, which costs ~4x the gzip on a 512x512x300 mask;
-    a Fortran-contiguous ``data`` (what the GPU path hands over) is written without a transpose copy.
-    """
-    buffer = io.BytesIO()
-    header.set_data_offset(0)  # nibabel then sets the smallest offset after the header and its extensions
-    header.write_to(buffer)
-    buffer.write(b"\0" * (int(header.get_data_offset()) - buffer.tell()))
-    voxels = np.asarray(data, dtype=header.get_data_dtype())
-    buffer.write(voxels.tobytes(order="F"))
-    return buffer.getvalue()
-
-
-def gzip_fast(payload: bytes) -> bytes:
-    """gzip at level 1: ISA-L when installed (~10x zlib on masks), else zlib."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.compress(payload, compresslevel=1)
-    return igzip.compress(payload, compresslevel=1)
-
-
-@dataclass(frozen=True)
-class Backend:
-    """Where a scan's stages run: ``prepare`` (HU, affine -> network input, geometry), ``network`` (input ->
-    stored probabilities) and ``restore`` (probabilities -> source-grid array to write, lesion voxel count)."""
-
-    prepare: Callable[[np.ndarray, np.ndarray, StoreLayout], tuple[object, geometry.CaseGeometry]]
-    network: Callable[[object], object]
-    restore: Callable[[object, geometry.CaseGeometry, float, bool], tuple[np.ndarray, int]]
-
-
-def restore_numpy(probs: np.ndarray, geom: geometry.CaseGeometry, threshold: float,
-                  probabilities: bool = False) -> tuple[np.ndarray, int]:
-    """Stored (Z, S, S) probabilities -> (source-grid uint8 mask, or float32 probabilities, lesion voxel count);
-    the threshold applies on the source grid. `ctmodel evaluate --grid native` scores this same array."""
-    source_probs = geometry.inverse(probs, geom)
-    mask = (source_probs >= threshold).astype(np.uint8)
-    return (source_probs.astype(np.float32) if probabilities else mask), int(mask.sum())
-
-
-def numpy_backend(predictor: Predictor) -> Backend:
-    """Preprocess and invert with ctprep's numpy code on the CPU around any stored-volume ``predictor``."""
-    return Backend(prepare=prepare_input, network=predictor, restore=restore_numpy)
-
-
-def torch_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:
-    """Every stage after reading on ``device`` (ctmodel.ondevice): one upload of HU, one download of the mask."""
-    import torch
-
-    from ctmodel import ondevice
-    from ctmodel.device import inference_batch
-    from ctmodel.inference import predict_volume
-
-    def sync(tensor):
-        if tensor.device.type == "cuda":  # stage timings should be the stage's own, not the next one's
-            torch.cuda.synchronize(tensor.device)
-        return tensor
-
-    def prepare(hu: np.ndarray, affine: np.ndarray, layout: StoreLayout):
-        geom = geometry.describe(affine, hu.shape, layout.size)
-        return sync(ondevice.prepare(torch.from_numpy(hu).to(device), geom, layout)), geom
-
-    def network(stored):
-        return sync(predict_volume(model, stored, inference_batch(stored.device, batch_size), precision))
-
-    def restore(probs, geom: geometry.CaseGeometry, threshold: float, probabilities: bool) -> tuple[np.ndarray, int]:
-        source_probs = ondevice.restore(probs, geom)
-        mask = source_probs >= threshold
-        lesion_voxels = int(mask.sum())
-        written = source_probs if probabilities else mask.to(torch.uint8)
-        return written.permute(2, 1, 0).contiguous().cpu().numpy().T, lesion_voxels  # Fortran order, as NIfTI
-
-    return Backend(prepare=prepare, network=network, restore=restore)
-
-
 def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend, layout: StoreLayout,
                  threshold: float = 0.5, probabilities: bool = False) -> ScanResult:
     """Read, preprocess, predict, invert and write one scan; CaseError when the input is unreadable."""
@@ -268,7 +160,7 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
     stored, geom = backend.prepare(volume.data, volume.affine, layout); lap("preprocess")
     probs = backend.network(stored); lap("network")
     written, lesion_voxels = backend.restore(probs, geom, threshold, probabilities); lap("invert")
-    write_like(source, written, destination); lap("write")
+    write_like(source, written, destination, "ctstack predict"); lap("write")
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     return ScanResult(Path(source), destination, int(geom.n_slices), lesion_voxels * voxel_ml, seconds)
 
@@ -293,26 +185,6 @@ def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, la
     return report
 
 
-def model_predictor(model, device, batch_size: int | None = None, precision: str = "bf16") -> Predictor:
-    """Wrap a 2.5D network as a Predictor: numpy volume in, numpy probabilities out (whole volume on ``device``)."""
-    import torch
-
-    from ctmodel.device import inference_batch
-    from ctmodel.inference import predict_volume
-
-    def run(volume: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
-        return predict_volume(model, tensor, inference_batch(tensor.device, batch_size), precision).cpu().numpy()
-
-    return run
-
-
-def model_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:
-    """The backend `ctmodel predict` uses: torch ops on the model's device for every stage after reading (on
-    2 CPU cores they also beat the numpy path by ~1.3x; benchmarks/predict.py measures both)."""
-    return torch_backend(model, device, batch_size, precision)
-
-
 def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = PredictConfig(),
             progress: bool = True) -> PredictReport:
     """`ctmodel predict`: load the run's checkpoint and predict ``source`` (file or folder) into ``output``."""
@@ -322,6 +194,6 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
     plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
-    backend = model_backend(run.model, device, cfg.batch_size, cfg.precision)
+    backend = torch_backend(run.model, device, cfg.batch_size, cfg.precision)
     return predict_paths(source, output, backend, run.layout, cfg.threshold, cfg.probabilities, progress,
                          cfg.overwrite)

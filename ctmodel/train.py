@@ -144,7 +144,7 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
     payload = read_checkpoint(last) if last.exists() else None  # on the CPU, checked before any data loads
     session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console)
     if payload is not None:
-        restore(session, payload)  # load_state_dict moves weights and optimizer state to the session's device
+        restore_state(session, payload)  # load_state_dict moves weights and optimizer state to the session's device
     truncate_metrics(run_dir / "metrics.csv", session.start_epoch - 1)
     session.rows = read_metrics(run_dir / "metrics.csv").to_dict("records")
     console.print(f"resuming {run_dir} at epoch {session.start_epoch}/{cfg.epochs}")
@@ -171,7 +171,7 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
                    cfg=cfg, run_dir=run_dir, layout=store.layout)
 
 
-def restore(session: Session, payload: dict) -> None:
+def restore_state(session: Session, payload: dict) -> None:
     """Load a last.pt payload into the session: weights, optimizer, scheduler, RNG, best so far."""
     unwrap(session.model).load_state_dict(payload["model"])
     session.optimizer.load_state_dict(payload["optimizer"])

@@ -22,6 +22,8 @@ SAFE_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # always fullmat
 NNUNET_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
 FOLDER_PAIRS = (("images", "masks"), ("images", "labels"))
 LAYOUT_DIRS = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "masks", "labels"}
+CHANNEL_STEM = re.compile(r"(.+)_(\d{4})")  # nnU-Net image stems NAME_XXXX, XXXX the channel; always fullmatch
+CT_CHANNEL = "0000"  # the one channel ctstack reads
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ def nifti_stem(path: Path) -> str | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return None
+
+
+def image_channel(stem: str) -> tuple[str, str | None]:
+    """nnU-Net's image naming rule: ``NAME_0000`` -> (``NAME``, ``"0000"``); a stem without a channel -> (stem, None)."""
+    match = CHANNEL_STEM.fullmatch(stem)
+    return (match.group(1), match.group(2)) if match else (stem, None)
 
 
 def skip_reason(path: Path) -> str | None:
@@ -124,17 +132,17 @@ def _channel_zero(files: dict[str, list[Path]], folder: Path, found: Discovery) 
 
     Only when the folder uses channel suffixes at all (some _0000 file), so 'case_0001' alone stays a name.
     """
-    if not any(re.fullmatch(r".+_0000", stem) for stem in files):
+    if not any(image_channel(stem)[1] == CT_CHANNEL for stem in files):
         return files
     kept: dict[str, list[Path]] = {}
     for stem, paths in files.items():
-        match = re.fullmatch(r"(.+)_(\d{4})", stem)
-        if match is None:
+        name, channel = image_channel(stem)
+        if channel is None:
             kept.setdefault(stem, []).extend(paths)
-        elif match.group(2) == "0000":
-            kept.setdefault(match.group(1), []).extend(paths)
+        elif channel == CT_CHANNEL:
+            kept.setdefault(name, []).extend(paths)
         else:
-            found.problems.append(f"{paths[0]}: channel {match.group(2)} ignored; ctstack reads one CT channel (_0000)")
+            found.problems.append(f"{paths[0]}: channel {channel} ignored; ctstack reads one CT channel (_0000)")
     return kept
 
 

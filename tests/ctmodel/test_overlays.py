@@ -7,15 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ctmodel.evaluate import CaseResult, evaluate_cases, split_cases
+from ctmodel.evaluate import CaseScore, evaluate_cases, split_cases
 from ctmodel.metrics import CaseMetrics, SliceScores
 from ctmodel.overlays import MIN_PANEL_PX, overlay_figure, overlay_title, pick_cases, write_overlays, zoom_box
 from ctprep.store import SliceStore
 
 
-def result(case_id: str, dice: float, n_slices: int = 9, z: int = 4, pred: np.ndarray | None = None) -> CaseResult:
+def result(case_id: str, dice: float, n_slices: int = 9, z: int = 4, pred: np.ndarray | None = None) -> CaseScore:
     metrics = CaseMetrics(dice, dice, dice, 0.0, 1.0, 1.0, SliceScores(n_slices, 0, 0.0, 0.0))
-    return CaseResult(case_id, metrics, 0.0, z, np.zeros((16, 16), bool) if pred is None else pred)
+    return CaseScore(case_id, metrics, 0.0, z, np.zeros((16, 16), bool) if pred is None else pred)
 
 
 @pytest.mark.parametrize("dices, expected", [

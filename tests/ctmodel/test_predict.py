@@ -1,18 +1,21 @@
 """ctmodel predict: masks come back on the source grid (shape, affine, header codes) for any orientation."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
 from cli import model_app
 from ctmodel.metrics import dice
-from ctmodel.predict import output_name, predict_paths, prepare_input
+from ctmodel.predict import output_name, predict_paths
 from ctprep import geometry
-from ctprep.preprocess import preprocess_mask
+from ctprep.discover import find_cases
+from ctprep.preprocess import prepare_input, preprocess_mask
 from ctprep.store import SliceStore, StoreLayout
 from conftest import build_store, phantom, ras_affine, save_nifti, save_random_run, to_lps, to_permuted
 
@@ -105,6 +108,18 @@ def test_nnunet_channel_suffix_is_dropped():
     assert output_name(Path("case_001_0000.nii.gz")) == "case_001.nii.gz"
     assert output_name(Path("lung_7.nii")) == "lung_7.nii"
     assert output_name(Path("a_0000_0000.nii.gz")) == "a_0000.nii.gz"
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,12}", fullmatch=True), gz=st.booleans())
+def test_a_prediction_is_named_after_the_case_convert_finds_in_the_same_file(name, gz):
+    suffix = ".nii.gz" if gz else ".nii"
+    with tempfile.TemporaryDirectory() as raw:  # one folder per example: tmp_path is shared by all of them
+        scan = Path(raw) / "imagesTs" / f"{name}_0000{suffix}"
+        scan.parent.mkdir()
+        scan.write_bytes(b"")  # discovery reads names only
+        (case,) = find_cases(Path(raw)).cases
+        assert output_name(scan) == case.case_id + suffix
 
 
 def test_folder_with_a_corrupt_scan_predicts_the_others_and_names_the_bad_one(tmp_path):

@@ -1,9 +1,11 @@
 """The store's preprocessing and its inverse as torch ops, so `ctmodel predict` keeps a scan on the GPU.
 
-Same arithmetic as ctprep.preprocess / ctprep.geometry (window, reorient to the stored (Z, Y, X) layout,
-pad with air, antialiased linear resize with the same weights, the stored dtype's round trip, and back),
-written for tensors: on a GPU the whole chain costs milliseconds instead of the CPU's seconds per scan.
-tests/ctmodel/test_ondevice.py checks it against the numpy path.
+The torch half of one documented pair: same arithmetic as ctprep.preprocess.prepare_input / ctprep.geometry.inverse
+(window, reorient to the stored (Z, Y, X) layout, pad with air, antialiased linear resize with the same weights,
+the stored dtype's round trip, and back), written for tensors: on a GPU the whole chain costs milliseconds instead
+of the CPU's seconds per scan. tests/ctmodel/test_torch_preprocess.py holds it to the numpy path: ``prepare``
+within one step of the stored dtype (1/255 uint8, 1/1024 float16) on under 1 % of pixels, identical elsewhere
+(float sums round apart); ``restore`` within 1e-5.
 """
 from __future__ import annotations
 
