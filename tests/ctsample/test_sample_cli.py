@@ -10,7 +10,7 @@ from cli import sample_app
 from ctprep.index import read_index
 from ctprep.lock import store_lock
 from ctsample.plan import load_plan
-from ctsample.splits import SplitConfig, split_of
+from ctprep.splits import SplitConfig, split_of
 from ctsample.stats import patient_stats
 
 from conftest import build_store, phantom, ras_affine
