@@ -396,6 +396,7 @@ ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface toler
 GridOption = Annotated[str, typer.Option(help="Grid of the 3-D scores: native (the source files' voxels and "
                                               "spacing, as challenges score) or store (the resized arrays, fast).")]
 
+
 @model_app.command(cls=Command)
 def train(
     ctx: typer.Context,
