@@ -9,12 +9,49 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-prep_app = typer.Typer(no_args_is_help=True, help="Convert NIfTI chest CTs into a Zarr slice store.")
-sample_app = typer.Typer(no_args_is_help=True, help="Splits, imbalance statistics and balanced slice plans.")
-model_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and predict with 2.5D U-Nets.")
 
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")]
+def _docs_metavars(params: list) -> list:
+    """Help that reads like the docs: arguments as their NAME, flags (on/off options and help) without a type."""
+    for param in params:
+        if param.metavar is None and isinstance(param, TyperArgument):
+            param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+        elif param.metavar is None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose usage line reads `[OPTIONS] RAW STORE`, as docs/cli.md does."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return _docs_metavars(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        arguments = [p for p in self.get_params(ctx) if isinstance(p, TyperArgument)]
+        return [self.options_metavar or "", *(p.metavar for p in arguments)]
+
+
+class App(TyperGroup):
+    """An app whose one --debug also works after the command (`ctprep convert RAW STORE --debug`)."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return _docs_metavars(super().get_params(ctx))
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
+prep_app = typer.Typer(cls=App, no_args_is_help=True, help="Convert NIfTI chest CTs into a Zarr slice store.")
+sample_app = typer.Typer(cls=App, no_args_is_help=True, help="Splits, imbalance statistics and balanced slice plans.")
+model_app = typer.Typer(cls=App, no_args_is_help=True, help="Train, evaluate and predict with 2.5D U-Nets.")
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors (also "
+                                                           "accepted after the command).")]
 
 
 def _version(value: bool) -> None:
@@ -93,7 +130,7 @@ def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path, ...]) 
 # ---------------------------------------------------------------- ctprep commands
 
 
-@prep_app.command()
+@prep_app.command(cls=Command)
 def convert(
     ctx: typer.Context,
     raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
@@ -111,7 +148,6 @@ def convert(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash (default 0).")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash "
                                                         "(official lists).")] = None,
-    debug: DebugOption = False,
 ) -> None:
     """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
 
@@ -121,17 +157,12 @@ def convert(
     """
     from ctprep.console import make_console, print_table
     from ctprep.convert import ConvertConfig, convert as run_convert
-    from ctsample.splits import SplitConfig
+    from ctprep.splits import SplitConfig
 
-    if debug:
-        ctx.obj = {**(ctx.obj or {}), "debug": True}
     with errors(ctx, inputs=(splits,)):
-        split = None
-        if any(v is not None for v in (test, val, seed, splits)):
-            split = SplitConfig(test=0.2 if test is None else test, val=0.1 if val is None else val,
-                                seed=0 if seed is None else seed, csv=splits)
-        cfg = ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers, split=split)
-        report = run_convert(raw, store, cfg)
+        split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
+        report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
+                                                       split=split))
     err = make_console(stderr=True)
     for path in report.orphans:
         err.print(f"warning: {path}: mask without an image; ignored")
@@ -144,7 +175,7 @@ def convert(
         raise typer.Exit(1)
 
 
-@prep_app.command()
+@prep_app.command(cls=Command)
 def info(
     ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
@@ -163,7 +194,7 @@ def info(
 
 
 
-@prep_app.command()
+@prep_app.command(cls=Command)
 def verify(
     ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
@@ -212,7 +243,7 @@ def _print_verify(report, fixed) -> None:
 
 
 
-@prep_app.command()
+@prep_app.command(cls=Command)
 def demo(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write the demo set into.")],
@@ -254,7 +285,7 @@ def _ratio_text(value: float) -> str:
     return "-" if value != value else f"{value:.2f}"  # NaN (no lesion slice) -> "-"
 
 
-@sample_app.command()
+@sample_app.command(cls=Command)
 def stats(
     ctx: typer.Context,
     store: StoreArgument,
@@ -268,30 +299,20 @@ def stats(
     Example: ctsample stats store.zarr --split train --plot stats.png
     """
     from ctprep.console import print_table
-    from ctprep.index import read_index
-    from ctsample.plan import PlanConfig
-    from ctprep.outputs import check_outputs
-    from ctsample.stats import overall_rows, patient_stats, plot_stats, save_stats_csv, unlabeled_patients
+    from ctsample.stats import store_stats
 
     with errors(ctx, stores=(store,)):
-        PlanConfig(split=split, neighbours=neighbours)  # validates the options
-        check_outputs(plot, csv)  # both refused before either is written
-        index = read_index(store)
-        table = patient_stats(index, split, neighbours)
-        if plot is not None:
-            plot_stats(table, plot, f"{store.name}: {split} split, {len(table)} labeled patients")
-        if csv is not None:
-            save_stats_csv(table, csv)
+        result = store_stats(store, split, neighbours, plot=plot, csv=csv)
     print_table(f"ctsample stats {store} --split {split}: per patient",
                 ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty", f"neighbours (k={neighbours})"],
                 [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), f"{r.pct_empty:.1f}",
-                  r.neighbour_empty) for r in table.itertuples()])
-    print_table("overall", ["", "value"], overall_rows(table, unlabeled_patients(index, split)))
+                  r.neighbour_empty) for r in result.table.itertuples()])
+    print_table("overall", ["", "value"], result.overall_rows())
     if plot is not None:
         print(f"plot: {plot}")
 
 
-@sample_app.command()
+@sample_app.command(cls=Command)
 def split(
     ctx: typer.Context,
     store: StoreArgument,
@@ -308,26 +329,18 @@ def split(
     Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0
     """
     from ctprep.console import print_table
+    from ctprep.splits import SplitConfig
     from ctsample.resplit import resplit
-    from ctsample.splits import SplitConfig
 
     with errors(ctx, inputs=(splits,), stores=(store,)):
-        counts, unknown = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
-    if unknown:
-        typer.secho(f"warning: {splits}: {len(unknown)} case ids not in the store, e.g. {unknown[:3]}", err=True,
-                    fg=typer.colors.YELLOW)
-    for name, fraction in (("test", test), ("val", val)):
-        if fraction > 0 and splits is None and counts.loc[name, "labeled_after"] == 0:
-            typer.secho(f"warning: the {name} split is empty ({int(counts['labeled_after'].sum())} labeled "
-                        f"patients, --{name} {fraction:g}): try another --seed, or list the cases in --splits "
-                        "FILE.csv", err=True, fg=typer.colors.YELLOW)
+        report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
+    for line in report.warnings:
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "unlabeled",
-                                            "slices", "lesion slices"],
-                [(name, int(r.patients_before), int(r.patients_after), int(r.labeled_after), int(r.unlabeled_after),
-                  int(r.slices_after), int(r.lesion_after)) for name, r in counts.iterrows()])
+                                            "slices", "lesion slices"], report.rows())
 
 
-@sample_app.command()
+@sample_app.command(cls=Command)
 def plan(
     ctx: typer.Context,
     store: StoreArgument,
@@ -346,17 +359,21 @@ def plan(
 
     Example: ctsample plan store.zarr --ratio 1.75 --neighbours 1 --epochs 50
     """
-    from ctprep.console import print_table
-    from ctprep.index import read_index
-    from ctprep.outputs import check_output
-    from ctsample.plan import PlanConfig, default_plan_path, make_plan, parse_ratio, save_plan, summary
+    from ctsample.plan import PlanConfig, parse_ratio, plan_store
 
     with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
                          strict=strict, lesion_free=lesion_free)
-        plan_path = check_output(out or default_plan_path(store, cfg), "plan")  # never a store's own files
-        made = make_plan(read_index(store), cfg)
-        path = save_plan(made, plan_path)
+        made, path = plan_store(store, cfg, out)
+    _print_plan(store, made, cfg)
+    print(f"plan: {path} ({len(made.slices):,} rows, {cfg.epochs} epoch(s))")
+
+
+def _print_plan(store: Path, made, cfg) -> None:
+    """The plan's per-split summary and the patients off the target."""
+    from ctprep.console import print_table
+    from ctsample.plan import summary
+
     target = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
     print_table(f"ctsample plan {store}: per epoch (target empty:lesion {target})",
                 ["split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
@@ -368,7 +385,6 @@ def plan(
     if len(unmet):
         print_table("patients off the target, and why", ["case", "lesion", "neighbour", "fill", "target", "reason"],
                     [(r.case_id, r.lesion, r.neighbour, r.fill, r.target_empty, r.reason) for r in unmet.itertuples()])
-    print(f"plan: {path} ({len(made.slices):,} rows, {cfg.epochs} epoch(s))")
 
 
 # ---------------------------------------------------------------- ctmodel commands
@@ -380,17 +396,8 @@ ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface toler
 GridOption = Annotated[str, typer.Option(help="Grid of the 3-D scores: native (the source files' voxels and "
                                               "spacing, as challenges score) or store (the resized arrays, fast).")]
 
-# CLI option name -> ModelConfig / TrainConfig field, for --resume conflict checks
-_TRAIN_FIELDS = {"model": "name", "width": "width", "depth": "depth", "context": "context", "epochs": "epochs",
-                 "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "step_size": "step_size",
-                 "gamma": "gamma", "dice_weight": "dice_weight", "bce_weight": "bce_weight", "ratio": "ratio",
-                 "neighbours": "neighbours", "lesion_free": "lesion_free", "accumulate": "accumulate",
-                 "augment": "augment", "device": "device", "precision": "precision", "compile": "compile",
-                 "channels_last": "channels_last", "deterministic": "deterministic", "seed": "seed",
-                 "resident": "resident"}
 
-
-@model_app.command()
+@model_app.command(cls=Command)
 def train(
     ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="Slice store made by `ctprep convert`.")],
@@ -437,19 +444,21 @@ def train(
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
     (the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
     """
-    from ctmodel.config import ModelConfig, TrainConfig
+    from ctmodel.config import configs_from_options
     from ctmodel.train import train as run_train
-    from ctprep.console import print_table
     from ctsample.plan import parse_ratio
 
-    given = {name: value for name, value in ctx.params.items() if name in _TRAIN_FIELDS}
-    explicit = frozenset(_TRAIN_FIELDS[n] for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE")
+    given = [name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"]
     with errors(ctx, inputs=(plan,), stores=(store,)):
-        given["ratio"] = parse_ratio(ratio)
-        model_cfg = ModelConfig(name=model, width=width, depth=depth, context=context)
-        train_cfg = TrainConfig(**{_TRAIN_FIELDS[n]: v for n, v in given.items()
-                                   if n not in ("model", "width", "depth", "context")})
+        model_cfg, train_cfg, explicit = configs_from_options({**ctx.params, "ratio": parse_ratio(ratio)}, given)
         result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit)
+    _print_train(result)
+
+
+def _print_train(result) -> None:
+    """The run's summary table and the files it wrote."""
+    from ctprep.console import print_table
+
     s = result.summary
     print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], [
         ("model", f"{s['model']} (width {s['width']})"), ("parameters", s["parameters"]),
@@ -461,7 +470,7 @@ def train(
         typer.echo(f"{name}: {result.run_dir / name}")
 
 
-@model_app.command()
+@model_app.command(cls=Command)
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],
@@ -501,10 +510,10 @@ def evaluate(
         typer.echo(f"figure: {path}")
 
 
-@model_app.command()
+@model_app.command(cls=Command)
 def compare(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="RUN... STORE", help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
     split: SplitOption = "test",
     checkpoint: CheckpointOption = "best",
     tolerance: ToleranceOption = 1.0,
@@ -525,7 +534,7 @@ def compare(
     print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
 
 
-@model_app.command()
+@model_app.command(cls=Command)
 def predict(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],

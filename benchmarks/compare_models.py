@@ -30,7 +30,7 @@ from ctprep.convert import ConvertConfig, convert
 from ctprep.demo import DemoConfig, make_demo
 from ctprep.index import read_index
 from ctsample.plan import PlanConfig, make_plan, save_plan, summary
-from ctsample.splits import SplitConfig
+from ctprep.splits import SplitConfig
 
 MODELS = ("unet2d", "dual-encoder")
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 
 from ctprep.errors import UsageError
@@ -114,3 +115,19 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Rebuild from ``asdict`` output (ignores unknown keys from newer versions)."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+OPTION_FIELDS = {"model": "name"}  # the one `ctmodel train` option named unlike its config field
+
+
+def configs_from_options(options: dict, given: Collection[str] = ()) -> tuple[ModelConfig, TrainConfig,
+                                                                              frozenset[str]]:
+    """ModelConfig and TrainConfig from `ctmodel train`'s options (other names ignored), and the config fields that
+    the ``given`` options (those typed on the command line) set: --resume refuses those that differ from the run's."""
+    by_field = {OPTION_FIELDS.get(name, name): value for name, value in options.items()}
+    model_fields = {f.name for f in fields(ModelConfig)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    model = ModelConfig(**{k: v for k, v in by_field.items() if k in model_fields})
+    train = TrainConfig(**{k: v for k, v in by_field.items() if k in train_fields})
+    explicit = frozenset(OPTION_FIELDS.get(name, name) for name in given) & (model_fields | train_fields)
+    return model, train, explicit

@@ -25,10 +25,10 @@ from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry
 from ctprep.outputs import check_output_dir, check_outputs
+from ctprep.splits import SPLIT_CHOICES as SPLITS
 from ctprep.store import SliceStore
 
 CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "pred_ml", "true_ml")
-SPLITS = ("train", "val", "test", "all")
 GRIDS = ("native", "store")  # native: the source file's voxels and spacing; store: the resized (Z, S, S) arrays
 
 

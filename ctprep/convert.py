@@ -21,15 +21,15 @@ from ctprep.atomic import remove_temp_files
 from ctprep.console import progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError, storage_errors
-from ctprep.index import build_index, lost_to_resize, write_index
+from ctprep.index import build_index, empty_per_lesion, lost_to_resize, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
 from ctprep.shards import case_faults
+from ctprep.splits import SplitConfig, assign_splits
 from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
 from ctprep.workers import process_pool
-from ctsample.splits import SplitConfig, assign_splits
 
 CONVERTER_VERSION = 2  # bump when the stored arrays of an unchanged source would change: forces reconversion
 # 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
@@ -108,7 +108,7 @@ class ConvertReport:
     @property
     def empty_per_lesion(self) -> float:
         """Empty:lesion slice ratio over labeled slices (NaN without lesion slices)."""
-        return (self.labeled_slices - self.lesion_slices) / self.lesion_slices if self.lesion_slices else float("nan")
+        return empty_per_lesion(self.labeled_slices, self.lesion_slices)
 
     def summary_rows(self) -> list[tuple[str, object]]:
         """(what, value) rows for the closing summary table."""
@@ -196,7 +196,7 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
     with store_lock(store_path):
         store = create_or_open(store_path, layout)
         _clear_leftovers(store_path)
-        split_cfg = cfg.split or split_config_from_attrs(store.attrs.get("split_config"))
+        split_cfg = cfg.split or SplitConfig.from_attrs(store.attrs.get("split_config"))
         todo = _cases_to_convert(found.cases, store, layout, report)
         report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
         for result in _run(todo, store_path, layout, report.workers, progress):
@@ -294,7 +294,7 @@ def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, sta
     unlabeled = [case_id for case_id in store.case_ids() if not store.has_mask(case_id)]  # they go to train
     index = build_index(store, assign_splits(store.case_ids(), split_cfg, unlabeled))
     write_index(store_path, index)
-    update_root_attrs(store_path, {"split_config": split_config_to_attrs(split_cfg)},
+    update_root_attrs(store_path, {"split_config": split_cfg.to_attrs()},
                       drop_obsolete=bool(report.converted))
     report.cases = int(index["case_id"].nunique())
     report.slices = len(index)
@@ -303,21 +303,6 @@ def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, sta
     report.lost_slices, report.lost_voxels = lost_to_resize(index)
     report.seconds = time.perf_counter() - start
     report.store_bytes = disk_bytes(store_path)
-
-
-def split_config_to_attrs(cfg: SplitConfig) -> dict:
-    """The root attribute ``split_config``: {test, val, seed, csv (absolute path or null)}."""
-    return {"test": cfg.test, "val": cfg.val, "seed": cfg.seed,
-            "csv": None if cfg.csv is None else str(Path(cfg.csv).absolute())}
-
-
-def split_config_from_attrs(attrs: dict | None) -> SplitConfig:
-    """SplitConfig from the root attribute (the default config when the store has none yet)."""
-    if not attrs:
-        return SplitConfig()
-    csv = attrs.get("csv")
-    return SplitConfig(test=float(attrs["test"]), val=float(attrs["val"]), seed=int(attrs["seed"]),
-                       csv=Path(csv) if csv else None)
 
 
 def disk_bytes(path: Path) -> int:

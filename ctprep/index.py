@@ -1,8 +1,12 @@
-"""index.parquet: one row per stored slice, rebuilt deterministically from the complete cases."""
+"""index.parquet: one row per stored slice, rebuilt deterministically from the complete cases.
+
+Reading the index needs pandas alone: the store module (and with it zarr) is imported only to check the cases
+the index lists (``read_index(check=True)``) or to explain an old store's missing columns."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -10,11 +14,12 @@ from pyarrow.lib import ArrowException
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
-from ctprep.store import (INDEX_FILE, SliceStore, check_format_version, check_index_cases, reconvert_hint,
-                          root_attrs)
 
+if TYPE_CHECKING:
+    from ctprep.store import SliceStore
+
+INDEX_FILE = "index.parquet"
 COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split")
-SPLITS = ("train", "val", "test")
 
 
 def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
@@ -43,6 +48,8 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
         attrs = store.case_attrs(case_id)
         pixels, voxels = attrs.get("lesion_pixels"), attrs.get("source_lesion_voxels")
         if pixels is not None and voxels is None:
+            from ctprep.store import reconvert_hint
+
             raise StoreFormatError(f"{store.path}: case {case_id!r} lacks source_lesion_voxels (written by an older "
                                    f"ctstack); {reconvert_hint(store.path)}")
         frames.append(case_rows(case_id, int(attrs["n_slices"]), pixels, splits[case_id], voxels))
@@ -73,9 +80,13 @@ def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
                                f"{_first_line(err)}); rebuild it with `ctprep convert RAW {store_path}`") from err
     missing = [c for c in COLUMNS if c not in index.columns]
     if missing:
+        from ctprep.store import check_format_version, root_attrs
+
         check_format_version(store_path, root_attrs(store_path))  # an older store: say so, with the upgrade
         raise StoreFormatError(f"{path}: index lacks columns {missing}; re-run `ctprep convert`")
     if check:
+        from ctprep.store import check_index_cases
+
         check_index_cases(store_path, index)
     return index
 
@@ -84,6 +95,11 @@ def _first_line(err: Exception) -> str:
     """The first line of an error's text, for one-line messages."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def empty_per_lesion(labeled_slices: int, lesion_slices: int) -> float:
+    """Empty:lesion slice ratio over labeled slices (NaN without lesion slices: nothing to divide by)."""
+    return (labeled_slices - lesion_slices) / lesion_slices if lesion_slices else float("nan")
 
 
 def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ctprep.console import ratio_text
 from ctprep.convert import disk_bytes, human_bytes
+from ctprep.index import empty_per_lesion
+from ctprep.splits import split_counts
 from ctprep.store import SliceStore
-
-SPLIT_ORDER = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class StoreInfo:
     @property
     def empty_per_lesion(self) -> float:
         """Empty:lesion ratio over labeled slices (NaN without lesion slices)."""
-        return (self.labeled_slices - self.lesion_slices) / self.lesion_slices if self.lesion_slices else float("nan")
+        return empty_per_lesion(self.labeled_slices, self.lesion_slices)
 
     def rows(self) -> list[tuple[str, object]]:
         """(what, value) rows for the summary table."""
@@ -60,10 +60,6 @@ def store_info(store_path: Path) -> StoreInfo:
 
 def _split_counts(index) -> tuple[tuple[str, int, int, int, int, int], ...]:
     """(split, cases, labeled cases, unlabeled cases, slices, lesion slices) per split present, train/val/test first."""
-    rows = []
-    present = [s for s in SPLIT_ORDER if s in set(index["split"])]
-    for split in present + sorted(set(index["split"]) - set(SPLIT_ORDER)):
-        part = index[index["split"] == split]
-        cases, labeled = int(part["case_id"].nunique()), int(part.loc[part["labeled"], "case_id"].nunique())
-        rows.append((str(split), cases, labeled, cases - labeled, len(part), int(part["has_lesion"].sum())))
-    return tuple(rows)
+    counts = split_counts(index)
+    return tuple((str(split), int(r.patients), int(r.labeled), int(r.unlabeled), int(r.slices), int(r.lesion))
+                 for split, r in counts.iterrows())

@@ -21,6 +21,7 @@ from ctprep import __version__
 from ctprep.atomic import publish, write_bytes
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
+from ctprep.index import INDEX_FILE
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
 
@@ -29,7 +30,6 @@ FORMAT_VERSION = 2  # 2: index column and case attribute source_lesion_voxels; n
 FORMAT_CHANGES = {2: "new index column source_lesion_voxels"}  # what each version added, for the upgrade message
 CASES = "cases"
 PARTIAL = ".partial"
-INDEX_FILE = "index.parquet"
 SHARDS = "shards"  # per-case attribute: {array: {shard key: {"bytes": n, "sha256": hex}}}, recorded at write time
 
 

@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 from ctprep import __version__
 from ctprep.atomic import replacing
 from ctprep.errors import PlanError, PlanNotFoundError, UsageError
-from ctprep.index import index_fingerprint
+from ctprep.index import index_fingerprint, read_index
+from ctprep.outputs import check_output
+from ctprep.splits import check_split_choice
 from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
-
-SPLIT_CHOICES = ("train", "val", "test", "all")
 METADATA_KEY = b"ctstack.plan"
 PLANS_DIR = "plans"
 REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
@@ -50,8 +50,7 @@ class PlanConfig:
             raise UsageError(f"--ratio {self.ratio}: expected a number >= 0 (e.g. 1.75) or 'natural'")
         if self.neighbours < 0:
             raise UsageError(f"--neighbours {self.neighbours}: expected 0 or more slices")
-        if self.split not in SPLIT_CHOICES:
-            raise UsageError(f"--split {self.split}: expected one of {', '.join(SPLIT_CHOICES)}")
+        check_split_choice(self.split)
         if self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs}: expected 1 or more")
         if not 0.0 <= self.lesion_free <= 1.0:
@@ -75,6 +74,14 @@ def parse_ratio(text: str) -> float | None:
         return float(text)
     except ValueError as err:
         raise UsageError(f"--ratio {text!r}: expected a number such as 1.75, 0, or 'natural'") from err
+
+
+def plan_store(store_path: Path, cfg: PlanConfig = PlanConfig(), out: Path | None = None) -> tuple[Plan, Path]:
+    """Plan the store's slices and save the plan to ``out`` (default ``default_plan_path``): what `ctsample plan`
+    runs. The output path is checked first: never one of a store's own files."""
+    path = check_output(out or default_plan_path(store_path, cfg), "plan")
+    plan = make_plan(read_index(store_path), cfg)
+    return plan, save_plan(plan, path)
 
 
 def make_plan(index: pd.DataFrame, cfg: PlanConfig = PlanConfig()) -> Plan:
@@ -121,10 +128,15 @@ def classify(rows: pd.DataFrame, neighbours: int) -> pd.DataFrame:
                          "split": rows["split"].astype(str).to_numpy(), "kind": kind})
 
 
+def kind_counts(slices: pd.DataFrame) -> pd.DataFrame:
+    """Slices per patient (rows: case code) and kind (columns 0 lesion, 1 neighbour empty, 2 far empty)."""
+    return pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
+
+
 def patient_counts(slices: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
     """Per patient: availability (lesion, neighbour, far) and what one epoch takes of each, with the reason for
     any shortfall. Counts are the same every epoch; only which far (and, strict, which neighbour) slices vary."""
-    per_kind = pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
+    per_kind = kind_counts(slices)
     counts = pd.DataFrame({"case_id": slices.groupby("case")["case_id"].first(),
                            "split": slices.groupby("case")["split"].first(),
                            "lesion": per_kind[0], "neighbour_available": per_kind[1], "far_available": per_kind[2]})

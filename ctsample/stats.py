@@ -1,18 +1,53 @@
 """Imbalance statistics from the index alone: empty vs lesion slices per patient and overall."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ctsample.plan import classify, labeled_rows
 from ctprep.atomic import replacing, write_text
-from ctprep.outputs import check_output
+from ctprep.errors import UsageError
+from ctprep.index import read_index
+from ctprep.outputs import check_output, check_outputs
+from ctprep.splits import check_split_choice
+from ctsample.plan import classify, kind_counts, labeled_rows
 
 STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty",
                 "source_lesion_voxels", "lost_slices", "lost_voxels")
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What `ctsample stats` prints: the per-patient table and the split's unlabeled patients."""
+
+    table: pd.DataFrame  # STAT_COLUMNS, one row per labeled patient
+    unlabeled: int
+
+    def overall_rows(self) -> list[tuple[str, object]]:
+        """The headline rows (see ``overall_rows``)."""
+        return overall_rows(self.table, self.unlabeled)
+
+
+def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot: Path | None = None,
+                csv: Path | None = None) -> StoreStats:
+    """Per-patient statistics of the store's ``split``; writes the plot (PNG) and the table (CSV) when given.
+
+    Both outputs are checked before either is written: never a store's own files, never a folder.
+    """
+    check_split_choice(split)
+    if neighbours < 0:
+        raise UsageError(f"--neighbours {neighbours}: expected 0 or more slices")
+    check_outputs(plot, csv)
+    index = read_index(store_path)
+    table = patient_stats(index, split, neighbours)
+    if plot is not None:
+        plot_stats(table, plot, f"{Path(store_path).name}: {split} split, {len(table)} labeled patients")
+    if csv is not None:
+        save_stats_csv(table, csv)
+    return StoreStats(table, unlabeled_patients(index, split))
 
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
@@ -20,7 +55,7 @@ def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) 
     source lesion voxels, and the slices and source lesion voxels lost to resizing (see ``lost_to_resize``)."""
     rows = labeled_rows(index, split)
     slices = classify(rows, neighbours)
-    per_kind = pd.crosstab(slices["case"], slices["kind"]).reindex(columns=[0, 1, 2], fill_value=0)
+    per_kind = kind_counts(slices)
     lesion = per_kind[0].to_numpy()
     empty = per_kind[1].to_numpy() + per_kind[2].to_numpy()
     first = slices.groupby("case")[["case_id", "split"]].first()

@@ -124,3 +124,13 @@ def test_train_on_a_store_without_labeled_train_patients_names_no_split_option(t
     line = one_line(result)
     assert result.exit_code == 1 and "ctsample split" in line
     assert "--split" not in line and options_outside_quotes(line) <= train_options()
+
+
+def test_train_options_map_to_config_fields_and_only_typed_ones_are_explicit():
+    from ctmodel.config import ModelConfig, TrainConfig, configs_from_options
+
+    options = {"model": "unet2d", "width": 8, "epochs": 3, "lr": 1e-3, "store": "s.zarr", "resume": True}
+    model, train, explicit = configs_from_options(options, given=["model", "epochs", "store"])
+    assert model == ModelConfig(name="unet2d", width=8)
+    assert train == TrainConfig(epochs=3, lr=1e-3)
+    assert explicit == {"name", "epochs"}  # "store" sets no config field

@@ -14,7 +14,7 @@ from cli import prep_app
 from ctprep.errors import UsageError
 from ctprep.lock import store_lock
 from ctprep.store import FORMAT_VERSION, SliceStore
-from ctsample.splits import SplitConfig, split_of
+from ctprep.splits import SplitConfig, split_of
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from ctprep.convert import ConvertConfig, convert
 from ctprep.errors import StoreFormatError, UsageError
 from ctprep.index import read_index
 from ctprep.store import SliceStore
-from ctsample.splits import SplitConfig, assign_splits
+from ctprep.splits import SplitConfig, assign_splits
 
 CFG = ConvertConfig(size=16, workers=1)
 

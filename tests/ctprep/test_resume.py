@@ -22,7 +22,7 @@ from ctprep.index import read_index
 from ctprep.lock import LOCK_FILE, store_lock
 from ctprep.store import INDEX_FILE, SliceStore
 from ctsample.resplit import resplit
-from ctsample.splits import SplitConfig
+from ctprep.splits import SplitConfig
 
 CFG = ConvertConfig(size=16, workers=1)
 

@@ -10,7 +10,7 @@ from cli import sample_app
 from ctprep.index import read_index
 from ctprep.lock import store_lock
 from ctsample.plan import load_plan
-from ctsample.splits import SplitConfig, split_of
+from ctprep.splits import SplitConfig, split_of
 from ctsample.stats import patient_stats
 
 from conftest import build_store, phantom, ras_affine
@@ -118,3 +118,32 @@ def test_split_csv_listing_an_unlabeled_patient_as_test_exits_2_in_one_line(stor
     assert "nomask (test)" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert read_index(store).equals(before)  # nothing rewritten
+
+
+def test_plan_store_is_the_one_call_behind_ctsample_plan(store, tmp_path):
+    from ctsample.plan import PlanConfig, default_plan_path, make_plan, plan_store
+
+    cfg = PlanConfig(ratio=1.0, epochs=2)
+    made, path = plan_store(store, cfg)
+    assert path == default_plan_path(store, cfg) and path.exists()
+    assert made.slices.equals(make_plan(read_index(store), cfg).slices)
+    assert load_plan(path).slices.equals(made.slices)
+
+
+def test_store_stats_writes_its_own_csv_and_counts_the_unlabeled(store, tmp_path):
+    from ctsample.stats import store_stats
+
+    result = store_stats(store, "train", 1, csv=tmp_path / "stats.csv")
+    assert pd.read_csv(tmp_path / "stats.csv")["case_id"].tolist() == result.table["case_id"].tolist()
+    assert result.unlabeled == 1  # "nomask"
+    assert ("unlabeled patients (never planned)", 1) in result.overall_rows()
+
+
+def test_debug_given_after_any_command_keeps_the_traceback(tmp_path):
+    result = run("stats", tmp_path / "missing.zarr", "--debug")
+    assert result.exception is not None and type(result.exception).__name__ == "UsageError"
+
+
+def test_help_names_arguments_and_flags_as_the_docs_do():
+    text = run("plan", "--help").output
+    assert "STORE" in text and "{store}" not in text and "<bool>" not in text

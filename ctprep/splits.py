@@ -1,4 +1,6 @@
-"""Patient-level split assignment: a hash of (seed, case_id), so adding cases never moves existing ones.
+"""Patient-level splits, owned here: the split names, the rule (SplitConfig, as stored in the root attribute
+``split_config``), the assignment (a hash of (seed, case_id), so adding cases never moves existing ones) and the
+per-split counts that ``ctprep info`` and ``ctsample split`` print.
 
 Only labeled cases take val and test places (an unlabeled case has no mask to score against); unlabeled cases go
 to train, where a plan skips them and later semi-supervised work can use them.
@@ -10,9 +12,12 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from ctprep.errors import UsageError
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the split names, in display order
+SPLIT_CHOICES = (*SPLITS, "all")  # what a --split option accepts
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,35 @@ class SplitConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise UsageError(f"--{name} {value}: expected a fraction in [0, 1)")
+
+    @classmethod
+    def from_options(cls, test: float | None = None, val: float | None = None, seed: int | None = None,
+                     csv: Path | None = None) -> "SplitConfig | None":
+        """The config the command-line options give, defaults filled in; None when no option is given (a store
+        then keeps the config it recorded)."""
+        given = {name: value for name, value in (("test", test), ("val", val), ("seed", seed), ("csv", csv))
+                 if value is not None}
+        return cls(**given) if given else None
+
+    def to_attrs(self) -> dict:
+        """The root attribute ``split_config``: {test, val, seed, csv (absolute path or null)}."""
+        return {"test": self.test, "val": self.val, "seed": self.seed,
+                "csv": None if self.csv is None else str(Path(self.csv).absolute())}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict | None) -> "SplitConfig":
+        """Read the config back from the root attribute (the default config when the store has none yet)."""
+        if not attrs:
+            return cls()
+        csv = attrs.get("csv")
+        return cls(test=float(attrs["test"]), val=float(attrs["val"]), seed=int(attrs["seed"]),
+                   csv=Path(csv) if csv else None)
+
+
+def check_split_choice(split: str) -> None:
+    """UsageError unless ``split`` is one a --split option accepts (train, val, test or all)."""
+    if split not in SPLIT_CHOICES:
+        raise UsageError(f"--split {split}: expected one of {', '.join(SPLIT_CHOICES)}")
 
 
 def split_of(case_id: str, cfg: SplitConfig) -> str:
@@ -78,3 +112,22 @@ def read_split_csv(path: Path) -> dict[str, str]:
             raise UsageError(f"{path}:{number}: expected 'case_id,split' with split in {SPLITS}, found {line!r}")
         result[fields[0]] = fields[1]
     return result
+
+
+def unlabeled_cases(index: pd.DataFrame) -> set[str]:
+    """Case ids of the index's unlabeled (mask-less) cases."""
+    return set(index.loc[~index["labeled"].astype(bool), "case_id"].astype(str))
+
+
+def split_counts(index: pd.DataFrame) -> pd.DataFrame:
+    """Per split present (train, val, test first, then any other name sorted): patients, labeled and unlabeled
+    patients, slices and lesion slices."""
+    per_case = index.groupby("case_id").agg(split=("split", "first"), labeled=("labeled", "first"),
+                                            slices=("slice", "size"), lesion=("has_lesion", "sum"))
+    counts = per_case.groupby("split").agg(patients=("labeled", "size"), labeled=("labeled", "sum"),
+                                           slices=("slices", "sum"), lesion=("lesion", "sum"))
+    present = set(counts.index.astype(str))
+    order = [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+    counts = counts.set_axis(counts.index.astype(str)).reindex(order).astype(int)
+    counts.insert(2, "unlabeled", counts["patients"] - counts["labeled"])
+    return counts

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctprep.errors import UsageError
-from ctsample.splits import SplitConfig, assign_splits, split_of
+from ctprep.splits import SplitConfig, assign_splits, split_of
 
 case_ids = st.sets(st.text("abcdefghij0123456789_", min_size=1, max_size=12), max_size=40)
 configs = st.builds(SplitConfig, test=st.floats(0.0, 0.9), val=st.floats(0.0, 0.9), seed=st.integers(0, 2**31))
