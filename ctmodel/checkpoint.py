@@ -1,11 +1,11 @@
-"""Checkpoints and run folders: crash-safe saving (temp file + os.replace) and ``load_run`` for evaluate/predict.
+"""Checkpoint files (best.pt, last.pt): crash-safe saving (temp file + os.replace), checked reading, and
+``load_run`` for evaluate/predict (the run folder's other files, config.json included, belong to runfolder.py).
 
 Checkpoints hold only tensors and plain values and are read with ``torch.load(weights_only=True)``: a file that
 holds any other pickled object is refused unread, so a doctored best.pt/last.pt cannot run code.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from collections import OrderedDict
@@ -18,13 +18,14 @@ from torch import nn
 
 from ctmodel.config import ModelConfig
 from ctmodel.nets import build_model
+from ctmodel.runfolder import CHECKPOINT_FILES, read_config
 from ctprep.atomic import replacing
 from ctprep.errors import RunError
 from ctprep.store import StoreLayout
 
 CHECKPOINT_FORMAT = "ctstack-checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = tuple(CHECKPOINT_FILES)  # ("best", "last")
 
 
 @dataclass
@@ -115,20 +116,6 @@ def unsafe_or_unreadable(path: Path, err: pickle.UnpicklingError) -> RunError:
                     "you trust, or retrain")
 
 
-def read_config(run_dir: Path) -> dict:
-    """The run's config.json; RunError when the folder or file is missing or not JSON."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no run folder here; pass a folder written by `ctmodel train`")
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise RunError(f"{path}: missing; this folder is not a ctstack run (or training never started)") from err
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path}: not valid JSON ({err.msg}); the run folder is damaged") from err
-
-
 def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Load ``best.pt`` or ``last.pt`` of a run folder as an eval-mode model on ``device``.
 
@@ -139,7 +126,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
         raise RunError(f"checkpoint {which!r}: expected one of {', '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    path = run_dir / f"{which}.pt"
+    path = run_dir / CHECKPOINT_FILES[which]
     payload = read_checkpoint(path, device)
     model_cfg = ModelConfig.from_dict(payload["model_config"])
     model = build_model(model_cfg)

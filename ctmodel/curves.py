@@ -47,13 +47,15 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
 
 
 def plot_curves(metrics: pd.DataFrame, out: Path) -> Path:
-    """Draw loss (train, val), Dice (3-D, slice) and IoU (slice) per epoch into ``out`` (PNG, Agg backend)."""
-    import matplotlib
+    """Draw loss (train, val), Dice (3-D, slice) and IoU (slice) per epoch into ``out`` (PNG).
 
-    matplotlib.use("Agg")
+    The figure has its own Agg canvas: matplotlib's global backend (pyplot's) is neither chosen nor changed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
     ax_loss, ax_dice, ax_iou = fig.subplots(1, 3)
     epochs = metrics["epoch"]
     ax_loss.plot(epochs, metrics["train_loss"], "o-", label="train")

@@ -1,4 +1,5 @@
-"""The run folder runs/<name>/: its lock, config.json, the plan it trained on, resume checks and summary.json."""
+"""The run folder runs/<name>/: the name of every file in it, its lock, config.json, the plan it trained on,
+resume checks and summary.json (checkpoint.py writes the .pt files, curves.py metrics.csv and curves.png)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,16 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctmodel.checkpoint import read_config
 from ctmodel.config import ModelConfig, TrainConfig
-from ctprep.atomic import write_text
+from ctprep.atomic import replacing, write_text
 from ctprep.clock import NAME_UTC, utc_stamp
 from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
 from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
 
+CONFIG_FILE = "config.json"
 PLAN_FILE = "plan.parquet"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILES = {"best": "best.pt", "last": "last.pt"}  # checkpoint name -> file
 PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
 
 
@@ -155,7 +160,8 @@ def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     """Create the run folder's config.json and plan.parquet; returns the config dict."""
     slices, params = plan
     run_dir.mkdir(parents=True, exist_ok=True)
-    slices.loc[:, [c for c in PLAN_COLUMNS if c in slices.columns]].to_parquet(run_dir / PLAN_FILE, index=False)
+    with replacing(run_dir / PLAN_FILE) as tmp:
+        slices.loc[:, [c for c in PLAN_COLUMNS if c in slices.columns]].to_parquet(tmp, index=False)
     config = {
         "model": asdict(model_cfg), "train": asdict(train_cfg), "parameters": parameters,
         "store": {"path": str(store.path.resolve()), "layout": store.layout.to_attrs(),
@@ -166,13 +172,27 @@ def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         "val_cases": val_cases(index), "versions": versions(), "git_commit": git_commit(),
         "created_utc": utc_stamp(),
     }
-    write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2))
     return config
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's config.json; RunError when the folder or file is missing or not JSON."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no run folder here; pass a folder written by `ctmodel train`")
+    path = run_dir / CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise RunError(f"{path}: missing; this folder is not a ctstack run (or training never started)") from err
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON ({err.msg}); the run folder is damaged") from err
 
 
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run never overwrites another: refuse a folder that already holds a run."""
-    if (run_dir / "config.json").exists():
+    if (run_dir / CONFIG_FILE).exists():
         raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
 
 
@@ -203,6 +223,6 @@ def read_run_plan(run_dir: Path) -> pd.DataFrame:
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
     """summary.json at the end of a run (read by `ctmodel compare`)."""
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_FILE
     write_text(path, json.dumps(summary, indent=2))
     return path

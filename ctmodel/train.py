@@ -13,28 +13,34 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
 
 from ctmodel.augment import augment_batch
 from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident
-from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, read_config, unwrap
+from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
 from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.runfolder import (PLAN_RULE, build_plan, check_new_run_dir, check_plan, default_run_dir,
-                               plan_epochs, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
-                               with_plan_rule, write_config, write_summary)
+from ctmodel.runfolder import (CHECKPOINT_FILES, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE, build_plan,
+                               check_new_run_dir, check_plan, default_run_dir, plan_epochs, read_config,
+                               read_plan_file, read_run_plan, resume_configs, run_lock, val_cases, with_plan_rule,
+                               write_config, write_summary)
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, StoreLayout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 StepHook = Callable[[int, int], None]  # (epoch, step) after every optimizer step (not micro-batch)
 BAR_EVERY = 10  # optimizer steps between progress-bar refreshes (each one syncs the GPU for the loss value)
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic results
 
 
 @dataclass
@@ -46,13 +52,13 @@ class Session:
     scheduler: torch.optim.lr_scheduler.StepLR
     loss_fn: DiceBCELoss
     data: ResidentVolumes
-    plan: list  # per plan epoch: DataFrame of (case_id, slice)
+    plan: list[pd.DataFrame]  # per plan epoch: its rows (case_id, slice, ...)
     val_ids: list[str]
     device: torch.device
     model_cfg: ModelConfig
     cfg: TrainConfig
     run_dir: Path
-    layout: object
+    layout: StoreLayout  # of the training store, saved in every checkpoint
     start_epoch: int = 1
     best: tuple[int, float] = (0, -math.inf)  # (epoch, val Dice 3-D)
     rows: list[dict] = field(default_factory=list)
@@ -98,10 +104,13 @@ def _saved_deterministic(run_dir: Path) -> bool:
 
 @contextmanager
 def determinism(enabled: bool) -> Iterator[None]:
-    """Deterministic kernels while training (restored afterwards); cuDNN autotuning otherwise."""
+    """Deterministic kernels while training, cuDNN autotuning otherwise; torch's flags and the environment
+    (CUBLAS_WORKSPACE_CONFIG, set only when absent) are as before on exit."""
     old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    name, workspace = CUBLAS_WORKSPACE
+    set_here = enabled and name not in os.environ  # a value the user set is used and kept
+    if set_here:
+        os.environ[name] = workspace
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.benchmark = not enabled
     try:
@@ -109,6 +118,8 @@ def determinism(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(old[0])
         torch.backends.cudnn.benchmark = old[1]
+        if set_here:
+            os.environ.pop(name, None)
 
 
 def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
@@ -139,19 +150,19 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
     index = store.index()
     check_plan(read_run_plan(run_dir), {**config["plan"].get("params", {}),
                                         "index_fingerprint": config["store"]["index_fingerprint"]},
-               index, store.path, str(run_dir / "plan.parquet"))
-    last = run_dir / "last.pt"
+               index, store.path, str(run_dir / PLAN_FILE))
+    last = run_dir / CHECKPOINT_FILES["last"]
     payload = read_checkpoint(last) if last.exists() else None  # on the CPU, checked before any data loads
     session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console)
     if payload is not None:
         restore_state(session, payload)  # load_state_dict moves weights and optimizer state to the session's device
-    truncate_metrics(run_dir / "metrics.csv", session.start_epoch - 1)
-    session.rows = read_metrics(run_dir / "metrics.csv").to_dict("records")
+    truncate_metrics(run_dir / METRICS_FILE, session.start_epoch - 1)
+    session.rows = read_metrics(run_dir / METRICS_FILE).to_dict("records")
     console.print(f"resuming {run_dir} at epoch {session.start_epoch}/{cfg.epochs}")
     return session
 
 
-def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, slices,
+def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, slices: pd.DataFrame,
                  val_ids: list[str], console: Console) -> Session:
     """Seeded model, AdamW, StepLR, loss, and every needed case resident (train plan cases + val cases)."""
     device = resolve_device(cfg.device)
@@ -282,16 +293,16 @@ def record_epoch(session: Session, epoch: int, row: dict, val: ValResult) -> Non
     """metrics.csv row, curves.png, last.pt every epoch and best.pt when val 3-D Dice improves."""
     run_dir = session.run_dir
     session.rows.append(row)
-    append_metrics(run_dir / "metrics.csv", row)
-    plot_curves(read_metrics(run_dir / "metrics.csv"), run_dir / "curves.png")
+    append_metrics(run_dir / METRICS_FILE, row)
+    plot_curves(read_metrics(run_dir / METRICS_FILE), run_dir / CURVES_FILE)
     no_val = not session.val_ids  # nothing to select on: best.pt follows the latest epoch
     improved = no_val or (not math.isnan(val.dice_3d) and val.dice_3d > session.best[1])
     if improved:
         session.best = (epoch, val.dice_3d)
     payload = checkpoint_payload(session.model, session.model_cfg, session.layout, epoch, training_state(session))
     if improved:
-        atomic_save(payload, run_dir / "best.pt")
-    atomic_save(payload, run_dir / "last.pt")
+        atomic_save(payload, run_dir / CHECKPOINT_FILES["best"])
+    atomic_save(payload, run_dir / CHECKPOINT_FILES["last"])
 
 
 def training_state(session: Session) -> dict:

@@ -115,3 +115,11 @@ def save_random_run(run_dir: Path, layout: StoreLayout) -> Path:
     (run_dir / "config.json").write_text(json.dumps({"model": asdict(model_cfg)}))
     atomic_save(checkpoint_payload(build_model(model_cfg), model_cfg, layout, epoch=1, state={}), run_dir / "best.pt")
     return run_dir
+
+
+def one_line_error(result) -> str:
+    """The only line a CliRunner result printed (failing the test on a traceback or on several lines)."""
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]

@@ -1,4 +1,5 @@
-"""Run folders: one `ctmodel train` at a time per folder (RUN/.lock), and hints that fit `ctmodel train`."""
+"""Run folders: one `ctmodel train` at a time per folder (RUN/.lock), hints that fit `ctmodel train`, and
+config.json + plan.parquet written whole."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import typer
@@ -14,10 +16,14 @@ from typer.testing import CliRunner
 
 from cli import model_app
 from conftest import build_store, phantom, ras_affine
+from conftest import one_line_error as one_line
 from ctmodel.config import ModelConfig, TrainConfig
+from ctmodel.runfolder import (CONFIG_FILE, PLAN_COLUMNS, PLAN_FILE, build_plan, plan_hash, read_config, read_run_plan,
+                               write_config)
 from ctmodel.train import train
 from ctprep.errors import PlanError, RunError, RunLockedError, UsageError
 from ctprep.lock import LOCK_FILE
+from ctprep.store import SliceStore
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,13 +54,6 @@ def half_run(tiny_store, tmp_path) -> Path:
     with pytest.raises(Killed):
         train(tiny_store, TINY, FAST, out=tmp_path / "run", on_step=killed_in_epoch_2)
     return tmp_path / "run"
-
-
-def one_line(result) -> str:
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def test_resume_while_another_process_trains_the_run_is_refused_and_writes_nothing(half_run, tiny_store):
@@ -134,3 +133,33 @@ def test_train_options_map_to_config_fields_and_only_typed_ones_are_explicit():
     assert model == ModelConfig(name="unet2d", width=8)
     assert train == TrainConfig(epochs=3, lr=1e-3)
     assert explicit == {"name", "epochs"}  # "store" sets no config field
+
+
+# ---------------------------------------------------------------- config.json and plan.parquet are written whole
+
+
+def start_run(store_path: Path, run_dir: Path) -> dict:
+    """What a new run writes before its first epoch: config.json and plan.parquet (parameters count 0)."""
+    store = SliceStore.open(store_path)
+    index = store.index()
+    return write_config(run_dir, TINY, FAST, store, index, build_plan(index, FAST, store.path), "test", 0)
+
+
+def test_the_saved_plan_reads_back_as_the_rows_config_json_hashes(tiny_store, tmp_path):
+    config = start_run(tiny_store, tmp_path / "run")
+    saved = read_run_plan(tmp_path / "run")
+    assert list(saved.columns) == list(PLAN_COLUMNS)
+    assert len(saved) == config["plan"]["rows"] and plan_hash(saved) == config["plan"]["hash"]
+    assert read_config(tmp_path / "run") == config
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([CONFIG_FILE, PLAN_FILE])
+
+
+def test_a_plan_write_that_fails_half_way_leaves_no_plan_file(tiny_store, tmp_path, monkeypatch):
+    def half_then_disk_full(frame, path, **kwargs):
+        Path(path).write_bytes(b"PAR1 half a plan")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        start_run(tiny_store, tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []  # neither a torn plan.parquet nor a temp file

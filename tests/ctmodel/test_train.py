@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli import model_app
-from conftest import build_store, phantom, ras_affine
+from conftest import build_store, one_line_error, phantom, ras_affine
 from ctmodel.checkpoint import load_run
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import METRIC_COLUMNS
@@ -128,13 +128,6 @@ def test_plan_of_another_store_or_without_slices_is_refused(tiny_store):
     val_plan = make_plan(index, PlanConfig(split="val"))
     with pytest.raises(PlanError, match="non-train cases"):
         check_plan(val_plan.slices, val_plan.params, index, tiny_store, "plan.parquet")
-
-
-def one_line_error(result) -> str:
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def test_cli_bad_input_is_one_line(tiny_store, tmp_path):
