@@ -2,68 +2,19 @@
 calls one library function and prints its summary. Library imports are lazy so `--help` stays fast."""
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-
-def _docs_metavars(params: list) -> list:
-    """Help that reads like the docs: arguments as their NAME, flags (on/off options and help) without a type."""
-    for param in params:
-        if param.metavar is None and isinstance(param, TyperArgument):
-            param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
-        elif param.metavar is None and getattr(param, "is_flag", False):
-            param.metavar = ""
-    return params
-
-
-class Command(TyperCommand):
-    """A command whose usage line reads `[OPTIONS] RAW STORE`, as docs/cli.md does."""
-
-    def get_params(self, ctx: typer.Context) -> list:
-        return _docs_metavars(super().get_params(ctx))
-
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
-        arguments = [p for p in self.get_params(ctx) if isinstance(p, TyperArgument)]
-        return [self.options_metavar or "", *(p.metavar for p in arguments)]
-
-
-class App(TyperGroup):
-    """An app whose one --debug also works after the command (`ctprep convert RAW STORE --debug`)."""
-
-    def get_params(self, ctx: typer.Context) -> list:
-        return _docs_metavars(super().get_params(ctx))
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        end = args.index("--") if "--" in args else len(args)
-        if "--debug" in args[:end]:
-            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
-        return super().parse_args(ctx, args)
-
+from ctprep.cli_support import (App, BatchSizeOption, CheckpointOption, Command, DebugOption, DeviceOption,
+                                GridOption, RunArgument, SplitChoiceOption, SplitOption, StoreArgument,
+                                ToleranceOption, VersionOption, WorkersOption, errors, warn)
 
 prep_app = typer.Typer(cls=App, no_args_is_help=True, help="Convert NIfTI chest CTs into a Zarr slice store.")
 sample_app = typer.Typer(cls=App, no_args_is_help=True, help="Splits, imbalance statistics and balanced slice plans.")
 model_app = typer.Typer(cls=App, no_args_is_help=True, help="Train, evaluate and predict with 2.5D U-Nets.")
-
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors (also "
-                                                           "accepted after the command).")]
-
-
-def _version(value: bool) -> None:
-    if value:
-        from ctprep import __version__
-
-        typer.echo(f"ctstack {__version__}")
-        raise typer.Exit()
-
-
-VersionOption = Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                       help="Print the version and exit.")]
 
 
 @prep_app.callback()
@@ -84,49 +35,6 @@ def _model(ctx: typer.Context, debug: DebugOption = False, version: VersionOptio
     ctx.obj = {"debug": debug}
 
 
-@contextmanager
-def errors(ctx: typer.Context, inputs: tuple[Optional[Path], ...] = (),
-           stores: tuple[Path, ...] = ()) -> Iterator[None]:
-    """Run a command's library call under the one exit-code scheme of every command, and print one line on error.
-
-    Exit codes: 0 success; 1 the data, store, run or a case is wrong or damaged (a CtstackError, including a full
-    disk, a read-only file system or denied access while writing); 2 the command line is wrong (UsageError: bad
-    option values, conflicting options, an input path that does not exist). Click's own usage errors also exit 2.
-    ``inputs`` (files or folders) and ``stores`` are checked to exist first; None entries (unset options) are
-    skipped. With --debug the error keeps its traceback.
-    """
-    from ctprep.errors import CtstackError, UsageError, storage_error
-
-    try:
-        _check_inputs(inputs, stores)
-        try:
-            yield
-        except OSError as err:
-            mapped = storage_error(err)
-            if mapped is None:
-                raise
-            raise mapped from err
-    except CtstackError as err:
-        if ctx.obj and ctx.obj.get("debug"):
-            raise
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
-
-
-def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path, ...]) -> None:
-    """UsageError (exit 2) for the first input path or store that does not exist."""
-    from ctprep.errors import UsageError
-
-    for path in inputs:
-        if path is not None and not os.path.lexists(path):
-            raise UsageError(f"{path}: no such file or folder (expected an existing path, found nothing); "
-                             "check the path")
-    for path in stores:
-        if not os.path.lexists(path):
-            raise UsageError(f"{path}: no ctstack store there (expected an existing store, found nothing); check "
-                             f"the path, or make the store with `ctprep convert RAW {path}`")
-
-
 # ---------------------------------------------------------------- ctprep commands
 
 
@@ -139,8 +47,7 @@ def convert(
     window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
     size: Annotated[int, typer.Option(min=8, max=4096, help="Stored in-plane size S (pixels).")] = 256,
     dtype: Annotated[str, typer.Option(help="Stored image dtype: float16 (0..1) or uint8 (0..255).")] = "float16",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores; "
-                                                               "1 runs in-process).")] = None,
+    workers: WorkersOption = None,
     test: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help="Fraction of patients in the test split "
                                                                          "(default 0.2).")] = None,
     val: Annotated[Optional[float], typer.Option(min=0.0, max=0.99, help="Fraction of the other patients in val "
@@ -155,7 +62,7 @@ def convert(
 
     Example: ctprep convert raw/ store.zarr --size 256 --workers 4
     """
-    from ctprep.console import make_console, print_table
+    from ctprep.console import print_problems, print_table
     from ctprep.convert import ConvertConfig, convert as run_convert
     from ctprep.splits import SplitConfig
 
@@ -163,23 +70,15 @@ def convert(
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
                                                        split=split))
-    err = make_console(stderr=True)
-    for path in report.orphans:
-        err.print(f"warning: {path}: mask without an image; ignored")
-    for line in report.skipped_files:
-        err.print(f"warning: {line}")
-    for line in report.failed:
-        err.print(f"[red]failed:[/red] {line}", markup=True)
+    orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
+    print_problems([*orphans, *report.skipped_files], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
     if report.failed:
         raise typer.Exit(1)
 
 
 @prep_app.command(cls=Command)
-def info(
-    ctx: typer.Context,
-    store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
-) -> None:
+def info(ctx: typer.Context, store: StoreArgument) -> None:
     """Show a store's format, layout, cases, slices, lesion balance, splits and size on disk.
 
     Example: ctprep info store.zarr
@@ -193,11 +92,10 @@ def info(
     print_table("splits", ["split", "cases", "labeled", "unlabeled", "slices", "lesion slices"], summary.splits)
 
 
-
 @prep_app.command(cls=Command)
 def verify(
     ctx: typer.Context,
-    store: Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")],
+    store: StoreArgument,
     repair: Annotated[Optional[Path], typer.Option(help="Raw folder to re-convert damaged cases from (also "
                                                         "restores a missing root zarr.json).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --repair: convert processes.")] = None,
@@ -206,7 +104,7 @@ def verify(
 
     Example: ctprep verify store.zarr --repair raw/
     """
-    from ctprep.verify import repair as run_repair, verify as run_verify
+    from ctprep.verify import print_report, repair as run_repair, verify as run_verify
 
     with errors(ctx, inputs=(repair,)):
         if repair is None:
@@ -214,33 +112,9 @@ def verify(
         else:
             fixed = run_repair(store, repair, workers=workers)
             report = fixed.after
-    _print_verify(report, fixed)
+    print_report(report, fixed)
     if report.damaged or (fixed is not None and fixed.failed):
         raise typer.Exit(1)
-
-
-def _print_verify(report, fixed) -> None:
-    """Print what verify (and repair) found and did."""
-    from ctprep.console import print_table
-
-    if fixed is not None:
-        if fixed.restored_root:
-            typer.echo("restored root zarr.json from the cases' layout; split config is the default: re-run "
-                       "`ctsample split` if the store used other split options")
-        typer.echo(f"damaged before repair: {len(fixed.before.damaged_cases)}; re-converted: "
-                   f"{', '.join(fixed.reconverted) or 'none'}")
-        for case_id in fixed.not_in_raw:
-            typer.secho(f"warning: {case_id}: no source in RAW; left damaged", err=True, fg=typer.colors.YELLOW)
-        for line in fixed.failed:
-            typer.secho(f"failed: {line}", err=True, fg=typer.colors.RED)
-    if report.unrecorded:
-        typer.echo(f"{len(report.unrecorded)} cases have no recorded checksums (written by an older ctstack): "
-                   "checked for structure and lesion counts only")
-    if report.damaged:
-        print_table(f"damaged cases in {report.store_path}", ["case", "fault"],
-                    [(d.case_id, d.reason) for d in report.damaged])
-    typer.echo(f"{report.cases} cases checked, {len(report.damaged_cases)} damaged")
-
 
 
 @prep_app.command(cls=Command)
@@ -254,8 +128,7 @@ def demo(
     size: Annotated[int, typer.Option(min=32, max=2048, help="In-plane matrix in pixels (scanners: 512).")] = 512,
     max_slices: Annotated[Optional[int], typer.Option(min=4, help="Cap on slices per case for quick runs "
                                                                   "(slices get thicker).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores; "
-                                                               "1 runs in-process).")] = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -278,18 +151,11 @@ def demo(
 
 # ---------------------------------------------------------------- ctsample commands
 
-StoreArgument = Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")]
-
-
-def _ratio_text(value: float) -> str:
-    return "-" if value != value else f"{value:.2f}"  # NaN (no lesion slice) -> "-"
-
-
 @sample_app.command(cls=Command)
 def stats(
     ctx: typer.Context,
     store: StoreArgument,
-    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "all",
+    split: SplitChoiceOption = "all",
     neighbours: Annotated[int, typer.Option(min=0, help="Count empty slices within k of a lesion slice.")] = 1,
     plot: Annotated[Optional[Path], typer.Option(help="Write the per-patient distribution as a PNG.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Write the per-patient table as CSV.")] = None,
@@ -303,10 +169,7 @@ def stats(
 
     with errors(ctx, stores=(store,)):
         result = store_stats(store, split, neighbours, plot=plot, csv=csv)
-    print_table(f"ctsample stats {store} --split {split}: per patient",
-                ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty", f"neighbours (k={neighbours})"],
-                [(r.case_id, r.split, r.slices, r.lesion, r.empty, _ratio_text(r.ratio), f"{r.pct_empty:.1f}",
-                  r.neighbour_empty) for r in result.table.itertuples()])
+    print_table(f"ctsample stats {store} --split {split}: per patient", result.patient_headers(), result.patient_rows())
     print_table("overall", ["", "value"], result.overall_rows())
     if plot is not None:
         print(f"plot: {plot}")
@@ -335,7 +198,7 @@ def split(
     with errors(ctx, inputs=(splits,), stores=(store,)):
         report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
     for line in report.warnings:
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        warn(line)
     print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "unlabeled",
                                             "slices", "lesion slices"], report.rows())
 
@@ -347,7 +210,7 @@ def plan(
     ratio: Annotated[str, typer.Option(help="Target empty:lesion slices per patient; 0 = lesion slices (+ "
                                             "neighbours); natural = every slice.")] = "1.75",
     neighbours: Annotated[int, typer.Option(min=0, help="Empty slices within k of a lesion slice always taken.")] = 1,
-    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "train",
+    split: SplitChoiceOption = "train",
     epochs: Annotated[int, typer.Option(min=1, help="Plan epochs; fill drawn afresh in each.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the random fill.")] = 0,
     strict: Annotated[bool, typer.Option(help="Sample neighbours down when they alone exceed the ratio.")] = False,
@@ -359,43 +222,22 @@ def plan(
 
     Example: ctsample plan store.zarr --ratio 1.75 --neighbours 1 --epochs 50
     """
-    from ctsample.plan import PlanConfig, parse_ratio, plan_store
+    from ctprep.console import print_table
+    from ctsample.plan import (OFF_TARGET_HEADERS, SUMMARY_HEADERS, PlanConfig, off_target_rows, parse_ratio,
+                               plan_store, summary_rows)
 
     with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
                          strict=strict, lesion_free=lesion_free)
         made, path = plan_store(store, cfg, out)
-    _print_plan(store, made, cfg)
+    print_table(f"ctsample plan {store}: per epoch (target empty:lesion {cfg.ratio_name})", SUMMARY_HEADERS,
+                summary_rows(made))
+    if off_target := off_target_rows(made):
+        print_table("patients off the target, and why", OFF_TARGET_HEADERS, off_target)
     print(f"plan: {path} ({len(made.slices):,} rows, {cfg.epochs} epoch(s))")
 
 
-def _print_plan(store: Path, made, cfg) -> None:
-    """The plan's per-split summary and the patients off the target."""
-    from ctprep.console import print_table
-    from ctsample.plan import summary
-
-    target = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
-    print_table(f"ctsample plan {store}: per epoch (target empty:lesion {target})",
-                ["split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
-                 "ratio after", "unmet"],
-                [(r.split, r.patients, r.lesion_free, r.lesion, r.neighbour, r.fill, r.empty_before,
-                  _ratio_text(r.ratio_before), _ratio_text(r.ratio_after), r.unmet)
-                 for r in summary(made).itertuples()])
-    unmet = made.patients[made.patients["reason"] != ""]
-    if len(unmet):
-        print_table("patients off the target, and why", ["case", "lesion", "neighbour", "fill", "target", "reason"],
-                    [(r.case_id, r.lesion, r.neighbour, r.fill, r.target_empty, r.reason) for r in unmet.itertuples()])
-
-
 # ---------------------------------------------------------------- ctmodel commands
-
-CheckpointOption = Annotated[str, typer.Option(help="Which checkpoint of the run: best (highest val Dice) or last.")]
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")]
-SplitOption = Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")]
-ToleranceOption = Annotated[float, typer.Option(min=0.0, help="NSD surface tolerance in mm.")]
-GridOption = Annotated[str, typer.Option(help="Grid of the 3-D scores: native (the source files' voxels and "
-                                              "spacing, as challenges score) or store (the resized arrays, fast).")]
-
 
 @model_app.command(cls=Command)
 def train(
@@ -446,41 +288,28 @@ def train(
     """
     from ctmodel.config import configs_from_options
     from ctmodel.train import train as run_train
+    from ctprep.console import print_table
     from ctsample.plan import parse_ratio
 
     given = [name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"]
     with errors(ctx, inputs=(plan,), stores=(store,)):
         model_cfg, train_cfg, explicit = configs_from_options({**ctx.params, "ratio": parse_ratio(ratio)}, given)
         result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit)
-    _print_train(result)
-
-
-def _print_train(result) -> None:
-    """The run's summary table and the files it wrote."""
-    from ctprep.console import print_table
-
-    s = result.summary
-    print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], [
-        ("model", f"{s['model']} (width {s['width']})"), ("parameters", s["parameters"]),
-        ("epochs", s["epochs"]), ("best epoch", s["best_epoch"]), ("best val Dice 3-D", s["best_val_dice_3d"]),
-        ("final val Dice 3-D", s["final_val_dice_3d"]), ("final val slice Dice", s["final_val_dice_slice"]),
-        ("samples/s", s["samples_per_s"]), ("train seconds", s["train_seconds"]),
-        ("peak memory MiB", s["peak_memory_mb"])])
-    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
-        typer.echo(f"{name}: {result.run_dir / name}")
+    print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], result.summary_rows())
+    for name, path in result.files():
+        typer.echo(f"{name}: {path}")
 
 
 @model_app.command(cls=Command)
 def evaluate(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],
+    run: RunArgument,
     store: Annotated[Path, typer.Argument(help="Slice store with the run's layout (window, size, dtype).")],
     split: SplitOption = "test",
     checkpoint: CheckpointOption = "best",
     tolerance: ToleranceOption = 1.0,
     device: DeviceOption = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per forward pass (default: 32 on a "
-                                                                   "GPU, 4 on the CPU: the fastest measured).")] = None,
+    batch_size: BatchSizeOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Per-case CSV (default RUN/eval-SPLIT.csv); "
                                                      "the summary JSON goes beside it.")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of the best, median and "
@@ -502,7 +331,7 @@ def evaluate(
                              batch_size=batch_size, grid=grid)
         result = run_evaluate(run, store, cfg, out=out, figures=figures)
     for line in result.warnings:
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        warn(line)
     print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
                 ["metric", "mean ± sd", "median"], summary_rows(result.summary))
     typer.echo(f"per-case CSV: {result.csv_path}\nsummary JSON: {result.json_path}")
@@ -537,15 +366,14 @@ def compare(
 @model_app.command(cls=Command)
 def predict(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")],
+    run: RunArgument,
     input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz scan or a folder of them (NAME_0000 -> NAME).")],
     output: Annotated[Path, typer.Argument(help="Output .nii/.nii.gz file, or a folder when INPUT is one.")],
     checkpoint: CheckpointOption = "best",
     device: DeviceOption = "auto",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
     probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per forward pass (default: 32 on a "
-                                                                   "GPU, 4 on the CPU: the fastest measured).")] = None,
+    batch_size: BatchSizeOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (an input is never "
                                                                 "overwritten).")] = False,
 ) -> None:
@@ -554,14 +382,13 @@ def predict(
     Example: ctmodel predict runs/dual imagesTs/ predictions/
     """
     from ctmodel.predict import PredictConfig, predict as run_predict
-    from ctprep.console import make_console, print_table
+    from ctprep.console import print_problems, print_table
 
     with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
                             probabilities=probabilities, batch_size=batch_size, overwrite=overwrite)
         report = run_predict(run, input, output, cfg)
-    for line in report.failed:
-        make_console(stderr=True).print(f"[red]failed:[/red] {line}", markup=True)
+    print_problems(failed=report.failed)
     if report.results:
         print_table("scans", ["output", "slices", "seconds", "lesion mL"], report.rows())
     print_table(f"ctmodel predict -> {output}", ["", "value"], report.summary_rows())

@@ -31,6 +31,7 @@ from ctprep.demo import DemoConfig, make_demo
 from ctprep.index import read_index
 from ctsample.plan import PlanConfig, make_plan, save_plan, summary
 from ctprep.splits import SplitConfig
+from timing import add_demo_options
 
 MODELS = ("unet2d", "dual-encoder")
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args() -> argparse.Namespace:
     """Command-line options (defaults: ~20 min on 2 CPU cores, a few minutes on one GPU)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=24, help="demo patients")
-    parser.add_argument("--demo-size", type=int, default=256, help="in-plane matrix of the demo NIfTI files")
-    parser.add_argument("--max-slices", type=int, default=120, help="cap on slices per demo case")
-    parser.add_argument("--size", type=int, default=96, help="stored in-plane size S the networks see")
+    add_demo_options(parser, cases=24, demo_size=256, slices=120, size=96)
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--step-size", type=int, default=12, help="StepLR: epochs between x0.1 drops")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -6,23 +6,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ctprep.index import build_index, read_index, write_index
 from ctprep.store import StoreLayout, create_or_open, write_case
-
-
-def best_of(fn, rounds: int = 5) -> float:
-    """Best wall time of ``rounds`` calls, in seconds."""
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of
 
 
 def main(n_cases: int = 200) -> None:
@@ -36,8 +26,8 @@ def main(n_cases: int = 200) -> None:
             write_case(path, f"c{i:04d}", image, mask, {"n_slices": 64, "lesion_pixels": mask.sum((1, 2)).tolist(),
                                                         "source_lesion_voxels": [0] * 64, "geometry": {}})
         write_index(path, build_index(store, {f"c{i:04d}": "train" for i in range(n_cases)}))
-        base = best_of(lambda: read_index(path, check=False))
-        checked = best_of(lambda: read_index(path, check=True))
+        base, _ = best_of(lambda: read_index(path, check=False), 5)
+        checked, _ = best_of(lambda: read_index(path, check=True), 5)
     print(f"{n_cases} cases, {n_cases * 64} index rows")
     print(f"read_index without check (baseline): {base * 1e3:.1f} ms")
     print(f"read_index with damage check:        {checked * 1e3:.1f} ms  "

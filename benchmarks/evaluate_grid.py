@@ -27,15 +27,13 @@ from ctmodel.nets import build_model
 from ctprep.convert import ConvertConfig, convert
 from ctprep.demo import DemoConfig, make_demo
 from ctprep.store import SliceStore
+from timing import add_demo_options
 
 
 def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=3, help="demo cases (all are scored)")
-    parser.add_argument("--demo-size", type=int, default=512, help="in-plane matrix of the source scans")
-    parser.add_argument("--slices", type=int, default=60, help="cap on slices per source scan")
-    parser.add_argument("--size", type=int, default=256, help="stored in-plane size S")
+    add_demo_options(parser, cases=3, demo_size=512, slices=60, size=256, slices_flag="--slices")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args()
 

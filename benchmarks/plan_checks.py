@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import time
 
 import pandas as pd
 
@@ -18,22 +17,13 @@ from benchmarks.plan import synthetic_index
 from ctprep.index import index_fingerprint
 from ctsample.plan import PlanConfig, make_plan
 from ctsample.planfile import check_for_store
+from timing import best_of
 
 
 def old_fingerprint(index: pd.DataFrame) -> str:
     """The fingerprint before issue 11: case ids and slice counts only."""
     per_case = index.groupby("case_id", sort=True)["n_slices"].first()
     return hashlib.sha256(";".join(f"{c}:{n}" for c, n in per_case.items()).encode()).hexdigest()[:16]
-
-
-def best_of(repeat: int, fn) -> float:
-    """Best wall time of ``repeat`` calls, in seconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -46,11 +36,11 @@ def main() -> None:
     index = synthetic_index(args.patients, args.slices)
     plan = make_plan(index, PlanConfig(epochs=args.epochs))
     figures = {
-        "make_plan (baseline)": best_of(args.repeat, lambda: make_plan(index, PlanConfig(epochs=args.epochs))),
-        "old fingerprint (baseline)": best_of(args.repeat, lambda: old_fingerprint(index)),
-        "index_fingerprint v2": best_of(args.repeat, lambda: index_fingerprint(index)),
+        "make_plan (baseline)": best_of(lambda: make_plan(index, PlanConfig(epochs=args.epochs)), args.repeat)[0],
+        "old fingerprint (baseline)": best_of(lambda: old_fingerprint(index), args.repeat)[0],
+        "index_fingerprint v2": best_of(lambda: index_fingerprint(index), args.repeat)[0],
         "check_for_store (rows + fingerprint + cases)": best_of(
-            args.repeat, lambda: check_for_store(plan.slices, plan.params, index, "plan.parquet", "store.zarr")),
+            lambda: check_for_store(plan.slices, plan.params, index, "plan.parquet", "store.zarr"), args.repeat)[0],
     }
     print(f"{len(index):,} index rows, {len(plan.slices):,} plan rows ({args.epochs} epochs), best of {args.repeat}")
     for name, seconds in figures.items():

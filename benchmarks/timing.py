@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmark scripts (imported as a sibling module: scripts run from this folder)."""
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable, TypeVar
 
@@ -15,3 +16,13 @@ def best_of(fn: Callable[[], T], repeats: int = 3) -> tuple[float, T]:
         result = fn()
         times.append(time.perf_counter() - start)
     return min(times), result
+
+
+def add_demo_options(parser: argparse.ArgumentParser, cases: int, demo_size: int, slices: int, size: int,
+                     slices_flag: str = "--max-slices") -> argparse.ArgumentParser:
+    """The options of a benchmark that builds a demo store: patients, source matrix, slice cap, stored size S."""
+    parser.add_argument("--cases", type=int, default=cases, help="demo patients")
+    parser.add_argument("--demo-size", type=int, default=demo_size, help="in-plane matrix of the demo NIfTI files")
+    parser.add_argument(slices_flag, type=int, default=slices, help="cap on slices per demo case")
+    parser.add_argument("--size", type=int, default=size, help="stored in-plane size S")
+    return parser

@@ -26,10 +26,10 @@ from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_m
 from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.runfolder import (CHECKPOINT_FILES, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE, build_plan,
-                               check_new_run_dir, check_plan, default_run_dir, plan_epochs, read_config,
-                               read_plan_file, read_run_plan, resume_configs, run_lock, val_cases, with_plan_rule,
-                               write_config, write_summary)
+from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
+                               SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
+                               read_config, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
+                               with_plan_rule, write_config, write_summary)
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
@@ -71,6 +71,21 @@ class TrainResult:
     run_dir: Path
     summary: dict
     rows: list[dict]
+
+    def summary_rows(self) -> list[tuple[str, object]]:
+        """The summary as `ctmodel train` prints it: model, size, epochs, Dice, speed and memory."""
+        s = self.summary
+        return [("model", f"{s['model']} (width {s['width']})"), ("parameters", s["parameters"]),
+                ("epochs", s["epochs"]), ("best epoch", s["best_epoch"]), ("best val Dice 3-D", s["best_val_dice_3d"]),
+                ("final val Dice 3-D", s["final_val_dice_3d"]), ("final val slice Dice", s["final_val_dice_slice"]),
+                ("samples/s", s["samples_per_s"]), ("train seconds", s["train_seconds"]),
+                ("peak memory MiB", s["peak_memory_mb"])]
+
+    def files(self) -> list[tuple[str, Path]]:
+        """(name, path) of the files the run folder holds, in the order `ctmodel train` lists them."""
+        names = (CONFIG_FILE, METRICS_FILE, CURVES_FILE, CHECKPOINT_FILES["best"], CHECKPOINT_FILES["last"],
+                 SUMMARY_FILE)
+        return [(name, self.run_dir / name) for name in names]
 
 
 def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),

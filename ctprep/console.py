@@ -51,9 +51,24 @@ def rate_text(done: float, seconds: float, unit: str) -> str:
     return f"{done / seconds:.1f} {unit}/s" if seconds > 0 and done > 0 else ""
 
 
-def ratio_text(empty_per_lesion: float) -> str:
-    """An empty:lesion ratio as '1.776', or 'no lesion slices' where it is NaN (nothing to divide by)."""
-    return "no lesion slices" if empty_per_lesion != empty_per_lesion else f"{empty_per_lesion:.3f}"
+def ratio_text(value: float, missing: str = "no lesion slices", digits: int = 3) -> str:
+    """A ratio such as empty:lesion with ``digits`` decimals ('1.776'), or ``missing`` where it is NaN (no lesion slice
+    to divide by). Summaries say 'no lesion slices'; table cells use ``missing="-", digits=2``."""
+    return missing if value != value else f"{value:.{digits}f}"
+
+
+def echo(text: str, err: bool = False, style: str | None = None) -> None:
+    """Print ``text`` as it is (no markup) and a newline, to stderr with ``err``; in ``style`` on a terminal."""
+    make_console(stderr=err).print(text, style=style, markup=False, emoji=False)
+
+
+def print_problems(warnings: Iterable[str] = (), failed: Iterable[str] = ()) -> None:
+    """Print each ``warning: line``, then each ``failed: line`` ('failed:' red on a terminal), to stderr."""
+    err = make_console(stderr=True)
+    for line in warnings:
+        err.print(f"warning: {line}")
+    for line in failed:
+        err.print(f"[red]failed:[/red] {line}", markup=True)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "it",

@@ -14,7 +14,7 @@ import numpy as np
 from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
-from ctprep.console import track
+from ctprep.console import echo, print_table, track
 from ctprep.errors import StoreFormatError, StoreNotFoundError, UsageError
 from ctprep.lock import store_lock
 from ctprep.shards import case_faults, file_sha256
@@ -171,6 +171,27 @@ def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bo
     return RepairReport(before, verify(store_path, progress), restored,
                         reconverted=[c for c in damaged if c in converted.converted],
                         not_in_raw=[c for c in damaged if c not in in_raw], failed=list(converted.failed))
+
+
+def print_report(report: VerifyReport, fixed: RepairReport | None = None) -> None:
+    """Print what verify (and, when given, repair) found and did: `ctprep verify`'s output."""
+    if fixed is not None:
+        if fixed.restored_root:
+            echo("restored root zarr.json from the cases' layout; split config is the default: re-run "
+                 "`ctsample split` if the store used other split options")
+        echo(f"damaged before repair: {len(fixed.before.damaged_cases)}; re-converted: "
+             f"{', '.join(fixed.reconverted) or 'none'}")
+        for case_id in fixed.not_in_raw:
+            echo(f"warning: {case_id}: no source in RAW; left damaged", err=True, style="yellow")
+        for line in fixed.failed:
+            echo(f"failed: {line}", err=True, style="red")
+    if report.unrecorded:
+        echo(f"{len(report.unrecorded)} cases have no recorded checksums (written by an older ctstack): "
+             "checked for structure and lesion counts only")
+    if report.damaged:
+        print_table(f"damaged cases in {report.store_path}", ["case", "fault"],
+                    [(d.case_id, d.reason) for d in report.damaged])
+    echo(f"{report.cases} cases checked, {len(report.damaged_cases)} damaged")
 
 
 def _set_aside(store_path: Path, case_id: str) -> None:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ctprep import __version__
 from ctprep.atomic import replacing
+from ctprep.console import ratio_text
 from ctprep.errors import PlanError, PlanNotFoundError, UsageError
 from ctprep.index import index_fingerprint, read_index
 from ctprep.outputs import check_output
@@ -31,6 +32,9 @@ METADATA_KEY = b"ctstack.plan"
 PLANS_DIR = "plans"
 REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
                   "ratio_target", "ratio_after", "planned", "reason")
+SUMMARY_HEADERS = ("split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
+                   "ratio after", "unmet")  # the columns of summary_rows, as `ctsample plan` prints them
+OFF_TARGET_HEADERS = ("case", "lesion", "neighbour", "fill", "target", "reason")  # of off_target_rows
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class PlanConfig:
             raise UsageError(f"--epochs {self.epochs}: expected 1 or more")
         if not 0.0 <= self.lesion_free <= 1.0:
             raise UsageError(f"--lesion-free {self.lesion_free}: expected a fraction in [0, 1]")
+
+    @property
+    def ratio_name(self) -> str:
+        """The target ratio as written in plan file names and summaries: '1.75', or 'natural'."""
+        return "natural" if self.ratio is None else f"{self.ratio:g}"
 
 
 @dataclass
@@ -235,11 +244,23 @@ def summary(plan: Plan) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def summary_rows(plan: Plan) -> list[tuple]:
+    """``summary`` as `ctsample plan` prints it (SUMMARY_HEADERS): ratios to 2 decimals, '-' without lesion slices."""
+    return [(r.split, r.patients, r.lesion_free, r.lesion, r.neighbour, r.fill, r.empty_before,
+             ratio_text(r.ratio_before, "-", 2), ratio_text(r.ratio_after, "-", 2), r.unmet)
+            for r in summary(plan).itertuples()]
+
+
+def off_target_rows(plan: Plan) -> list[tuple]:
+    """The patients the plan leaves off the target, and why (OFF_TARGET_HEADERS); none when every target is met."""
+    unmet = plan.patients[plan.patients["reason"] != ""]
+    return [(r.case_id, r.lesion, r.neighbour, r.fill, r.target_empty, r.reason) for r in unmet.itertuples()]
+
+
 def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
     """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict].parquet."""
-    ratio = "natural" if cfg.ratio is None else f"{cfg.ratio:g}"
     strict = "-strict" if cfg.strict else ""
-    return Path(store_path) / PLANS_DIR / f"{cfg.split}-r{ratio}-k{cfg.neighbours}-e{cfg.epochs}-s{cfg.seed}{strict}.parquet"
+    return Path(store_path) / PLANS_DIR / f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}-s{cfg.seed}{strict}.parquet"
 
 
 def save_plan(plan: Plan, path: Path) -> Path:

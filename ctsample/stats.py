@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ctprep.atomic import replacing, write_text
+from ctprep.console import ratio_text
 from ctprep.errors import UsageError
 from ctprep.index import read_index
 from ctprep.outputs import check_output, check_outputs
@@ -25,10 +26,21 @@ class StoreStats:
 
     table: pd.DataFrame  # STAT_COLUMNS, one row per labeled patient
     unlabeled: int
+    neighbours: int = 1  # the k of the table's neighbour_empty column
 
     def overall_rows(self) -> list[tuple[str, object]]:
         """The headline rows (see ``overall_rows``)."""
         return overall_rows(self.table, self.unlabeled)
+
+    def patient_headers(self) -> list[str]:
+        """The columns of ``patient_rows``, as `ctsample stats` prints them."""
+        return ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
+                f"neighbours (k={self.neighbours})"]
+
+    def patient_rows(self) -> list[tuple]:
+        """One printed row per labeled patient: the ratio to 2 decimals ('-' without lesion slices), % empty to 1."""
+        return [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
+                 r.neighbour_empty) for r in self.table.itertuples()]
 
 
 def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot: Path | None = None,
@@ -47,7 +59,7 @@ def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot:
         plot_stats(table, plot, f"{Path(store_path).name}: {split} split, {len(table)} labeled patients")
     if csv is not None:
         save_stats_csv(table, csv)
-    return StoreStats(table, unlabeled_patients(index, split))
+    return StoreStats(table, unlabeled_patients(index, split), neighbours)
 
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:

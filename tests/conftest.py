@@ -117,9 +117,10 @@ def save_random_run(run_dir: Path, layout: StoreLayout) -> Path:
     return run_dir
 
 
-def one_line_error(result) -> str:
-    """The only line a CliRunner result printed (failing the test on a traceback or on several lines)."""
+def one_line_error(result, stream: str = "output") -> str:
+    """The only line a CliRunner result printed on ``stream`` ("output": both, or "stderr"), failing the test on a
+    traceback or on several lines."""
     assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in getattr(result, stream).splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     return lines[0]

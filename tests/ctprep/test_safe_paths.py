@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import phantom, ras_affine, save_nifti
+from conftest import one_line_error, phantom, ras_affine, save_nifti
 from typer.testing import CliRunner
 
 from cli import prep_app
@@ -34,13 +34,6 @@ def victim(tmp_path: Path) -> Path:
     return outside
 
 
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def test_a_partial_that_is_a_link_is_refused_and_what_it_points_to_survives(tmp_path):
     outside = victim(tmp_path)
     store = tmp_path / "s.zarr"
@@ -49,7 +42,7 @@ def test_a_partial_that_is_a_link_is_refused_and_what_it_points_to_survives(tmp_
         (store / PARTIAL).rmdir()  # empty after a clean run
     (store / PARTIAL).symlink_to(outside, target_is_directory=True)
     result = runner.invoke(prep_app, ["convert", str(tmp_path / "raw"), str(store), "--size", "16"])
-    assert result.exit_code == 1 and "symbolic link" in one_error_line(result)
+    assert result.exit_code == 1 and "symbolic link" in one_line_error(result, "stderr")
     assert (outside / "results" / "scores.csv").read_text() == "case,dice\n"
 
 
@@ -87,7 +80,7 @@ def test_converting_into_a_regular_file_is_one_line_exit_1(tmp_path):
     target = tmp_path / "store.zarr"
     target.write_text("not a store")
     result = runner.invoke(prep_app, ["convert", str(write_raw(tmp_path / "raw")), str(target), "--size", "16"])
-    assert result.exit_code == 1 and "expected a folder or a new path, found a file" in one_error_line(result)
+    assert result.exit_code == 1 and "expected a folder or a new path, found a file" in one_line_error(result, "stderr")
     assert target.read_text() == "not a store"
 
 
