@@ -17,22 +17,13 @@ sample_app = typer.Typer(cls=App, no_args_is_help=True, help="Splits, imbalance 
 model_app = typer.Typer(cls=App, no_args_is_help=True, help="Train, evaluate and predict with 2.5D U-Nets.")
 
 
-@prep_app.callback()
-def _prep(ctx: typer.Context, debug: DebugOption = False, version: VersionOption = None) -> None:
-    """Convert NIfTI chest CTs into a Zarr slice store."""
+def _app_options(ctx: typer.Context, debug: DebugOption = False, version: VersionOption = None) -> None:
+    """Options every app takes before (or, for --debug, after) its command."""
     ctx.obj = {"debug": debug}
 
 
-@sample_app.callback()
-def _sample(ctx: typer.Context, debug: DebugOption = False, version: VersionOption = None) -> None:
-    """Splits, imbalance statistics and balanced slice plans."""
-    ctx.obj = {"debug": debug}
-
-
-@model_app.callback()
-def _model(ctx: typer.Context, debug: DebugOption = False, version: VersionOption = None) -> None:
-    """Train, evaluate and predict with 2.5D U-Nets."""
-    ctx.obj = {"debug": debug}
+for _app in (prep_app, sample_app, model_app):  # each app needs a callback, or a one-command app eats the name
+    _app.callback()(_app_options)
 
 
 # ---------------------------------------------------------------- ctprep commands
