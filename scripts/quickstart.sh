@@ -2,8 +2,8 @@
 # The main job end to end on the built-in demo data:
 #   demo CTs -> ctprep convert -> ctsample stats + plan -> ctmodel train -> evaluate -> predict one scan.
 #
-#   scripts/quickstart.sh            # ~10 min on 2 CPU cores (a few minutes on a GPU)
-#   scripts/quickstart.sh --small    # a 1-2 minute smoke run (what CI runs, so this file cannot rot)
+#   scripts/quickstart.sh            # 9 min on an idle 2-core machine (552 s measured; a few minutes on a GPU)
+#   scripts/quickstart.sh --small    # a 25 s smoke run (23 s measured; what CI runs, so this file cannot rot)
 #   scripts/quickstart.sh --dir DIR  # where everything goes (default: quickstart/, replaced if it exists)
 #
 # Every command below is the one a user types; the sizes are the only thing --small changes.
