@@ -1,10 +1,10 @@
 """Cost of the cheap damage check on index reads: read_index(check=True) vs read_index(check=False) (baseline).
 
-Run: PYTHONPATH=. python benchmarks/damage_check.py [N_CASES]
+Run: python benchmarks/damage_check.py [--cases 200]
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -35,4 +35,6 @@ def main(n_cases: int = 200) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=200, help="cases of 64 slices in the store")
+    main(parser.parse_args().cases)

@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctmodel.evaluate import EvaluateConfig, default_csv, evaluate, run_identity
+from ctmodel.evaluate import EvaluateConfig, evaluate, run_identity
+from ctmodel.runfolder import CHECKPOINT_FILES, CONFIG_FILE, SUMMARY_FILE, eval_csv
 from ctprep.errors import RunError
 from ctprep.store import SliceStore
 
@@ -58,8 +59,8 @@ def _read_json(path: Path) -> dict:
 
 def saved_evaluation(run_dir: Path, store_path: Path, cfg: EvaluateConfig) -> dict | None:
     """evaluate's summary JSON of this run when it was made from the same checkpoint, store and options."""
-    saved = _read_json(default_csv(run_dir, cfg.split).with_suffix(".json"))
-    checkpoint = Path(run_dir) / f"{cfg.checkpoint}.pt"
+    saved = _read_json(eval_csv(run_dir, cfg.split).with_suffix(".json"))
+    checkpoint = Path(run_dir) / CHECKPOINT_FILES[cfg.checkpoint]
     if not saved or not checkpoint.exists():
         return None
     identity = saved.get("identity", {})  # checkpoint size and mtime identify the weights without loading them
@@ -74,8 +75,8 @@ def compare_run(run_dir: Path, store_path: Path, cfg: EvaluateConfig, progress: 
     reused = summary is not None
     if summary is None:
         summary = evaluate(run_dir, store_path, cfg, progress=progress).summary
-    config = _read_json(run_dir / "config.json")
-    training = _read_json(run_dir / "summary.json")
+    config = _read_json(run_dir / CONFIG_FILE)
+    training = _read_json(run_dir / SUMMARY_FILE)
     if "parameters" not in training and "parameters" in config:
         training = {**training, "parameters": config["parameters"]}
     model = config.get("model", {}).get("name", "?") if isinstance(config.get("model"), dict) else "?"

@@ -41,8 +41,9 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
     if path.exists():
         rows = read_metrics(path)
         kept = rows[rows["epoch"] <= last_epoch]
-        write_text(path, kept.to_csv(index=False) if len(kept) else "")
-        if not len(kept):
+        if len(kept):
+            write_text(path, kept.to_csv(index=False))
+        else:
             path.unlink()
 
 

@@ -1,8 +1,8 @@
 """`ctmodel evaluate`: predict every labeled case of a split, score it in 3-D and per slice, write CSV + JSON.
 
-3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry as
-`ctmodel predict` writes it, against the source mask file at the source spacing); a case whose source mask is
-missing, changed or unreadable falls back to the store grid with one warning line. Slice-level scores are
+3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry by
+`ctmodel predict`'s numpy restore step, against the source mask file at the source spacing); a case whose source
+mask is missing, changed or unreadable falls back to the store grid with one warning line. Slice-level scores are
 always on the store grid. docs/metrics.md ("Which grid") has the details.
 
 Run: ctmodel evaluate runs/demo store.zarr --split test --figures figs/
@@ -21,6 +21,7 @@ from ctmodel.backends import Predictor, restore_numpy
 from ctmodel.config import check_inference
 from ctmodel.metrics import (CaseMetrics, SliceScores, case_metrics, dice, iou, slice_scores, surface_metrics,
                              volume_ml)
+from ctmodel.runfolder import eval_csv
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry
@@ -149,8 +150,8 @@ def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndar
 
 def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, threshold: float,
                    tolerance_mm: float, slices: SliceScores) -> CaseMetrics:
-    """3-D scores on the source grid: ``probs`` inverted exactly as `ctmodel predict` writes them, then
-    thresholded, against the source ``truth`` at the source spacing; ``slices`` (store grid) kept as given."""
+    """3-D scores on the source grid: ``probs`` inverted by predict's numpy restore step (the torch
+    path predict takes on a GPU matches it within 1e-5), then thresholded, against the source ``truth`` at the source spacing; ``slices`` (store grid) kept as given."""
     pred, spacing_mm = restore_numpy(probs, geom, threshold)[0].astype(bool), source_spacing_mm(geom)
     surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
     return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
@@ -275,11 +276,6 @@ def run_identity(run_dir: Path, checkpoint: Path, epoch: int, store: SliceStore,
             "tolerance_mm": cfg.tolerance_mm, "threshold": cfg.threshold, "grid": cfg.grid}
 
 
-def default_csv(run_dir: Path, split: str) -> Path:
-    """RUN/eval-<split>.csv."""
-    return Path(run_dir) / f"eval-{split}.csv"
-
-
 def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConfig(), out: Path | None = None,
              figures: Path | None = None, progress: bool = True) -> Evaluation:
     """`ctmodel evaluate`: load a checkpoint, evaluate the split, write CSV + JSON (+ overlay figures)."""
@@ -287,7 +283,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     from ctmodel.device import resolve_device
     from ctmodel.backends import model_predictor
 
-    csv_path = Path(out) if out else default_csv(run_dir, cfg.split)
+    csv_path = Path(out) if out else eval_csv(run_dir, cfg.split)
     if csv_path.suffix.lower() == ".json":
         raise UsageError(f"{csv_path}: expected a .csv path for --out, found .json (the summary JSON goes beside "
                          "the CSV and would replace it); name the CSV, e.g. eval.csv")

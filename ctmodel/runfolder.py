@@ -20,6 +20,7 @@ from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
 from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
+from ctsample.planfile import PLAN_COLUMNS
 
 CONFIG_FILE = "config.json"
 PLAN_FILE = "plan.parquet"
@@ -27,7 +28,7 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILES = {"best": "best.pt", "last": "last.pt"}  # checkpoint name -> file
-PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
+EVAL_FILE = "eval-{split}.csv"  # `ctmodel evaluate`'s per-case CSV; its summary JSON has the same stem
 
 
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
@@ -226,3 +227,8 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
     path = run_dir / SUMMARY_FILE
     write_text(path, json.dumps(summary, indent=2))
     return path
+
+
+def eval_csv(run_dir: Path, split: str) -> Path:
+    """RUN/eval-<split>.csv: where `ctmodel evaluate` writes by default (the summary JSON beside it)."""
+    return Path(run_dir) / EVAL_FILE.format(split=split)

@@ -102,9 +102,14 @@ def empty_per_lesion(labeled_slices: int, lesion_slices: int) -> float:
     return (labeled_slices - lesion_slices) / lesion_slices if lesion_slices else float("nan")
 
 
+def lost_slices(index: pd.DataFrame) -> pd.Series:
+    """Per row: a slice lost to resizing (labeled, lesion voxels on the source grid, an empty stored mask)."""
+    return index["labeled"] & (index["source_lesion_voxels"] > 0) & ~index["has_lesion"]
+
+
 def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:
-    """(slices, source lesion voxels) lost to resizing: labeled slices with source lesion but an empty stored mask."""
-    lost = index["labeled"] & (index["source_lesion_voxels"] > 0) & ~index["has_lesion"]
+    """(slices, source lesion voxels) lost to resizing (see ``lost_slices``)."""
+    lost = lost_slices(index)
     return int(lost.sum()), int(index.loc[lost, "source_lesion_voxels"].sum())
 
 

@@ -16,7 +16,7 @@ class StoreInfo:
     """A store's summary, as ``ctprep info`` prints it."""
 
     path: Path
-    format: str  # e.g. "ctstack-slice-store v1"
+    format: str  # e.g. "ctstack-slice-store v2"
     tool_version: str
     window_hu: tuple[float, float]
     size: int

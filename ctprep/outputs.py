@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 from ctprep.errors import UsageError
-from ctprep.lock import LOCK_FILE
-from ctprep.store import CASES, FORMAT_NAME, INDEX_FILE, PARTIAL
+from ctprep.store import FORMAT_NAME, RESERVED
 
 GROUP_FILE = "zarr.json"
-RESERVED_TOP = frozenset({INDEX_FILE, LOCK_FILE, CASES, PARTIAL})  # the store root's own entries
+RESERVED_TOP = frozenset(RESERVED)  # the store root's own entries
 ALLOWED_EXAMPLE = "plans/"  # where a file output inside a store may go
 
 

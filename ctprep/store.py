@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,10 +267,6 @@ class SliceStore:
 
         return read_index(self.path)
 
-    def describe(self) -> dict:
-        """Root attributes plus the layout, for printing and for run configs."""
-        return {**self.attrs, "path": str(self.path)}
-
 
 def root_attrs(path: Path) -> dict:
     """The root attributes of the ctstack store at ``path`` (any format version)."""
@@ -324,11 +320,6 @@ def _read(array: zarr.Array, slices: slice | np.ndarray | None) -> np.ndarray:
     if isinstance(slices, slice):
         return array[slices]
     return array.get_orthogonal_selection((np.asarray(slices, dtype=np.int64), slice(None), slice(None)))
-
-
-def layout_dict(layout: StoreLayout) -> dict:
-    """The layout as a plain dict (for configs)."""
-    return asdict(layout)
 
 
 def check_index_cases(store_path: Path, index) -> None:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 PRELOAD = ["ctprep.convert", "ctprep.demo"]  # imported once by the fork server: cheap starts, as with fork
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# forkserver where the platform has it (Linux, macOS); spawn elsewhere (Windows): never plain fork, whose children
+# inherit the parent's threads and locks
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")  # what makes a child re-run the caller's __main__
 
 
@@ -25,8 +28,9 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     A plain script without an ``if __name__ == "__main__":`` guard works: the workers never re-import it
     (see ``_without_main``). Workers use one BLAS thread each and exit when this process dies.
     """
-    context = multiprocessing.get_context("forkserver")  # forked from a clean single-threaded server
-    context.set_forkserver_preload(PRELOAD)
+    context = multiprocessing.get_context(START_METHOD)
+    if START_METHOD == "forkserver":  # forked from a clean single-threaded server that imported PRELOAD once
+        context.set_forkserver_preload(PRELOAD)
     with single_threaded_libraries(), _package_on_path(), _without_main(), ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         yield pool  # the executor starts workers lazily (in submit): the whole lifetime is covered
@@ -127,7 +131,11 @@ def exit_with_parent(owner_pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    """Whether process ``pid`` exists (signal 0 checks without sending anything on POSIX; on Windows, where
+    os.kill(pid, 0) would terminate it, the spawned worker asks multiprocessing about its parent, the owner)."""
+    if os.name == "nt":
+        parent = multiprocessing.parent_process()
+        return parent is None or parent.is_alive()
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

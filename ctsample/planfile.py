@@ -14,7 +14,6 @@ from ctprep.index import index_fingerprint
 
 ROLES = ("lesion", "neighbour", "fill")
 PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
-ROW_KEY = ["epoch", "case_id", "slice"]
 FINGERPRINT_KEYS = ("index_fingerprint", "store_fingerprint", "fingerprint")
 
 

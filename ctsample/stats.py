@@ -11,7 +11,7 @@ import pandas as pd
 from ctprep.atomic import replacing, write_text
 from ctprep.console import ratio_text
 from ctprep.errors import UsageError
-from ctprep.index import read_index
+from ctprep.index import lost_slices, read_index
 from ctprep.outputs import check_output, check_outputs
 from ctprep.splits import check_split_choice
 from ctsample.plan import classify, kind_counts, labeled_rows
@@ -72,7 +72,7 @@ def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) 
     empty = per_kind[1].to_numpy() + per_kind[2].to_numpy()
     first = slices.groupby("case")[["case_id", "split"]].first()
     voxels = rows["source_lesion_voxels"].to_numpy(np.int64)
-    lost = (voxels > 0) & ~rows["has_lesion"].to_numpy(bool)
+    lost = lost_slices(rows).to_numpy(bool)
     per_case = partial(np.bincount, slices["case"].to_numpy(), minlength=len(first))
     return pd.DataFrame({
         "case_id": first["case_id"].to_numpy(), "split": first["split"].to_numpy(),
