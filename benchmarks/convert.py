@@ -27,7 +27,8 @@ import nibabel as nib
 import numpy as np
 
 from ctprep import nifti
-from ctprep.convert import ConvertConfig, convert, disk_bytes
+from ctprep.convert import ConvertConfig, convert
+from ctprep.store import disk_bytes
 from ctprep.discover import find_cases
 
 

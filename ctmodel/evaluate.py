@@ -115,7 +115,7 @@ def source_spacing_mm(geom: CaseGeometry) -> tuple[float, float, float]:
 
 def check_unchanged(path: Path, recorded: dict) -> None:
     """CaseError unless ``path`` exists with the size and head/tail hash recorded at convert time (mtime ignored)."""
-    from ctprep.convert import file_fingerprint
+    from ctprep.sources import file_fingerprint
 
     try:
         current = file_fingerprint(path)

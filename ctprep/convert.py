@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctprep.atomic import remove_temp_files
-from ctprep.console import progress_bar, rate_text, ratio_text
+from ctprep.console import human_bytes, progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.index import build_index, empty_per_lesion, lost_to_resize, write_index
@@ -26,14 +26,15 @@ from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
 from ctprep.shards import case_faults
+from ctprep.sources import source_attrs
 from ctprep.splits import SplitConfig, assign_splits
-from ctprep.store import SliceStore, StoreLayout, clear_partial, create_or_open, update_root_attrs, write_case
+from ctprep.store import (SliceStore, StoreLayout, clear_partial, create_or_open, disk_bytes, update_root_attrs,
+                          write_case)
 from ctprep.window import encode, parse_window
 from ctprep.workers import process_pool
 
 CONVERTER_VERSION = 2  # bump when the stored arrays of an unchanged source would change: forces reconversion
 # 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
-FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each source file
 
 
 @dataclass(frozen=True)
@@ -120,26 +121,6 @@ class ConvertReport:
                 ("lesion voxels lost to resizing", self.lost_voxels),
                 ("empty:lesion", ratio_text(self.empty_per_lesion)), ("store size", human_bytes(self.store_bytes)),
                 ("workers", self.workers), ("seconds", round(self.seconds, 2))]
-
-
-def file_fingerprint(path: Path) -> dict:
-    """Size, mtime_ns and sha256 of the first and last MiB: cheap, and changes whenever the file does."""
-    stat = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(FINGERPRINT_BYTES))
-        if stat.st_size > FINGERPRINT_BYTES:
-            handle.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
-            digest.update(handle.read(FINGERPRINT_BYTES))
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
-
-
-def source_attrs(case: CaseSource) -> dict:
-    """Per-case 'source' attribute: absolute paths and fingerprints of the image and mask files."""
-    def one(path: Path | None) -> dict | None:
-        return None if path is None else {"path": str(Path(path).absolute()), **file_fingerprint(path)}
-
-    return {"image": one(case.image_path), "mask": one(case.mask_path)}
 
 
 def source_fingerprint(source: dict, layout: StoreLayout) -> str:
@@ -303,17 +284,3 @@ def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, sta
     report.lost_slices, report.lost_voxels = lost_to_resize(index)
     report.seconds = time.perf_counter() - start
     report.store_bytes = disk_bytes(store_path)
-
-
-def disk_bytes(path: Path) -> int:
-    """Bytes of every file below ``path``."""
-    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())
-
-
-def human_bytes(n_bytes: float) -> str:
-    """'12.3 MiB' style size."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    return ""

@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctprep.console import ratio_text
-from ctprep.convert import disk_bytes, human_bytes
+from ctprep.console import human_bytes, ratio_text
 from ctprep.index import empty_per_lesion
 from ctprep.splits import split_counts
-from ctprep.store import SliceStore
+from ctprep.store import SliceStore, disk_bytes
 
 
 @dataclass(frozen=True)

@@ -338,3 +338,8 @@ def check_index_cases(store_path: Path, index) -> None:
         faults = case_faults(store_path, str(case_id), size, int(rows))
         if faults:
             raise damage_error(store_path, faults)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file below ``path``."""
+    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())

@@ -1,0 +1,33 @@
+"""What a case's source files were when converted: absolute paths and cheap fingerprints (size, mtime, sha256 of
+the first and last MiB), recorded in the case's attributes; convert's resume rule and evaluate's native grid read
+them to tell an unchanged source from a changed one."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ctprep.discover import CaseSource
+
+FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each source file
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size, mtime_ns and sha256 of the first and last MiB: cheap, and changes whenever the file does."""
+    stat = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        if stat.st_size > FINGERPRINT_BYTES:
+            handle.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
+
+
+def source_attrs(case: CaseSource) -> dict:
+    """Per-case 'source' attribute: absolute paths and fingerprints of the image and mask files."""
+    def one(path: Path | None) -> dict | None:
+        return None if path is None else {"path": str(Path(path).absolute()), **file_fingerprint(path)}
+
+    return {"image": one(case.image_path), "mask": one(case.mask_path)}
+
