@@ -117,5 +117,7 @@ def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path, ...]) 
 
 
 def warn(line: str) -> None:
-    """Print ``warning: line`` to stderr, yellow on a terminal."""
-    typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+    """Print ``warning: line`` to stderr, yellow on a terminal (``ctprep.console.print_problems``)."""
+    from ctprep.console import print_problems
+
+    print_problems([line])

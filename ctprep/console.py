@@ -63,12 +63,13 @@ def echo(text: str, err: bool = False, style: str | None = None) -> None:
 
 
 def print_problems(warnings: Iterable[str] = (), failed: Iterable[str] = ()) -> None:
-    """Print each ``warning: line``, then each ``failed: line`` ('failed:' red on a terminal), to stderr."""
+    """Print each ``warning: line`` (yellow on a terminal), then each ``failed: line`` (red), to stderr; the lines
+    are printed as they are (a path holding ``[tag]`` is not read as markup). The one way the tools warn."""
     err = make_console(stderr=True)
     for line in warnings:
-        err.print(f"warning: {line}")
+        err.print(f"warning: {line}", style="yellow", markup=False, emoji=False, highlight=False)
     for line in failed:
-        err.print(f"[red]failed:[/red] {line}", markup=True)
+        err.print(f"failed: {line}", style="red", markup=False, emoji=False, highlight=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "it",

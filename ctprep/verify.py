@@ -14,7 +14,7 @@ import numpy as np
 from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
-from ctprep.console import echo, print_table, track
+from ctprep.console import echo, print_problems, print_table, track
 from ctprep.errors import StoreFormatError, StoreNotFoundError, UsageError
 from ctprep.lock import store_lock
 from ctprep.shards import case_faults, file_sha256
@@ -181,10 +181,7 @@ def print_report(report: VerifyReport, fixed: RepairReport | None = None) -> Non
                  "`ctsample split` if the store used other split options")
         echo(f"damaged before repair: {len(fixed.before.damaged_cases)}; re-converted: "
              f"{', '.join(fixed.reconverted) or 'none'}")
-        for case_id in fixed.not_in_raw:
-            echo(f"warning: {case_id}: no source in RAW; left damaged", err=True, style="yellow")
-        for line in fixed.failed:
-            echo(f"failed: {line}", err=True, style="red")
+        print_problems([f"{case_id}: no source in RAW; left damaged" for case_id in fixed.not_in_raw], fixed.failed)
     if report.unrecorded:
         echo(f"{len(report.unrecorded)} cases have no recorded checksums (written by an older ctstack): "
              "checked for structure and lesion counts only")
