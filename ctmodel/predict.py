@@ -170,11 +170,17 @@ def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, la
                   overwrite: bool = False) -> PredictReport:
     """Predict one file or every scan of a folder; a bad scan fails alone (one line in ``report.failed``).
 
-    Every output is checked before the first is written (``check_pairs``); existing ones need ``overwrite``.
+    Every output is checked before the first is written (``plan_outputs``); existing ones need ``overwrite``.
     """
+    pairs = plan_outputs(source, output, overwrite)
+    return predict_pairs(pairs, predictor, layout, threshold, probabilities, progress)
+
+
+def predict_pairs(pairs: list[tuple[Path, Path]], predictor: Predictor | Backend, layout: StoreLayout,
+                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True) -> PredictReport:
+    """Predict each (input, output) pair of a checked plan (``plan_outputs``), with a progress bar over scans."""
     from ctprep.console import track
 
-    pairs = plan_outputs(source, output, overwrite)
     report = PredictReport()
     items = track(pairs, "predict", unit="scan") if progress else pairs
     for src, dst in items:
@@ -191,9 +197,8 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
     from ctmodel.checkpoint import load_run
     from ctmodel.device import resolve_device
 
-    plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
+    pairs = plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
     backend = torch_backend(run.model, device, cfg.batch_size, cfg.precision)
-    return predict_paths(source, output, backend, run.layout, cfg.threshold, cfg.probabilities, progress,
-                         cfg.overwrite)
+    return predict_pairs(pairs, backend, run.layout, cfg.threshold, cfg.probabilities, progress)
