@@ -247,6 +247,11 @@ def train(
     depth: Annotated[int, typer.Option(help="Downsamplings (levels - 1); inputs padded to a multiple of 2**depth.")]
     = 4,
     context: Annotated[int, typer.Option(help="unet2d input: 1 = centre slice, 3 = z-1, z, z+1 stack.")] = 1,
+    block: Annotated[str, typer.Option(help="Conv block of every level: residual, or idc (Inception depthwise, "
+                                            "InceptionNeXt).")] = "residual",
+    fusion: Annotated[str, typer.Option(help="Dual encoder: learned (gated residual, every level), fixed (0.5/0.5), "
+                                             "concat (1x1 conv) or bottleneck (learned, deepest level only).")]
+    = "learned",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch).")] = 16,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (effective batch "

@@ -1,5 +1,7 @@
-"""Building blocks of the 2.5D U-Nets: ResidualConvBlock, FusionBlock, UpBlock."""
+"""Building blocks of the 2.5D U-Nets: the conv blocks (residual, idc), the fusions of the dual encoder, UpBlock."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,6 +26,56 @@ class ResidualConvBlock(nn.Module):
         return self.act(y + self.skip(x))
 
 
+class InceptionDWConv(nn.Module):
+    """InceptionNeXt's token mixer: identity | depthwise k x k | 1 x band | band x 1, each on a share of the channels.
+
+    Each conv branch takes ``max(1, int(channels * branch_ratio))`` channels, the identity the rest; bias-free
+    (InstanceNorm follows in IDCBlock).
+    """
+
+    def __init__(self, channels: int, square_kernel: int = 3, band_kernel: int = 11,
+                 branch_ratio: float = 0.125) -> None:
+        super().__init__()
+        group = max(1, int(channels * branch_ratio))
+        if 3 * group > channels:
+            raise ValueError(f"InceptionDWConv needs 3 or more channels (3 branches of 1), got {channels}")
+        self.split = (channels - 3 * group, group, group, group)
+        self.square = nn.Conv2d(group, group, square_kernel, padding=square_kernel // 2, groups=group, bias=False)
+        self.band_w = nn.Conv2d(group, group, (1, band_kernel), padding=(0, band_kernel // 2), groups=group, bias=False)
+        self.band_h = nn.Conv2d(group, group, (band_kernel, 1), padding=(band_kernel // 2, 0), groups=group, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_id, x_sq, x_w, x_h = torch.split(x, self.split, dim=1)
+        return torch.cat([x_id, self.square(x_sq), self.band_w(x_w), self.band_h(x_h)], dim=1)  # (B, C, H, W)
+
+
+class IDCBlock(nn.Module):
+    """The Inception depthwise block: act(IN(pw(act(IN(IDC(u))))) + u), u = P(x) (1x1-projected when channels change).
+
+    A drop-in for ResidualConvBlock (same constructor, same shapes); docs/model.md gives the exact definition.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.project = (nn.Identity() if in_channels == out_channels
+                        else nn.Conv2d(in_channels, out_channels, 1, bias=False))
+        self.mixer = InceptionDWConv(out_channels)
+        self.norm1 = nn.InstanceNorm2d(out_channels, affine=True)
+        self.pointwise = nn.Conv2d(out_channels, out_channels, 1, bias=False)
+        self.norm2 = nn.InstanceNorm2d(out_channels, affine=True)
+        self.act = nn.LeakyReLU(negative_slope, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.project(x)  # (B, C_in, H, W) -> (B, C_out, H, W)
+        y = self.act(self.norm1(self.mixer(u)))
+        y = self.norm2(self.pointwise(y))
+        return self.act(y + u)
+
+
+BlockFactory = Callable[[int, int], nn.Module]
+BLOCK_TYPES: dict[str, BlockFactory] = {"residual": ResidualConvBlock, "idc": IDCBlock}
+
+
 class FusionBlock(nn.Module):
     """Merge encoder A (centre slice) and B (stack) features of one level.
 
@@ -45,13 +97,41 @@ class FusionBlock(nn.Module):
         return a * a_feat + (1 - a) * b_feat + self.res_scale * mixed
 
 
-class UpBlock(nn.Module):
-    """Decoder step: 2x transposed-conv upsampling, concat with the skip, ResidualConvBlock."""
+class FixedFusion(nn.Module):
+    """The plain even blend, nothing learned: fused = 0.5 * A + 0.5 * B."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def forward(self, a_feat: torch.Tensor, b_feat: torch.Tensor) -> torch.Tensor:
+        return 0.5 * a_feat + 0.5 * b_feat
+
+
+class ConcatFusion(nn.Module):
+    """Concatenation and a bias-free 1x1 conv: fused = W @ concat(A, B), W: 2C -> C."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(2 * channels, channels, 1, bias=False)
+
+    def forward(self, a_feat: torch.Tensor, b_feat: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.cat([a_feat, b_feat], dim=1))  # (B, 2C, H, W) -> (B, C, H, W)
+
+
+def make_fusion(kind: str, channels: int) -> nn.Module:
+    """The fusion of one level named by ModelConfig.fusion (``bottleneck`` uses the learned FusionBlock)."""
+    if kind == "fixed":
+        return FixedFusion()
+    if kind == "concat":
+        return ConcatFusion(channels)
+    return FusionBlock(channels)
+
+
+class UpBlock(nn.Module):
+    """Decoder step: 2x transposed-conv upsampling, concat with the skip, a conv block (ResidualConvBlock default)."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int,
+                 block: BlockFactory = ResidualConvBlock) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-        self.block = ResidualConvBlock(out_channels + skip_channels, out_channels)
+        self.block = block(out_channels + skip_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, C_out, 2H, 2W)
@@ -59,12 +139,13 @@ class UpBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A ResidualConvBlock per level, 2x max-pooling between levels; returns every level's features."""
+    """A conv block per level (ResidualConvBlock default), 2x max-pooling between levels; returns every level's
+    features."""
 
-    def __init__(self, in_channels: int, channels: list[int]) -> None:
+    def __init__(self, in_channels: int, channels: list[int], block: BlockFactory = ResidualConvBlock) -> None:
         super().__init__()
         ins = [in_channels, *channels[:-1]]
-        self.blocks = nn.ModuleList(ResidualConvBlock(i, o) for i, o in zip(ins, channels))
+        self.blocks = nn.ModuleList(block(i, o) for i, o in zip(ins, channels))
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -78,9 +159,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Shared decoder: from the deepest features up, with a skip at every level, to one logit channel."""
 
-    def __init__(self, channels: list[int]) -> None:
+    def __init__(self, channels: list[int], block: BlockFactory = ResidualConvBlock) -> None:
         super().__init__()
-        self.ups = nn.ModuleList(UpBlock(channels[i + 1], channels[i], channels[i])
+        self.ups = nn.ModuleList(UpBlock(channels[i + 1], channels[i], channels[i], block)
                                  for i in reversed(range(len(channels) - 1)))
         self.head = nn.Conv2d(channels[0], 1, 1)
 

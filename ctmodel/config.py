@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from ctprep.errors import UsageError
 
 MODELS = ("dual-encoder", "unet2d")
+BLOCKS = ("residual", "idc")  # the conv block of every level (docs/model.md, "Blocks")
+FUSIONS = ("learned", "fixed", "concat", "bottleneck")  # dual encoder only (docs/model.md, "Fusion variants")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
 RESIDENCY = ("auto", "device", "host")
@@ -49,6 +51,8 @@ class ModelConfig:
     width: int = 12  # channels of the first level: 12, 24, 48, 96, 96 -> 1.48 M params (the study: ~1.6 M)
     depth: int = 4  # downsamplings (2**4 = 16x); inputs are padded to a multiple of 2**depth
     context: int = 1  # unet2d only: 1 = centre slice, 3 = the z-1, z, z+1 stack as channels
+    block: str = "residual"  # the conv block of every level; "idc" = InceptionNeXt's Inception depthwise block
+    fusion: str = "learned"  # dual encoder: the gated-residual FusionBlock at every level (the project's design)
 
     def __post_init__(self) -> None:
         check_choice("model", self.name, MODELS)
@@ -57,6 +61,14 @@ class ModelConfig:
             raise UsageError(f"--depth {self.depth}: expected 1..6 downsamplings")
         if self.context not in (1, 3):
             raise UsageError(f"--context {self.context}: expected 1 (centre slice) or 3 (slice stack)")
+        check_choice("block", self.block, BLOCKS)
+        check_choice("fusion", self.fusion, FUSIONS)
+        if self.block == "idc" and self.width < 3:
+            raise UsageError(f"--block idc --width {self.width}: expected a width of 3 or more (the Inception "
+                             "depthwise conv needs one channel per branch); raise --width")
+        if self.fusion != "learned" and self.name != "dual-encoder":
+            raise UsageError(f"--fusion {self.fusion}: expected --model dual-encoder (the only model that fuses); "
+                             "drop --fusion")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctmodel.blocks import Decoder, Encoder, FusionBlock
+from ctmodel.blocks import BLOCK_TYPES, Decoder, Encoder, make_fusion
 from ctmodel.config import ModelConfig
 
 
@@ -30,35 +30,39 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 class DualEncoderUNet(nn.Module):
-    """Encoder A on the centre slice, encoder B on the 3-slice stack, fused per level, one shared decoder."""
+    """Encoder A on the centre slice, encoder B on the 3-slice stack, fused per level (or only at the bottleneck,
+    skips then from encoder A), one shared decoder."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        channels = level_channels(cfg)
+        channels, block = level_channels(cfg), BLOCK_TYPES[cfg.block]
         self.multiple = 2**cfg.depth
-        self.encoder_a = Encoder(1, channels)
-        self.encoder_b = Encoder(3, channels)
-        self.fusion = nn.ModuleList(FusionBlock(c) for c in channels)
-        self.decoder = Decoder(channels)
+        self.encoder_a = Encoder(1, channels, block)
+        self.encoder_b = Encoder(3, channels, block)
+        fused_levels = channels[-1:] if cfg.fusion == "bottleneck" else channels
+        self.fusion = nn.ModuleList(make_fusion(cfg.fusion, c) for c in fused_levels)
+        self.decoder = Decoder(channels, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, self.multiple)  # (B, 3, H', W')
         feats_a = self.encoder_a(x[:, 1:2])  # centre slice (B, 1, H', W')
         feats_b = self.encoder_b(x)  # stack (B, 3, H', W')
-        fused = [fuse(a, b) for fuse, a, b in zip(self.fusion, feats_a, feats_b)]
-        return self.decoder(fused)[..., :height, :width]  # (B, 1, H, W)
+        skips = feats_a[:len(feats_a) - len(self.fusion)]  # encoder A's levels that no fusion covers (bottleneck)
+        fused = [fuse(a, b) for fuse, a, b in zip(self.fusion, feats_a[len(skips):], feats_b[len(skips):])]
+        return self.decoder([*skips, *fused])[..., :height, :width]  # (B, 1, H, W)
 
 
 class UNet2d(nn.Module):
-    """The baseline: the same blocks, one encoder, on the centre slice (or the stack with context=3)."""
+    """The baseline: the same blocks (cfg.block), one encoder, on the centre slice (or the stack with context=3)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         channels = level_channels(cfg)
         self.multiple = 2**cfg.depth
         self.context = cfg.context
-        self.encoder = Encoder(cfg.context, channels)
-        self.decoder = Decoder(channels)
+        block = BLOCK_TYPES[cfg.block]
+        self.encoder = Encoder(cfg.context, channels, block)
+        self.decoder = Decoder(channels, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, self.multiple)
