@@ -173,25 +173,32 @@ def split(
     test: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of patients in the test split.")] = 0.2,
     val: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of the other patients in val.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the (seed, case_id) hash.")] = 0,
-    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split[,fold] overriding the hash.")] = None,
+    folds: Annotated[Optional[int], typer.Option(min=0, help="K cross-validation folds of the labeled non-test "
+                                                             "patients (0 removes them; default: keep the store's K).")]
+    = None,
 ) -> None:
-    """Reassign patients to train / val / test (atomically; one patient is never in two splits).
+    """Reassign patients to train / val / test (atomically; one patient is never in two splits), and to folds.
 
     Deterministic from (seed, case_id): adding cases never moves existing ones. Later converts keep the rule.
     Labeled patients alone fill val and test; unlabeled patients (no mask) always go to train.
+    With --folds K, labeled train and val patients are also dealt into K folds (`ctmodel train --fold k`).
 
-    Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0
+    Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0 --folds 5
     """
     from ctprep.console import print_table
     from ctprep.splits import SplitConfig
     from ctsample.resplit import resplit
 
     with errors(ctx, inputs=(splits,), stores=(store,)):
-        report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
+        report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits), folds)
     for line in report.warnings:
         warn(line)
     print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "unlabeled",
                                             "slices", "lesion slices"], report.rows())
+    if fold_rows := report.fold_rows():
+        print_table("cross-validation folds (labeled train + val patients)", ["fold", "patients", "slices",
+                                                                              "lesion slices"], fold_rows)
 
 
 @sample_app.command(cls=Command)
