@@ -275,6 +275,8 @@ def train(
                                                                        "(slower kernels).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of weights, plan, shuffling and augmentation.")] = 0,
     resident: Annotated[str, typer.Option(help="Where the data lives: auto, device (GPU) or host.")] = "auto",
+    fold: Annotated[Optional[int], typer.Option(min=0, help="Cross-validation: validate on fold k of `ctsample "
+                                                            "split --folds`, train on the other folds.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/MODEL-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out from last.pt.")]
     = False,
@@ -282,7 +284,8 @@ def train(
     """Train a dual-encoder 2.5D U-Net (or the unet2d baseline) from a store; writes a run folder.
 
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
-    (the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
+    (5-fold cross-validation: ctsample split store.zarr --folds 5, then --fold 0 .. --fold 4;
+    the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
     """
     from ctmodel.config import configs_from_options
     from ctmodel.train import train as run_train
