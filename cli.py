@@ -349,19 +349,39 @@ def compare(
     tolerance: ToleranceOption = 1.0,
     device: DeviceOption = "auto",
     grid: GridOption = "native",
+    out: Annotated[Optional[Path], typer.Option(help="Write the statistics to OUT.md and OUT.csv.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Folder for a box/strip PNG per metric.")] = None,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the paired differences.")] = 10_000,
+    stats_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Compare runs side by side (the study's Tables 5.1/5.2), re-using matching evaluations.
 
-    Example: ctmodel compare runs/dual runs/unet store.zarr --split test
+    Runs with the same configuration (folds or seeds) are grouped: mean ± sd over runs, and per-case paired
+    differences between configurations (Wilcoxon p, bootstrap 95 % CI), shown when a configuration has several
+    runs or --out/--plot is given.
+
+    Example: ctmodel compare runs/dual-f* runs/unet-f* store.zarr --split test --out cv --plot figs/
     """
     from ctmodel.compare import compare as run_compare, side_by_side
+    from ctmodel.compare_stats import StatsConfig, compare_stats, plot_metrics, write_outputs
     from ctmodel.evaluate import EvaluateConfig
     from ctprep.console import print_table
 
     with errors(ctx, inputs=tuple(paths[:-1]), stores=tuple(paths[-1:])):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
         rows = run_compare(paths[:-1], paths[-1], cfg)
-    print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
+        stats = compare_stats(rows, StatsConfig(resamples=resamples, seed=stats_seed))
+        title = f"ctmodel compare on {paths[-1]} ({split})"
+        files = [*write_outputs(stats, out, title)] if out is not None else []
+        files += plot_metrics(rows, plot) if plot is not None else []
+    print_table(title, *side_by_side(rows))
+    if files or any(n > 1 for n in stats.groups["runs"]):
+        print_table("per configuration (mean ± sd over runs)", *stats.group_rows())
+        if stats.differences:
+            print_table("paired per-case differences B - A (bootstrap 95 % CI, Wilcoxon signed-rank p)",
+                        *stats.difference_rows())
+    for path in files:
+        typer.echo(f"file: {path}")
 
 
 @model_app.command(cls=Command)
