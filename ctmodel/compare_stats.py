@@ -102,7 +102,8 @@ class PairedDifference:
 def paired_difference(a: pd.Series, b: pd.Series, metric: str, names: tuple[str, str],
                       cfg: StatsConfig = StatsConfig()) -> PairedDifference:
     """Pair ``a`` and ``b`` (case_id -> value) by case; mean difference b - a, its bootstrap CI, Wilcoxon p."""
-    joined = pd.concat({"a": a, "b": b}, axis=1, join="inner").dropna()
+    joined = pd.concat({"a": a, "b": b}, axis=1, join="inner").astype(np.float64)
+    joined = joined[np.isfinite(joined).all(axis=1)]  # an undefined score (NaN or inf) pairs with nothing
     differences = (joined["b"] - joined["a"]).to_numpy(dtype=np.float64)
     low, high = bootstrap_ci(differences, cfg)
     mean = float(differences.mean()) if differences.size else math.nan

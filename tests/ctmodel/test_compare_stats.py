@@ -155,3 +155,9 @@ def test_cli_refuses_a_fold_run_on_the_val_split(tmp_path, tiny_store):
     run = _save_run(tmp_path / "fold0", seed=0, fold=0)
     result = CliRunner().invoke(model_app, ["compare", str(run), str(tiny_store), "--split", "val"])
     assert result.exit_code == 1 and "expected --split test" in one_line_error(result)
+
+
+def test_a_case_without_a_finite_score_pairs_with_nothing():
+    a = pd.Series({"x": 1.0, "y": float("inf"), "z": 3.0})
+    b = pd.Series({"x": 2.0, "y": 5.0, "z": float("nan")})
+    assert paired_difference(a, b, "hd95_mm", ("A", "B")).cases == 1
