@@ -41,8 +41,9 @@ def resplit(store_path: Path, cfg: SplitConfig, folds: int | None = None) -> Spl
     store_path = Path(store_path)
     with store_lock(store_path):
         index = read_index(store_path)
-        recorded = FoldConfig.from_attrs(root_attrs(store_path).get("fold_config")).folds
-        fold_cfg = FoldConfig(folds=recorded if folds is None else folds, seed=cfg.seed, csv=cfg.csv)
+        recorded = root_attrs(store_path).get("fold_config")
+        fold_cfg = FoldConfig(folds=FoldConfig.from_attrs(recorded).folds if folds is None else folds,
+                              seed=cfg.seed, csv=cfg.csv)
         before = split_counts(index).reindex(list(SPLITS), fill_value=0)
         case_ids = sorted(index["case_id"].astype(str).unique())
         unknown = sorted(set(read_split_csv(cfg.csv)) - set(case_ids)) if cfg.csv is not None else []
@@ -51,8 +52,8 @@ def resplit(store_path: Path, cfg: SplitConfig, folds: int | None = None) -> Spl
         case_folds = assign_folds(splits, fold_cfg, unlabeled_cases(index))
         index["fold"] = index["case_id"].astype(str).map(case_folds).astype("int16")
         write_index(store_path, index)
-        update_root_attrs(store_path, {"split_config": cfg.to_attrs(),  # unchanged: not rewritten
-                                       "fold_config": fold_cfg.to_attrs()})
+        folds_attr = {"fold_config": fold_cfg.to_attrs()} if fold_cfg.folds or recorded else {}  # none: as before
+        update_root_attrs(store_path, {"split_config": cfg.to_attrs(), **folds_attr})  # unchanged: not rewritten
     after = split_counts(index).reindex(list(SPLITS), fill_value=0)
     counts = before.add_suffix("_before").join(after.add_suffix("_after"))
     per_fold = fold_counts(index, fold_cfg.folds)
