@@ -69,7 +69,8 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
 
 def write_index(store_path: Path, index: pd.DataFrame) -> Path:
     """Replace the store's index.parquet atomically (temp file + os.replace); rows sorted by case, slice."""
-    index = with_fold_column(index).loc[:, list(COLUMNS)].sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
+    index = with_fold_column(index).loc[:, list(COLUMNS)]
+    index = index.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
     target = Path(store_path) / INDEX_FILE
     with replacing(target) as tmp:
         index.to_parquet(tmp, index=False, compression="zstd")
