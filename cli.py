@@ -173,25 +173,32 @@ def split(
     test: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of patients in the test split.")] = 0.2,
     val: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of the other patients in val.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the (seed, case_id) hash.")] = 0,
-    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split[,fold] overriding the hash.")] = None,
+    folds: Annotated[Optional[int], typer.Option(min=0, help="K cross-validation folds of the labeled non-test "
+                                                             "patients (0 removes them; default: keep the store's K).")]
+    = None,
 ) -> None:
-    """Reassign patients to train / val / test (atomically; one patient is never in two splits).
+    """Reassign patients to train / val / test (atomically; one patient is never in two splits), and to folds.
 
     Deterministic from (seed, case_id): adding cases never moves existing ones. Later converts keep the rule.
     Labeled patients alone fill val and test; unlabeled patients (no mask) always go to train.
+    With --folds K, labeled train and val patients are also dealt into K folds (`ctmodel train --fold k`).
 
-    Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0
+    Example: ctsample split store.zarr --test 0.2 --val 0.1 --seed 0 --folds 5
     """
     from ctprep.console import print_table
     from ctprep.splits import SplitConfig
     from ctsample.resplit import resplit
 
     with errors(ctx, inputs=(splits,), stores=(store,)):
-        report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits))
+        report = resplit(store, SplitConfig(test=test, val=val, seed=seed, csv=splits), folds)
     for line in report.warnings:
         warn(line)
     print_table(f"ctsample split {store}", ["split", "patients before", "patients", "labeled", "unlabeled",
                                             "slices", "lesion slices"], report.rows())
+    if fold_rows := report.fold_rows():
+        print_table("cross-validation folds (labeled train + val patients)", ["fold", "patients", "slices",
+                                                                              "lesion slices"], fold_rows)
 
 
 @sample_app.command(cls=Command)
@@ -273,6 +280,8 @@ def train(
                                                                        "(slower kernels).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of weights, plan, shuffling and augmentation.")] = 0,
     resident: Annotated[str, typer.Option(help="Where the data lives: auto, device (GPU) or host.")] = "auto",
+    fold: Annotated[Optional[int], typer.Option(min=0, help="Cross-validation: validate on fold k of `ctsample "
+                                                            "split --folds`, train on the other folds.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/MODEL-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out from last.pt.")]
     = False,
@@ -280,7 +289,8 @@ def train(
     """Train a dual-encoder 2.5D U-Net (or the unet2d baseline) from a store; writes a run folder.
 
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
-    (the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
+    (5-fold cross-validation: ctsample split store.zarr --folds 5, then --fold 0 .. --fold 4;
+    the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
     """
     from ctmodel.config import configs_from_options
     from ctmodel.train import train as run_train
@@ -344,19 +354,39 @@ def compare(
     tolerance: ToleranceOption = 1.0,
     device: DeviceOption = "auto",
     grid: GridOption = "native",
+    out: Annotated[Optional[Path], typer.Option(help="Write the statistics to OUT.md and OUT.csv.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Folder for a box/strip PNG per metric.")] = None,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the paired differences.")] = 10_000,
+    stats_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Compare runs side by side (the study's Tables 5.1/5.2), re-using matching evaluations.
 
-    Example: ctmodel compare runs/dual runs/unet store.zarr --split test
+    Runs with the same configuration (folds or seeds) are grouped: mean ± sd over runs, and per-case paired
+    differences between configurations (Wilcoxon p, bootstrap 95 % CI), shown when a configuration has several
+    runs or --out/--plot is given.
+
+    Example: ctmodel compare runs/dual-f* runs/unet-f* store.zarr --split test --out cv --plot figs/
     """
     from ctmodel.compare import compare as run_compare, side_by_side
+    from ctmodel.compare_stats import StatsConfig, compare_stats, plot_metrics, write_outputs
     from ctmodel.evaluate import EvaluateConfig
     from ctprep.console import print_table
 
     with errors(ctx, inputs=tuple(paths[:-1]), stores=tuple(paths[-1:])):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
         rows = run_compare(paths[:-1], paths[-1], cfg)
-    print_table(f"ctmodel compare on {paths[-1]} ({split})", *side_by_side(rows))
+        stats = compare_stats(rows, StatsConfig(resamples=resamples, seed=stats_seed))
+        title = f"ctmodel compare on {paths[-1]} ({split})"
+        files = [*write_outputs(stats, out, title)] if out is not None else []
+        files += plot_metrics(rows, plot) if plot is not None else []
+    print_table(title, *side_by_side(rows))
+    if files or any(n > 1 for n in stats.groups["runs"]):
+        print_table("per configuration (mean ± sd over runs)", *stats.group_rows())
+        if stats.differences:
+            print_table("paired per-case differences B - A (bootstrap 95 % CI, Wilcoxon signed-rank p)",
+                        *stats.difference_rows())
+    for path in files:
+        typer.echo(f"file: {path}")
 
 
 @model_app.command(cls=Command)

@@ -1,4 +1,5 @@
-"""`ctmodel compare`: several runs side by side, as the source study's Tables 5.1/5.2.
+"""`ctmodel compare`: several runs side by side, as the source study's Tables 5.1/5.2 (statistics over several
+runs per configuration: compare_stats.py).
 
 Run: ctmodel compare runs/dual runs/unet store.zarr --split test
 """
@@ -6,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from ctmodel.evaluate import EvaluateConfig, evaluate, run_identity
 from ctmodel.runfolder import CHECKPOINT_FILES, CONFIG_FILE, SUMMARY_FILE, eval_csv
@@ -28,6 +31,8 @@ class RunComparison:
     training: dict  # the run's summary.json (parameters, train_seconds, peak_memory_mb), {} if absent
     model: str
     reused: bool  # True when an existing eval JSON matched the checkpoint and options
+    config: dict = field(default_factory=dict)  # the run's config.json ({} if absent)
+    cases: pd.DataFrame | None = field(default=None, repr=False)  # eval-<split>.csv: per-case metrics
 
     def row(self) -> tuple[object, ...]:
         """The row under COLUMNS; '-' where the run folder does not record a figure."""
@@ -71,16 +76,34 @@ def saved_evaluation(run_dir: Path, store_path: Path, cfg: EvaluateConfig) -> di
 def compare_run(run_dir: Path, store_path: Path, cfg: EvaluateConfig, progress: bool = True) -> RunComparison:
     """Re-use the run's eval JSON when it matches, else evaluate it (writing RUN/eval-<split>.csv/.json)."""
     run_dir = Path(run_dir)
+    config = _read_json(run_dir / CONFIG_FILE)
+    check_fold_split(run_dir, config, cfg.split)
     summary = saved_evaluation(run_dir, store_path, cfg)
     reused = summary is not None
     if summary is None:
         summary = evaluate(run_dir, store_path, cfg, progress=progress).summary
-    config = _read_json(run_dir / CONFIG_FILE)
     training = _read_json(run_dir / SUMMARY_FILE)
     if "parameters" not in training and "parameters" in config:
         training = {**training, "parameters": config["parameters"]}
     model = config.get("model", {}).get("name", "?") if isinstance(config.get("model"), dict) else "?"
-    return RunComparison(run_dir, summary, training, model, reused)
+    return RunComparison(run_dir, summary, training, model, reused, config, _read_cases(eval_csv(run_dir, cfg.split)))
+
+
+def check_fold_split(run_dir: Path, config: dict, split: str) -> None:
+    """RunError for a cross-validation run compared on a split other than test: it trained on the store's train
+    and val cases (the other folds), so scores there would be inflated."""
+    fold = (config.get("train") or {}).get("fold")
+    if fold is not None and split != "test":
+        raise RunError(f"{run_dir}: a fold-{fold} run trained on the store's train and val cases, expected "
+                       f"--split test, found --split {split}; compare cross-validation runs on the test split")
+
+
+def _read_cases(path: Path) -> pd.DataFrame | None:
+    """The per-case CSV of an evaluation, None when missing or unreadable."""
+    try:
+        return pd.read_csv(path, dtype={"case_id": str})
+    except (OSError, ValueError):
+        return None
 
 
 def compare(run_dirs: list[Path], store_path: Path, cfg: EvaluateConfig = EvaluateConfig(),

@@ -103,8 +103,11 @@ class TrainConfig:
     seed: int = 0
     val_batch_size: int | None = None  # slices per forward pass when validating (None: 32 GPU, 4 CPU)
     resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
+    fold: int | None = None  # cross-validation: validate on this fold, train on the others (None: the val split)
 
     def __post_init__(self) -> None:
+        if self.fold is not None and self.fold < 0:
+            raise UsageError(f"--fold {self.fold}: expected a fold number 0..K-1")
         for name in ("epochs", "batch_size", "accumulate", "lr", "step_size", "gamma"):
             check_positive(name, getattr(self, name))
         check_ratio(self.ratio)

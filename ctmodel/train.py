@@ -33,6 +33,7 @@ from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRI
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
+from ctprep.splits import fold_view
 from ctprep.store import SliceStore, StoreLayout
 
 if TYPE_CHECKING:
@@ -144,7 +145,10 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     if plan_path is not None and explicit & set(PLAN_RULE):
         raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free build a plan, but --plan FILE already "
                          "fixed them; drop them (the plan's own rule applies)")
-    index = store.index()
+    if plan_path is not None and cfg.fold is not None:
+        raise UsageError(f"{plan_path}: --plan FILE was made for the store's train split, not for fold "
+                         f"{cfg.fold}'s; drop --plan (ctmodel train builds the fold's plan)")
+    index = training_index(store, cfg)
     plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg, store.path)
     source = str(plan_path) if plan_path is not None else "built by ctmodel train"
     if plan_path is not None:
@@ -158,11 +162,17 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     return session
 
 
+def training_index(store: SliceStore, cfg: TrainConfig) -> pd.DataFrame:
+    """The store's index, or with ``cfg.fold`` its fold view (fold k as val, the other folds as train)."""
+    index = store.index()
+    return index if cfg.fold is None else fold_view(index, cfg.fold, store.path)
+
+
 def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
                    explicit: frozenset[str], console: Console) -> Session:
     """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best)."""
     model_cfg, cfg, config = resume_configs(run_dir, model_cfg, cfg, explicit)
-    index = store.index()
+    index = training_index(store, cfg)
     check_plan(read_run_plan(run_dir), {**config["plan"].get("params", {}),
                                         "index_fingerprint": config["store"]["index_fingerprint"]},
                index, store.path, str(run_dir / PLAN_FILE))

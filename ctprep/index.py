@@ -19,13 +19,15 @@ if TYPE_CHECKING:
     from ctprep.store import SliceStore
 
 INDEX_FILE = "index.parquet"
-COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split")
+COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split",
+           "fold")
+NO_FOLD = -1  # the ``fold`` of a case outside the cross-validation folds (test, unlabeled, or no folds made)
 
 
 def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
-              source_voxels: list[int] | None = None) -> pd.DataFrame:
+              source_voxels: list[int] | None = None, fold: int = NO_FOLD) -> pd.DataFrame:
     """Index rows of one case; ``lesion_pixels`` per slice at stored resolution and ``source_voxels`` per slice
-    on the source grid, both None if unlabeled."""
+    on the source grid, both None if unlabeled; ``fold`` its cross-validation fold (-1: none)."""
     labeled = lesion_pixels is not None
     pixels = np.asarray(lesion_pixels if labeled else np.zeros(n_slices), dtype=np.int64)
     voxels = np.asarray(source_voxels if source_voxels is not None else np.zeros(n_slices), dtype=np.int64)
@@ -38,21 +40,28 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
         "lesion_pixels": pixels,
         "source_lesion_voxels": voxels,
         "split": pd.Series([split] * n_slices, dtype="string"),
+        "fold": np.full(n_slices, fold, dtype=np.int16),
     })
 
 
 def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
-    """Index of every complete case of ``store``, split per ``splits`` (case_id -> split)."""
+    """Index of every complete case of ``store``, split per ``splits`` (case_id -> split), folds per the store's
+    recorded ``fold_config`` (so a convert that adds cases deals them into the folds without moving others)."""
+    from ctprep.splits import FoldConfig, assign_folds
+
+    attrs = {case_id: store.case_attrs(case_id) for case_id in store.case_ids()}
+    unlabeled = {case_id for case_id, a in attrs.items() if a.get("lesion_pixels") is None}
+    folds = assign_folds({c: splits[c] for c in attrs}, FoldConfig.from_attrs(store.attrs.get("fold_config")),
+                         unlabeled)
     frames = []
-    for case_id in store.case_ids():
-        attrs = store.case_attrs(case_id)
-        pixels, voxels = attrs.get("lesion_pixels"), attrs.get("source_lesion_voxels")
+    for case_id, case in attrs.items():
+        pixels, voxels = case.get("lesion_pixels"), case.get("source_lesion_voxels")
         if pixels is not None and voxels is None:
             from ctprep.store import reconvert_hint
 
             raise StoreFormatError(f"{store.path}: case {case_id!r} lacks source_lesion_voxels (written by an older "
                                    f"ctstack); {reconvert_hint(store.path)}")
-        frames.append(case_rows(case_id, int(attrs["n_slices"]), pixels, splits[case_id], voxels))
+        frames.append(case_rows(case_id, int(case["n_slices"]), pixels, splits[case_id], voxels, folds[case_id]))
     if not frames:
         return case_rows("", 0, [], "train")
     return pd.concat(frames, ignore_index=True)
@@ -60,7 +69,8 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
 
 def write_index(store_path: Path, index: pd.DataFrame) -> Path:
     """Replace the store's index.parquet atomically (temp file + os.replace); rows sorted by case, slice."""
-    index = index.loc[:, list(COLUMNS)].sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
+    index = with_fold_column(index).loc[:, list(COLUMNS)]
+    index = index.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
     target = Path(store_path) / INDEX_FILE
     with replacing(target) as tmp:
         index.to_parquet(tmp, index=False, compression="zstd")
@@ -78,6 +88,7 @@ def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
     except (ArrowException, ValueError, EOFError) as err:  # random bytes, a truncated or corrupt file
         raise StoreFormatError(f"{path}: not a readable index (expected Parquet, found damaged data: "
                                f"{_first_line(err)}); rebuild it with `ctprep convert RAW {store_path}`") from err
+    index = with_fold_column(index)
     missing = [c for c in COLUMNS if c not in index.columns]
     if missing:
         from ctprep.store import check_format_version, root_attrs
@@ -89,6 +100,14 @@ def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
 
         check_index_cases(store_path, index)
     return index
+
+
+def with_fold_column(index: pd.DataFrame) -> pd.DataFrame:
+    """``index`` with a ``fold`` column: an index written before folds existed (same format version) has none,
+    which means no folds (-1 everywhere)."""
+    if "fold" in index.columns:
+        return index
+    return index.assign(fold=np.full(len(index), NO_FOLD, dtype=np.int16))
 
 
 def _first_line(err: Exception) -> str:

@@ -4,6 +4,10 @@ per-split counts that ``ctprep info`` and ``ctsample split`` print.
 
 Only labeled cases take val and test places (an unlabeled case has no mask to score against); unlabeled cases go
 to train, where a plan skips them and later semi-supervised work can use them.
+
+Cross-validation folds (FoldConfig, root attribute ``fold_config``, index column ``fold``) partition the labeled
+non-test cases (train and val together) into K folds by another hash of (seed, case_id); every other case has
+fold -1. ``fold_view`` relabels an index for `ctmodel train --fold k`: fold k becomes val, the other folds train.
 """
 from __future__ import annotations
 
@@ -108,10 +112,105 @@ def read_split_csv(path: Path) -> dict[str, str]:
         fields = [f.strip() for f in line.split(",")]
         if not line.strip() or (number == 1 and fields[:2] == ["case_id", "split"]):
             continue
-        if len(fields) != 2 or fields[1] not in SPLITS:
-            raise UsageError(f"{path}:{number}: expected 'case_id,split' with split in {SPLITS}, found {line!r}")
+        if len(fields) not in (2, 3) or fields[1] not in SPLITS:
+            raise UsageError(f"{path}:{number}: expected 'case_id,split[,fold]' with split in {SPLITS}, "
+                             f"found {line!r}")
         result[fields[0]] = fields[1]
     return result
+
+
+NO_FOLD = -1  # the fold of a test, unlabeled or fold-less case
+
+
+@dataclass(frozen=True)
+class FoldConfig:
+    """How labeled non-test cases are dealt into K cross-validation folds (0 folds: none)."""
+
+    folds: int = 0  # K; 0 = no folds (every case has fold -1)
+    seed: int = 0  # shared with the split hash's seed by `ctsample split --seed`
+    csv: Path | None = None  # the split CSV; its optional third column (fold) overrides the hash
+
+    def __post_init__(self) -> None:
+        if self.folds < 0 or self.folds == 1:
+            raise UsageError(f"--folds {self.folds}: expected 0 (no folds) or 2 or more folds")
+
+    def to_attrs(self) -> dict:
+        """The root attribute ``fold_config``: {folds, seed, csv (absolute path or null)}."""
+        return {"folds": self.folds, "seed": self.seed,
+                "csv": None if self.csv is None else str(Path(self.csv).absolute())}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict | None) -> "FoldConfig":
+        """Read the config back from the root attribute (no folds when the store has none)."""
+        if not attrs:
+            return cls()
+        csv = attrs.get("csv")
+        return cls(folds=int(attrs["folds"]), seed=int(attrs["seed"]), csv=Path(csv) if csv else None)
+
+
+def fold_of(case_id: str, cfg: FoldConfig) -> int:
+    """The fold of one case from a hash of (seed, case_id), independent of every other case (and of its split)."""
+    digest = hashlib.sha256(f"fold:{cfg.seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % cfg.folds
+
+
+def assign_folds(splits: dict[str, str], cfg: FoldConfig, unlabeled: Collection[str] = ()) -> dict[str, int]:
+    """case_id -> fold: the hash (or the CSV's fold column) for labeled non-test cases, NO_FOLD for the others.
+
+    Raises:
+        UsageError: the CSV gives a fold outside 0..K-1, or a fold to a test or unlabeled case.
+    """
+    unlabeled = set(unlabeled)
+    if cfg.folds == 0:
+        return {case_id: NO_FOLD for case_id in splits}
+    overrides = read_fold_csv(cfg.csv) if cfg.csv is not None else {}
+    for case_id, fold in overrides.items():
+        if not 0 <= fold < cfg.folds:
+            raise UsageError(f"{cfg.csv}: case {case_id!r} has fold {fold}, expected 0..{cfg.folds - 1} "
+                             f"(--folds {cfg.folds}); fix the fold column or pass another --folds")
+        if splits.get(case_id) == "test" or case_id in unlabeled:
+            raise UsageError(f"{cfg.csv}: case {case_id!r} has fold {fold}, expected no fold for a test or "
+                             "unlabeled case; leave its fold column empty")
+    return {case_id: NO_FOLD if split == "test" or case_id in unlabeled
+            else overrides.get(case_id, fold_of(case_id, cfg)) for case_id, split in splits.items()}
+
+
+def read_fold_csv(path: Path) -> dict[str, int]:
+    """The optional third column of a ``case_id,split[,fold]`` CSV: case_id -> fold for rows that give one."""
+    result: dict[str, int] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 3 or not fields[2] or (number == 1 and fields[2] == "fold"):
+            continue
+        try:
+            result[fields[0]] = int(fields[2])
+        except ValueError as err:
+            raise UsageError(f"{path}:{number}: expected an integer fold in the third column, found {line!r}") from err
+    return result
+
+
+def fold_count(index: pd.DataFrame) -> int:
+    """K: the number of folds the index records (0 when it has none)."""
+    return int(index["fold"].max()) + 1 if len(index) and "fold" in index else 0
+
+
+def fold_view(index: pd.DataFrame, fold: int, store_path: Path) -> pd.DataFrame:
+    """The index as `ctmodel train --fold k` sees it: fold k is val, the other folds train, test and fold-less
+    cases unchanged (the store's own val split plays no part; unlabeled cases stay in train, unplanned).
+
+    Raises:
+        UsageError: the store has no folds, or no fold ``fold``.
+    """
+    k = fold_count(index)
+    if k == 0:
+        raise UsageError(f"{store_path}: --fold {fold}: expected a store with folds, found none; make them with "
+                         f"`ctsample split {store_path} --folds 5`")
+    if not 0 <= fold < k:
+        raise UsageError(f"{store_path}: --fold {fold}: expected a fold in 0..{k - 1} (the store has {k} folds)")
+    folded = index["fold"] >= 0
+    view = index.copy()
+    view["split"] = view["split"].where(~folded, "train").where(index["fold"] != fold, "val").astype("string")
+    return view
 
 
 def unlabeled_cases(index: pd.DataFrame) -> set[str]:

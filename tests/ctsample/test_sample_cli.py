@@ -147,3 +147,31 @@ def test_debug_given_after_any_command_keeps_the_traceback(tmp_path):
 def test_help_names_arguments_and_flags_as_the_docs_do():
     text = run("plan", "--help").output
     assert "STORE" in text and "{store}" not in text and "<bool>" not in text
+
+
+def test_split_folds_records_a_fold_per_labeled_non_test_patient_and_later_rebuilds_keep_the_rule(store):
+    from ctprep.index import build_index
+    from ctprep.splits import NO_FOLD, FoldConfig, fold_of
+    from ctprep.store import SliceStore, root_attrs
+
+    result = run("split", store, "--test", "0.3", "--val", "0.2", "--seed", "3", "--folds", "2")
+    assert result.exit_code == 0, result.output
+    assert "cross-validation folds" in result.output
+    per_case = read_index(store).groupby("case_id")[["split", "labeled", "fold"]].first()
+    for case_id, row in per_case.iterrows():
+        expected = NO_FOLD if row.split == "test" or not row.labeled else fold_of(case_id, FoldConfig(2, seed=3))
+        assert row.fold == expected
+    assert root_attrs(store)["fold_config"]["folds"] == 2
+    assert run("split", store, "--test", "0.3", "--val", "0.2", "--seed", "3").exit_code == 0  # keeps its 2 folds
+    assert read_index(store).groupby("case_id")["fold"].first().equals(per_case["fold"])
+    rebuilt = build_index(SliceStore.open(store), per_case["split"].to_dict())  # what `ctprep convert` rebuilds
+    assert rebuilt.groupby("case_id")["fold"].first().equals(per_case["fold"])
+    assert run("split", store, "--folds", "0").exit_code == 0
+    assert (read_index(store)["fold"] == NO_FOLD).all()
+
+
+def test_split_one_fold_fails_with_one_line(store):
+    from conftest import one_line_error
+
+    result = run("split", store, "--folds", "1")
+    assert result.exit_code == 2 and "--folds 1" in one_line_error(result)  # 2: a usage error
