@@ -294,7 +294,7 @@ def train(
     """
     from ctmodel.config import configs_from_options
     from ctmodel.train import train as run_train
-    from ctprep.console import print_table
+    from ctprep.console import print_files, print_table
     from ctsample.plan import parse_ratio
 
     given = [name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"]
@@ -302,8 +302,7 @@ def train(
         model_cfg, train_cfg, explicit = configs_from_options({**ctx.params, "ratio": parse_ratio(ratio)}, given)
         result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit)
     print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], result.summary_rows())
-    for name, path in result.files():
-        typer.echo(f"{name}: {path}")
+    print_files(result.files())
 
 
 @model_app.command(cls=Command)
@@ -330,7 +329,7 @@ def evaluate(
     Example: ctmodel evaluate runs/dual store.zarr --split test --figures figs/
     """
     from ctmodel.evaluate import EvaluateConfig, evaluate as run_evaluate, summary_rows
-    from ctprep.console import print_table
+    from ctprep.console import print_files, print_table
 
     with errors(ctx, inputs=(run,), stores=(store,)):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
@@ -340,9 +339,8 @@ def evaluate(
         warn(line)
     print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
                 ["metric", "mean ± sd", "median"], summary_rows(result.summary))
-    typer.echo(f"per-case CSV: {result.csv_path}\nsummary JSON: {result.json_path}")
-    for path in result.figures:
-        typer.echo(f"figure: {path}")
+    print_files([("per-case CSV", result.csv_path), ("summary JSON", result.json_path),
+                 *(("figure", path) for path in result.figures)])
 
 
 @model_app.command(cls=Command)
@@ -367,26 +365,18 @@ def compare(
 
     Example: ctmodel compare runs/dual-f* runs/unet-f* store.zarr --split test --out cv --plot figs/
     """
-    from ctmodel.compare import compare as run_compare, side_by_side
-    from ctmodel.compare_stats import StatsConfig, compare_stats, plot_metrics, write_outputs
+    from ctmodel.compare import compare_report
+    from ctmodel.compare_stats import StatsConfig
     from ctmodel.evaluate import EvaluateConfig
-    from ctprep.console import print_table
+    from ctprep.console import print_files, print_table
 
     with errors(ctx, inputs=tuple(paths[:-1]), stores=tuple(paths[-1:])):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
-        rows = run_compare(paths[:-1], paths[-1], cfg)
-        stats = compare_stats(rows, StatsConfig(resamples=resamples, seed=stats_seed))
-        title = f"ctmodel compare on {paths[-1]} ({split})"
-        files = [*write_outputs(stats, out, title)] if out is not None else []
-        files += plot_metrics(rows, plot) if plot is not None else []
-    print_table(title, *side_by_side(rows))
-    if files or any(n > 1 for n in stats.groups["runs"]):
-        print_table("per configuration (mean ± sd over runs)", *stats.group_rows())
-        if stats.differences:
-            print_table("paired per-case differences B - A (bootstrap 95 % CI, Wilcoxon signed-rank p)",
-                        *stats.difference_rows())
-    for path in files:
-        typer.echo(f"file: {path}")
+        report = compare_report(paths[:-1], paths[-1], cfg, StatsConfig(resamples=resamples, seed=stats_seed),
+                                out, plot)
+    for table in report.tables():
+        print_table(*table)
+    print_files(("file", path) for path in report.files)
 
 
 @model_app.command(cls=Command)

@@ -1,6 +1,6 @@
 """Training-step speed of every block x fusion x model against the default dual encoder, measured in one run.
 
-Run: PYTHONPATH=. python benchmarks/blocks.py [--size 128] [--batch 4] [--repeats 3] [--device cpu] [--threads 1]
+Run: python benchmarks/blocks.py [--size 128] [--batch 4] [--repeats 3] [--device cpu] [--threads 1]
 
 One step = forward, Dice+BCE loss, backward and an AdamW step on a random (batch, 3, size, size) stack at the
 default width 12 / depth 4, best of --repeats after one warm-up step. The baseline is the default `ctmodel train`
@@ -14,7 +14,7 @@ import torch
 
 from ctmodel.losses import DiceBCELoss
 from ctmodel.nets import build_model, count_parameters
-from scripts.param_counts import combinations, command
+from ctmodel.variants import combinations, command
 from timing import best_of
 
 

@@ -12,8 +12,6 @@ Per-case differences are synthetic (normal, seed 0). Timed, best of --repeats:
 """
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,16 +22,7 @@ from scipy.stats import wilcoxon
 from ctmodel.compare import RunComparison
 from ctmodel.compare_stats import METRICS, StatsConfig, bootstrap_ci, compare_stats
 from ctmodel.config import ModelConfig, TrainConfig
-
-
-def best_of(repeats: int, fn) -> tuple[float, object]:
-    """(best seconds, last result) of ``repeats`` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+from timing import best_of, int_options
 
 
 def loop_ci(d: np.ndarray, cfg: StatsConfig) -> tuple[float, float]:
@@ -61,21 +50,15 @@ def synthetic_runs(configs: int, folds: int, cases: int) -> list[RunComparison]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=200)
-    parser.add_argument("--resamples", type=int, default=10_000)
-    parser.add_argument("--configs", type=int, default=3)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = int_options(__doc__, cases=200, resamples=10_000, configs=3, folds=5, repeats=3)
     cfg = StatsConfig(resamples=args.resamples)
     d = np.random.default_rng(0).normal(0.02, 0.1, args.cases)
-    fast, (lo, hi) = best_of(args.repeats, lambda: bootstrap_ci(d, cfg))
-    slow, (slo, shi) = best_of(1, lambda: loop_ci(d, cfg))
+    fast, (lo, hi) = best_of(lambda: bootstrap_ci(d, cfg), args.repeats)
+    slow, (slo, shi) = best_of(lambda: loop_ci(d, cfg), 1)
     assert max(abs(lo - slo), abs(hi - shi)) < 0.02 * (hi - lo), (lo, hi, slo, shi)
-    test, _ = best_of(args.repeats, lambda: wilcoxon(d))
+    test, _ = best_of(lambda: wilcoxon(d), args.repeats)
     runs = synthetic_runs(args.configs, args.folds, args.cases)
-    whole, stats = best_of(args.repeats, lambda: compare_stats(runs, cfg))
+    whole, stats = best_of(lambda: compare_stats(runs, cfg), args.repeats)
     print(f"{args.cases} cases, {args.resamples:,} resamples")
     print(f"(a) bootstrap_ci (vectorised)       {fast * 1e3:9.1f} ms   CI [{lo:.4f}, {hi:.4f}]")
     print(f"(b) baseline loop of rng.choice      {slow * 1e3:9.1f} ms   CI [{slo:.4f}, {shi:.4f}]   "

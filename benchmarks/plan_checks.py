@@ -1,6 +1,6 @@
 """Cost of checking a plan before training: the index fingerprint and the row checks, against making the plan.
 
-Run: PYTHONPATH=. python benchmarks/plan_checks.py [--patients 200] [--slices 300] [--epochs 50] [--repeat 5]
+Run: python benchmarks/plan_checks.py [--patients 200] [--slices 300] [--epochs 50] [--repeat 5]
 
 Same synthetic index as benchmarks/plan.py. Baselines measured in the same run: the old fingerprint (a string of
 "case:n_slices" per case, which missed lesion flags and splits) and make_plan itself (what a check is paid
@@ -8,16 +8,15 @@ against). Figures are the best of ``--repeat`` runs. Single process, one core.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import pandas as pd
 
-from benchmarks.plan import synthetic_index
+from plan import synthetic_index
 from ctprep.index import index_fingerprint
 from ctsample.plan import PlanConfig, make_plan
 from ctsample.planfile import check_for_store
-from timing import best_of
+from timing import best_of, int_options
 
 
 def old_fingerprint(index: pd.DataFrame) -> str:
@@ -27,12 +26,7 @@ def old_fingerprint(index: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=200)
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = int_options(__doc__, patients=200, slices=300, epochs=50, repeat=5)
     index = synthetic_index(args.patients, args.slices)
     plan = make_plan(index, PlanConfig(epochs=args.epochs))
     figures = {

@@ -26,3 +26,11 @@ def add_demo_options(parser: argparse.ArgumentParser, cases: int, demo_size: int
     parser.add_argument(slices_flag, type=int, default=slices, help="cap on slices per demo case")
     parser.add_argument("--size", type=int, default=size, help="stored in-plane size S")
     return parser
+
+
+def int_options(description: str, **defaults: int) -> argparse.Namespace:
+    """Parse ``--name N`` integer options with these defaults (underscores become dashes)."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    return parser.parse_args()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctmodel.compare_stats import CompareStats, StatsConfig, compare_stats, plot_metrics, write_outputs
 from ctmodel.evaluate import EvaluateConfig, evaluate, run_identity
 from ctmodel.runfolder import CHECKPOINT_FILES, CONFIG_FILE, SUMMARY_FILE, eval_csv
 from ctprep.errors import RunError
@@ -114,3 +115,36 @@ def compare(run_dirs: list[Path], store_path: Path, cfg: EvaluateConfig = Evalua
                        "`ctmodel compare runs/a runs/b store.zarr`")
     SliceStore.open(store_path)  # a bad store fails before any model is loaded
     return [compare_run(Path(run), store_path, cfg, progress) for run in run_dirs]
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """What `ctmodel compare` prints and writes: the runs side by side, the statistics, the files written."""
+
+    title: str
+    runs: list[RunComparison]
+    stats: CompareStats
+    files: list[Path]
+
+    def tables(self) -> list[tuple[str, list[str], list]]:
+        """(title, headers, rows) per printed table; the statistics when a configuration has several runs or
+        files were asked for."""
+        tables = [(self.title, *side_by_side(self.runs))]
+        if self.files or any(n > 1 for n in self.stats.groups["runs"]):
+            tables.append(("per configuration (mean ± sd over runs)", *self.stats.group_rows()))
+            if self.stats.differences:
+                tables.append(("paired per-case differences B - A (bootstrap 95 % CI, Wilcoxon signed-rank p)",
+                               *self.stats.difference_rows()))
+        return tables
+
+
+def compare_report(run_dirs: list[Path], store_path: Path, cfg: EvaluateConfig = EvaluateConfig(),
+                   stats_cfg: StatsConfig = StatsConfig(), out: Path | None = None, plot: Path | None = None,
+                   progress: bool = True) -> CompareReport:
+    """`ctmodel compare` whole: evaluate (or re-use) every run, the statistics, OUT.md/OUT.csv and the plots."""
+    runs = compare(run_dirs, store_path, cfg, progress)
+    stats = compare_stats(runs, stats_cfg)
+    title = f"ctmodel compare on {store_path} ({cfg.split})"
+    files = [*write_outputs(stats, out, title)] if out is not None else []
+    files += plot_metrics(runs, plot) if plot is not None else []
+    return CompareReport(title, runs, stats, files)

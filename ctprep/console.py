@@ -121,3 +121,9 @@ def human_bytes(n_bytes: float) -> str:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return ""
+
+
+def print_files(files: Iterable[tuple[str, object]]) -> None:
+    """Print ``what: path`` per written file, as the commands list their outputs."""
+    for what, path in files:
+        print(f"{what}: {path}")

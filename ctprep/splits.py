@@ -24,6 +24,16 @@ SPLITS = ("train", "val", "test")  # the split names, in display order
 SPLIT_CHOICES = (*SPLITS, "all")  # what a --split option accepts
 
 
+def csv_attr(csv: Path | None) -> str | None:
+    """An override CSV as recorded in a root attribute: its absolute path, or None."""
+    return None if csv is None else str(Path(csv).absolute())
+
+
+def csv_path(value: str | None) -> Path | None:
+    """The override CSV of a root attribute back as a Path (None when there is none)."""
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How cases are assigned to train / val / test."""
@@ -50,17 +60,15 @@ class SplitConfig:
 
     def to_attrs(self) -> dict:
         """The root attribute ``split_config``: {test, val, seed, csv (absolute path or null)}."""
-        return {"test": self.test, "val": self.val, "seed": self.seed,
-                "csv": None if self.csv is None else str(Path(self.csv).absolute())}
+        return {"test": self.test, "val": self.val, "seed": self.seed, "csv": csv_attr(self.csv)}
 
     @classmethod
     def from_attrs(cls, attrs: dict | None) -> "SplitConfig":
         """Read the config back from the root attribute (the default config when the store has none yet)."""
         if not attrs:
             return cls()
-        csv = attrs.get("csv")
         return cls(test=float(attrs["test"]), val=float(attrs["val"]), seed=int(attrs["seed"]),
-                   csv=Path(csv) if csv else None)
+                   csv=csv_path(attrs.get("csv")))
 
 
 def check_split_choice(split: str) -> None:
@@ -136,16 +144,14 @@ class FoldConfig:
 
     def to_attrs(self) -> dict:
         """The root attribute ``fold_config``: {folds, seed, csv (absolute path or null)}."""
-        return {"folds": self.folds, "seed": self.seed,
-                "csv": None if self.csv is None else str(Path(self.csv).absolute())}
+        return {"folds": self.folds, "seed": self.seed, "csv": csv_attr(self.csv)}
 
     @classmethod
     def from_attrs(cls, attrs: dict | None) -> "FoldConfig":
         """Read the config back from the root attribute (no folds when the store has none)."""
         if not attrs:
             return cls()
-        csv = attrs.get("csv")
-        return cls(folds=int(attrs["folds"]), seed=int(attrs["seed"]), csv=Path(csv) if csv else None)
+        return cls(folds=int(attrs["folds"]), seed=int(attrs["seed"]), csv=csv_path(attrs.get("csv")))
 
 
 def fold_of(case_id: str, cfg: FoldConfig) -> int:

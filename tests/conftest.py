@@ -124,3 +124,9 @@ def one_line_error(result, stream: str = "output") -> str:
     lines = [line for line in getattr(result, stream).splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     return lines[0]
+
+
+def sorted_with_unlabeled(cases, flags) -> tuple[list[str], set[str]]:
+    """Case ids sorted, and the set of those whose flag (in sorted order) marks them unlabeled."""
+    cases = sorted(cases)
+    return cases, {case for case, flag in zip(cases, flags) if flag}

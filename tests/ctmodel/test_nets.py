@@ -73,7 +73,7 @@ def documented_counts() -> dict[str, int]:
 
 
 def test_docs_list_the_parameter_count_of_every_combination():
-    from scripts.param_counts import command, parameter_rows
+    from ctmodel.variants import command, parameter_rows
 
     rows = parameter_rows()
     assert len(rows) == len(COMBINATIONS)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ctprep.errors import UsageError
 from ctprep.index import case_rows, read_index, write_index
 from ctprep.splits import NO_FOLD, FoldConfig, SplitConfig, assign_folds, assign_splits, fold_of, fold_view
+from conftest import sorted_with_unlabeled
 
 case_ids = st.sets(st.text("abcdefghij0123456789_", min_size=1, max_size=12), max_size=40)
 fold_configs = st.builds(FoldConfig, folds=st.integers(2, 10), seed=st.integers(0, 2**31))
@@ -18,8 +19,7 @@ fold_configs = st.builds(FoldConfig, folds=st.integers(2, 10), seed=st.integers(
 @given(cases=case_ids, added=case_ids, unlabeled_flags=st.lists(st.booleans(), min_size=40, max_size=40),
        cfg=fold_configs, test=st.floats(0.0, 0.9))
 def test_adding_cases_never_moves_an_existing_case_between_folds(cases, added, unlabeled_flags, cfg, test):
-    cases = sorted(cases)
-    unlabeled = {c for c, flag in zip(cases, unlabeled_flags) if flag}
+    cases, unlabeled = sorted_with_unlabeled(cases, unlabeled_flags)
     split_cfg = SplitConfig(test=test, seed=cfg.seed)
     before = assign_folds(assign_splits(cases, split_cfg, unlabeled), cfg, unlabeled)
     grown = cases + sorted(added - set(cases))
@@ -30,8 +30,7 @@ def test_adding_cases_never_moves_an_existing_case_between_folds(cases, added, u
 @settings(max_examples=60, deadline=None)
 @given(cases=case_ids, unlabeled_flags=st.lists(st.booleans(), min_size=40, max_size=40), cfg=fold_configs)
 def test_only_labeled_non_test_cases_get_a_fold_and_it_is_their_hash(cases, unlabeled_flags, cfg):
-    cases = sorted(cases)
-    unlabeled = {c for c, flag in zip(cases, unlabeled_flags) if flag}
+    cases, unlabeled = sorted_with_unlabeled(cases, unlabeled_flags)
     splits = assign_splits(cases, SplitConfig(test=0.3, val=0.2, seed=cfg.seed), unlabeled)
     folds = assign_folds(splits, cfg, unlabeled)
     for case_id, fold in folds.items():

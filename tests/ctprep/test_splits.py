@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from ctprep.errors import UsageError
 from ctprep.splits import SplitConfig, assign_splits, split_of
+from conftest import sorted_with_unlabeled
 
 case_ids = st.sets(st.text("abcdefghij0123456789_", min_size=1, max_size=12), max_size=40)
 configs = st.builds(SplitConfig, test=st.floats(0.0, 0.9), val=st.floats(0.0, 0.9), seed=st.integers(0, 2**31))
@@ -16,8 +17,7 @@ configs = st.builds(SplitConfig, test=st.floats(0.0, 0.9), val=st.floats(0.0, 0.
 @given(cases=case_ids, unlabeled_flags=st.lists(st.booleans(), min_size=40, max_size=40), added=case_ids,
        added_unlabeled=st.booleans(), cfg=configs)
 def test_adding_cases_never_moves_an_existing_case(cases, unlabeled_flags, added, added_unlabeled, cfg):
-    cases = sorted(cases)
-    unlabeled = {c for c, flag in zip(cases, unlabeled_flags) if flag}
+    cases, unlabeled = sorted_with_unlabeled(cases, unlabeled_flags)
     before = assign_splits(cases, cfg, unlabeled)
     new = sorted(added - set(cases))
     after = assign_splits(cases + new, cfg, unlabeled | (set(new) if added_unlabeled else set()))
@@ -27,8 +27,7 @@ def test_adding_cases_never_moves_an_existing_case(cases, unlabeled_flags, added
 @settings(max_examples=60, deadline=None)
 @given(cases=case_ids, unlabeled_flags=st.lists(st.booleans(), min_size=40, max_size=40), cfg=configs)
 def test_unlabeled_cases_go_to_train_and_labeled_ones_follow_their_hash(cases, unlabeled_flags, cfg):
-    cases = sorted(cases)
-    unlabeled = {c for c, flag in zip(cases, unlabeled_flags) if flag}
+    cases, unlabeled = sorted_with_unlabeled(cases, unlabeled_flags)
     splits = assign_splits(cases, cfg, unlabeled)
     assert set(splits) == set(cases)
     for case_id, split in splits.items():
