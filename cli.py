@@ -120,6 +120,8 @@ def demo(
     max_slices: Annotated[Optional[int], typer.Option(min=4, help="Cap on slices per case for quick runs "
                                                                   "(slices get thicker).")] = None,
     workers: WorkersOption = None,
+    difficulty: Annotated[str, typer.Option(help="easy (clear lesions) or realistic (faint, soft-edged, "
+                                                 "look-alikes, artefacts, some thick slices).")] = "easy",
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -134,7 +136,8 @@ def demo(
     from ctprep.demo import DemoConfig, iter_demo, summary_rows
 
     with errors(ctx):
-        cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers)
+        cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
+                         difficulty=difficulty)
         start = time.perf_counter()
         rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))

@@ -1,11 +1,12 @@
 """Demo generator speed: rendering vs. just writing the same volumes, and 1 worker vs. all cores, in one run.
 
-Run: python benchmarks/demo.py [--cases 4] [--size 512] [--workers N]
+Run: python benchmarks/demo.py [--cases 4] [--size 512] [--workers N] [--difficulty easy|realistic]
 
 (w)  baseline: nibabel writes the already-rendered int16 volumes and masks (nib.save, gzip level 1);
 (r)  rendering the same cases (anatomy, vessels, lesions, noise) in memory;
 (s)  ctprep's own writer for them (encode + gzip level 1 with a fixed time stamp, atomic rename);
-(1)  make_demo with 1 worker, (n) with all cores: cases/s and the speed-up.
+(1)  make_demo with 1 worker, (n) with all cores: cases/s and the speed-up;
+(e)  with --difficulty realistic: rendering the same cases easy, the baseline of the realistic extras' cost.
 Goal: rendering costs no more than writing (r <= w), and (n) scales with cores.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--difficulty", choices=("easy", "realistic"), default="easy")
     return parser.parse_args()
 
 
@@ -39,7 +41,7 @@ def split_costs(cfg: DemoConfig, work: Path) -> tuple[float, float, float, int]:
     slices = 0
     for index in range(cfg.cases):
         start = time.perf_counter()
-        phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices)
+        phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices, cfg.difficulty)
         render += time.perf_counter() - start
         slices += phantom.patient.n_slices
         storage = storage_of(cfg.seed, index)
@@ -56,6 +58,14 @@ def split_costs(cfg: DemoConfig, work: Path) -> tuple[float, float, float, int]:
     return render, ours, baseline, slices
 
 
+def render_seconds(cfg: DemoConfig) -> float:
+    """Seconds to render every case of ``cfg`` in memory."""
+    start = time.perf_counter()
+    for index in range(cfg.cases):
+        make_phantom(cfg.seed, index, cfg.size, cfg.max_slices, cfg.difficulty)
+    return time.perf_counter() - start
+
+
 def run_set(cfg: DemoConfig, work: Path) -> float:
     """Wall seconds of make_demo into a fresh folder."""
     out = work / f"set{cfg.workers}"
@@ -69,13 +79,15 @@ def run_set(cfg: DemoConfig, work: Path) -> float:
 def main() -> None:
     """Measure and print every figure with its baseline."""
     args = parse_args()
-    cfg = DemoConfig(cases=args.cases, size=args.size, workers=1)
+    cfg = DemoConfig(cases=args.cases, size=args.size, workers=1, difficulty=args.difficulty)
     with tempfile.TemporaryDirectory(prefix="ctstack-demo-bench-") as tmp:
         work = Path(tmp)
         render, ours, baseline, slices = split_costs(cfg, work)
         serial = run_set(cfg, work)
-        parallel = run_set(DemoConfig(cases=args.cases, size=args.size, workers=args.workers), work)
-    print(f"{args.cases} cases, {args.size}x{args.size}, {slices} slices")
+        parallel = run_set(DemoConfig(cases=args.cases, size=args.size, workers=args.workers,
+                                      difficulty=args.difficulty), work)
+    easy = render_seconds(DemoConfig(cases=args.cases, size=args.size)) if args.difficulty != "easy" else None
+    print(f"{args.cases} cases, {args.size}x{args.size}, {slices} slices, difficulty {args.difficulty}")
     print(f"(w) baseline nib.save of the rendered volumes: {baseline:6.2f} s  ({slices / baseline:7.1f} slices/s)")
     print(f"(r) rendering:                                  {render:6.2f} s  ({slices / render:7.1f} slices/s)"
           f"  = {render / baseline:.2f} x (w)")
@@ -83,6 +95,9 @@ def main() -> None:
     print(f"(1) make_demo, 1 worker:                        {serial:6.2f} s  ({args.cases / serial:.2f} cases/s)")
     print(f"(n) make_demo, {args.workers} workers:                       {parallel:6.2f} s  "
           f"({args.cases / parallel:.2f} cases/s)  speed-up {serial / parallel:.2f} x")
+    if easy is not None:
+        print(f"(e) rendering the same cases easy:              {easy:6.2f} s  -> realistic = {render / easy:.2f} x (e)"
+              " (thick-slice patients render fewer slices)")
 
 
 if __name__ == "__main__":

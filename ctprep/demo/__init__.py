@@ -4,7 +4,8 @@ Run: ctprep demo raw/ --cases 12   (then: ctprep convert raw/ store.zarr)
 
 The generator is its own room; conversion never imports it. Read it top-down:
 ``writer`` (the set: options, layouts, NIfTI files, summary) -> ``phantom`` (one case rendered slice by slice)
--> ``anatomy`` (body, lungs, bones), ``vessels`` (vessel trees), ``lesions`` (ground-glass and consolidation).
+-> ``anatomy`` (body, lungs, bones), ``vessels`` (vessel trees), ``lesions`` (ground-glass and consolidation),
+``realistic`` (``--difficulty realistic``: look-alikes, artefacts, thick slices).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ slices to about half the scan, as in the source study's data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +25,22 @@ HALO = {"ggo": 0.25, "consolidation": 0.08}  # width of the unlabeled fading edg
 
 
 @dataclass(frozen=True)
+class LesionStyle:
+    """How lesions look and where they sit: the easy defaults, or the realistic difficulty's."""
+
+    ggo_hu: tuple[float, float] = GGO_HU
+    consolidation_hu: tuple[float, float] = CONSOLIDATION_HU
+    ggo_p: float = 0.65  # the rest are consolidation
+    halo: dict = field(default_factory=lambda: dict(HALO))
+    soft_core: float = 0.0  # > 0: opacity ramps up over this much of the level inside the mask
+    paving_hu: float = 0.0  # > 0: crazy-paving septa this much denser than the ground glass
+    pleural_p: float = 0.0  # chance a lesion is placed against the lung's edge (pleura or mediastinum)
+
+
+EASY_LESIONS = LesionStyle()
+
+
+@dataclass(frozen=True)
 class Lesion:
     """One lesion: its kind, mean HU, lung side (0 right, 1 left), ellipsoid chain and edge waves."""
 
@@ -32,6 +49,7 @@ class Lesion:
     side: int
     blobs: np.ndarray  # (K, 6): u, v (lung-relative centre), z_mm, ru, rv (lung-relative radii), rz_mm
     waves: np.ndarray  # (M, 5): kx, ky, kz (rad/mm), phase, amplitude
+    paving: tuple[float, float, float] = (0.0, 0.0, 0.0)  # septa period_mm, angle, HU (0: none)
 
 
 def burden_stratum(seed: int, index: int) -> int:
@@ -39,7 +57,8 @@ def burden_stratum(seed: int, index: int) -> int:
     return int(np.random.default_rng([seed, 2**32 + 1]).permutation(STRATA)[index % STRATA])
 
 
-def draw_lesions(rng: np.random.Generator, p: Patient, stratum: int) -> list[Lesion]:
+def draw_lesions(rng: np.random.Generator, p: Patient, stratum: int,
+                 style: LesionStyle = EASY_LESIONS) -> list[Lesion]:
     """Draw 0-6 lesions on non-overlapping height intervals of the lungs, with a burden set by ``stratum``.
 
     Stratifying the burden keeps a set's overall empty:lesion ratio close to the target (about 1.75) while
@@ -50,7 +69,7 @@ def draw_lesions(rng: np.random.Generator, p: Patient, stratum: int) -> list[Les
     lo, hi = COVERAGE
     coverage = lo + (hi - lo) * ((stratum + rng.uniform(0.2, 0.8)) / STRATA) ** BURDEN_SKEW
     n = int(np.clip(round(coverage * 7 + rng.uniform(-1.5, 1.5)), 1, 6))
-    return [_draw_lesion(rng, p, z0, z1) for z0, z1 in _z_intervals(rng, p, coverage, n)]
+    return [_draw_lesion(rng, p, z0, z1, style) for z0, z1 in _z_intervals(rng, p, coverage, n)]
 
 
 def _z_intervals(rng: np.random.Generator, p: Patient, coverage: float, n: int) -> list[tuple[float, float]]:
@@ -63,21 +82,28 @@ def _z_intervals(rng: np.random.Generator, p: Patient, coverage: float, n: int) 
     return [(float(s), float(s + length)) for s, length in zip(starts, lengths)]
 
 
-def _draw_lesion(rng: np.random.Generator, p: Patient, z0: float, z1: float) -> Lesion:
+def _draw_lesion(rng: np.random.Generator, p: Patient, z0: float, z1: float, style: LesionStyle) -> Lesion:
     """One lesion spanning heights z0..z1: mostly peripheral and posterior, as COVID-19 opacities are."""
-    ggo = rng.random() < 0.65
+    ggo = rng.random() < style.ggo_p
     k = int(np.clip(np.ceil((z1 - z0) / BLOB_SPACING_MM), 1, 12))
     spacing = (z1 - z0) / k
     theta = rng.uniform(-np.pi, 0.0) if rng.random() < 0.75 else rng.uniform(-np.pi, np.pi)
     theta = theta + np.cumsum(rng.normal(0.0, 0.25, k))
     radius = np.clip(rng.uniform(0.45, 0.75) + np.cumsum(rng.normal(0.0, 0.05, k)), 0.2, 0.8)
     size = rng.uniform(0.14, 0.34) if ggo else rng.uniform(0.10, 0.24)
+    if style.pleural_p > 0 and rng.random() < style.pleural_p:  # centre near the edge: the lung clips it flat
+        radius = np.clip(1.0 - 0.5 * size + np.cumsum(rng.normal(0.0, 0.02, k)), 0.75, 1.0)
     blobs = np.column_stack([
         radius * np.cos(theta), radius * np.sin(theta), z0 + spacing * (np.arange(k) + 0.5),
         size * rng.uniform(0.7, 1.3, k), size * rng.uniform(0.7, 1.3, k), np.full(k, 0.75 * spacing),
     ])
-    return Lesion(kind="ggo" if ggo else "consolidation", hu=float(rng.uniform(*(GGO_HU if ggo else CONSOLIDATION_HU))),
-                  side=int(rng.integers(2)), blobs=blobs, waves=_waves(rng))
+    lesion = Lesion(kind="ggo" if ggo else "consolidation",
+                    hu=float(rng.uniform(*(style.ggo_hu if ggo else style.consolidation_hu))),
+                    side=int(rng.integers(2)), blobs=blobs, waves=_waves(rng))
+    if ggo and style.paving_hu > 0:
+        paving = (float(rng.uniform(4.0, 8.0)), float(rng.uniform(0, np.pi)), float(style.paving_hu))
+        lesion = dataclasses.replace(lesion, paving=paving)
+    return lesion
 
 
 def _waves(rng: np.random.Generator, count: int = 6) -> np.ndarray:
@@ -89,7 +115,7 @@ def _waves(rng: np.random.Generator, count: int = 6) -> np.ndarray:
 
 
 def paint_lesions(img: np.ndarray, mask: np.ndarray, lung_any: np.ndarray, r: SliceRenderer,
-                  lesions: list[Lesion], z_mm: float, voxels: np.ndarray) -> None:
+                  lesions: list[Lesion], z_mm: float, voxels: np.ndarray, style: LesionStyle = EASY_LESIONS) -> None:
     """Paint every lesion crossing this slice into ``img`` (HU) and ``mask`` (1), only inside the lungs.
 
     Outside the mask the lesion fades into the lung over a thin halo (wider for ground-glass), the fuzzy edge
@@ -102,11 +128,17 @@ def paint_lesions(img: np.ndarray, mask: np.ndarray, lung_any: np.ndarray, r: Sl
         level, noise, box = found
         lung = lung_any[box]
         inside = (level > 0.0) & lung
-        lo, hi = GGO_HU if lesion.kind == "ggo" else CONSOLIDATION_HU
-        halo = HALO["ggo" if lesion.kind == "ggo" else "consolidation"]
-        alpha = np.clip(1.0 + level / halo, 0.0, 1.0) * lung  # 1 inside the mask, 0 beyond the halo
+        lo, hi = style.ggo_hu if lesion.kind == "ggo" else style.consolidation_hu
+        halo = style.halo[lesion.kind]
+        if style.soft_core > 0:  # ramps from 0 at the halo's outer edge to 1 at soft_core inside the mask
+            alpha = np.clip((level + halo) / (halo + style.soft_core), 0.0, 1.0) * lung
+        else:
+            alpha = np.clip(1.0 + level / halo, 0.0, 1.0) * lung  # 1 inside the mask, 0 beyond the halo
+        target = np.clip(lesion.hu + 60.0 * noise, lo, hi)
+        if lesion.paving[2] > 0:
+            target = target + lesion.paving[2] * _septa(r, box, lesion.paving)
         region = img[box]
-        region += alpha * (np.clip(lesion.hu + 60.0 * noise, lo, hi) - region)
+        region += alpha * (target - region)
         mask[box][inside] = 1
         voxels[i] += int(inside.sum())
 
@@ -133,3 +165,12 @@ def _lesion_slice(r: SliceRenderer, lesion: Lesion, z_mm: float):
     for kx, ky, kz, phase, amp in lesion.waves:
         noise += amp * np.cos(kx * x + ky * y + (kz * z_mm + phase))
     return field + noise, noise, box
+
+
+def _septa(r: SliceRenderer, box: tuple[slice, slice], paving: tuple[float, float, float]) -> np.ndarray:
+    """Crazy paving: a polygonal web of thin lines (interlobular septa), 1 on a line and 0 between."""
+    period, angle, _ = paving
+    x, y = r.x_mm[:, box[1]], r.y_mm[box[0], :]
+    u = (x * np.cos(angle) + y * np.sin(angle)) * (np.pi / period)
+    v = (y * np.cos(angle) - x * np.sin(angle) + 0.3 * period * np.sin(u)) * (np.pi / period)
+    return np.clip((np.maximum(np.abs(np.cos(u)), np.abs(np.cos(v))) - 0.85) / 0.15, 0.0, 1.0)

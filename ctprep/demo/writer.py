@@ -15,6 +15,7 @@ import numpy as np
 
 from ctprep.atomic import write_bytes, write_text
 from ctprep.demo.phantom import Phantom, make_phantom
+from ctprep.demo.realistic import DIFFICULTIES
 from ctprep.errors import UsageError
 from ctprep.nifti import gzip_bytes
 from ctprep.workers import process_pool
@@ -57,6 +58,7 @@ class DemoConfig:
     size: int = 512  # in-plane matrix, as scanners reconstruct; smaller for quick tests
     max_slices: int | None = None  # cap for quick runs: slices get thicker, the whole chest stays
     workers: int | None = None  # processes; None = one per core (at most one per case), 1 = in-process
+    difficulty: str = "easy"  # "realistic": faint soft lesions, look-alikes, artefacts (easy keeps its bytes)
 
     def __post_init__(self) -> None:
         _check_range("cases", self.cases, 1, 10_000)
@@ -64,6 +66,8 @@ class DemoConfig:
         _check_range("size", self.size, 32, 2048)
         if self.layout not in LAYOUTS:
             raise UsageError(f"layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if self.difficulty not in DIFFICULTIES:
+            raise UsageError(f"difficulty {self.difficulty!r}: expected one of {', '.join(DIFFICULTIES)}")
         if self.max_slices is not None:
             _check_range("max_slices", self.max_slices, 4, 10_000)
         if self.workers is not None:
@@ -142,7 +146,7 @@ def _check_out_dir(out_dir: Path) -> None:
 def write_demo_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
     """Render case ``index`` and write its image (and mask); return its row."""
     start = time.perf_counter()
-    phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices)
+    phantom = make_phantom(cfg.seed, index, cfg.size, cfg.max_slices, cfg.difficulty)
     storage = storage_of(cfg.seed, index)
     image_path, mask_path = case_paths(out_dir, cfg, index)
     affine = case_affine(phantom, storage.lps)
