@@ -6,7 +6,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -59,10 +59,8 @@ def remove_if_unused(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but its lock file (a new run refused before it wrote anything)."""
     if {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
-        try:
+        with suppress(OSError):  # another process wrote into it meanwhile: keep it
             run_dir.rmdir()
-        except OSError:  # another process wrote into it meanwhile: keep it
-            pass
 
 
 def plan_hash(slices: pd.DataFrame) -> str:

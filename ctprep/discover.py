@@ -22,7 +22,7 @@ SAFE_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # always fullmat
 NNUNET_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
 FOLDER_PAIRS = (("images", "masks"), ("images", "labels"))
 LAYOUT_DIRS = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "masks", "labels"}
-CHANNEL_STEM = re.compile(r"(.+)_(\d{4})")  # nnU-Net image stems NAME_XXXX, XXXX the channel; always fullmatch
+CHANNEL_STEM = re.compile(r"(.+)_(\d{4})")  # nnU-Net image stems NAME_0000: four digits name the channel; fullmatch
 CT_CHANNEL = "0000"  # the one channel ctstack reads
 
 
