@@ -251,8 +251,8 @@ def train(
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
     lesion_free: Annotated[float, typer.Option(help="Without --plan: fraction (0..1) of a lesion-free patient's "
                                                     "slices per epoch.")] = 0.1,
-    model: Annotated[str, typer.Option(help="dual-encoder (the study's model) or unet2d (its baseline).")]
-    = "dual-encoder",
+    model: Annotated[str, typer.Option(help="dual-encoder (the study's model), unet2d (its baseline) or unet3d "
+                                            "(3-D patches, sliding-window inference).")] = "dual-encoder",
     width: Annotated[int, typer.Option(help="Channels of the first level (12 -> ~1.5 M parameters).")] = 12,
     depth: Annotated[int, typer.Option(help="Downsamplings (levels - 1); inputs padded to a multiple of 2**depth.")]
     = 4,
@@ -262,6 +262,9 @@ def train(
     fusion: Annotated[str, typer.Option(help="Dual encoder: learned (gated residual, every level), fixed (0.5/0.5), "
                                              "concat (1x1 conv) or bottleneck (learned, deepest level only).")]
     = "learned",
+    patch_depth: Annotated[int, typer.Option(help="unet3d: slices per training patch and inference window.")] = 32,
+    patch_size: Annotated[int, typer.Option(help="unet3d: in-plane patch side (the store size when smaller).")]
+    = 128,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch).")] = 16,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (effective batch "

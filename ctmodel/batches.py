@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctmodel.config import ModelConfig
 from ctmodel.inference import stack_indices
 from ctprep.console import track
 from ctprep.errors import PlanError, UsageError
@@ -53,6 +54,34 @@ class ResidentVolumes:
         """(B, 1, S, S) float32 masks of the centre slices."""
         rows = (self.starts[case_pos] + slice_index)[:, None]  # (B, 1)
         return self._take(self.masks, rows).float()
+
+    def patches(self, case_pos: torch.Tensor, slice_index: torch.Tensor, depth: int, size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """unet3d's samples: images (B, 1, depth, size, size) float32 in [0, 1] and masks (same shape) float32.
+
+        The depth window is centred on the plan's slice z (it starts at z - depth // 2, clamped inside the case);
+        rows past a case shorter than ``depth`` are air (0) with mask 0. The in-plane window is a random crop
+        (offsets uniform in 0..S - size, drawn from ``generator``), one per sample.
+        """
+        count = self.n_slices[case_pos]
+        first = torch.minimum(torch.clamp(slice_index - depth // 2, min=0), torch.clamp(count - depth, min=0))
+        offsets = torch.arange(depth, device=self.device)
+        index = first[:, None] + offsets  # (B, depth) slice numbers
+        inside = (index < count[:, None]).to(torch.float32)[:, :, None, None]  # (B, depth, 1, 1)
+        rows = torch.minimum(index, count[:, None] - 1) + self.starts[case_pos, None]
+        crop = self._crop_grid(len(case_pos), depth, size, generator)
+        images = decode(self._take(self.images, rows)[crop]) * inside
+        masks = self._take(self.masks, rows)[crop].float() * inside
+        return images[:, None], masks[:, None]
+
+    def _crop_grid(self, n: int, depth: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Index tensors that cut a random (size x size) window out of each of n (depth, S, S) samples."""
+        side = self.images.shape[-1]
+        top, left = (torch.randint(0, side - size + 1, (2, n), generator=generator)).to(self.device)
+        span = torch.arange(size, device=self.device)
+        return (torch.arange(n, device=self.device)[:, None, None, None],
+                torch.arange(depth, device=self.device)[None, :, None, None],
+                (top[:, None] + span)[:, None, :, None], (left[:, None] + span)[:, None, None, :])
 
     def volume(self, case_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One whole case decoded: image (Z, S, S) float32 and mask (Z, S, S) uint8, on the device."""
@@ -175,13 +204,23 @@ def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame) -> EpochSamples:
 
 
 def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: int,
-                    generator: torch.Generator, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled (x (B, 3, S, S), y (B, 1, S, S)) batches of one epoch; the order depends only on ``generator``."""
+                    generator: torch.Generator, start_batch: int = 0,
+                    patch: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled (x (B, 3, S, S), y (B, 1, S, S)) batches of one epoch, or with ``patch`` = (depth, size) unet3d's
+    (x, y) (B, 1, depth, size, size) patches; the order and crops depend only on ``generator``."""
     order = torch.randperm(len(samples), generator=generator).to(data.device)
     for start in range(start_batch * batch_size, len(samples), batch_size):
         pick = order[start:start + batch_size]
         case_pos, slice_index = samples.case_pos[pick], samples.slice_index[pick]
-        yield data.stacks(case_pos, slice_index), data.centre_masks(case_pos, slice_index)
+        if patch is not None:
+            yield data.patches(case_pos, slice_index, *patch, generator)
+        else:
+            yield data.stacks(case_pos, slice_index), data.centre_masks(case_pos, slice_index)
+
+
+def patch_shape(model_cfg: ModelConfig, size: int) -> tuple[int, int] | None:
+    """(depth, in-plane side) of unet3d's training patches in a store of side ``size``; None for the 2.5D models."""
+    return (model_cfg.patch_depth, min(model_cfg.patch_size, size)) if model_cfg.volumetric else None
 
 
 def n_batches(n_samples: int, batch_size: int) -> int:

@@ -1,4 +1,5 @@
-"""Building blocks of the 2.5D U-Nets: the conv blocks (residual, idc), the fusions of the dual encoder, UpBlock."""
+"""Building blocks of the U-Nets: the conv blocks (residual, idc), the fusions of the dual encoder, UpBlock,
+Encoder, Decoder. The blocks and the encoder/decoder take ``dims`` = 2 (the 2.5D networks) or 3 (unet3d)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,19 +7,26 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+UP = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
 
 class ResidualConvBlock(nn.Module):
-    """Two 3x3 convs with InstanceNorm(affine) and LeakyReLU, plus the input (1x1-projected when channels change)."""
+    """Two 3x3 (3x3x3 with dims=3) convs with InstanceNorm(affine) and LeakyReLU, plus the input (1x1-projected
+    when channels change)."""
 
-    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01) -> None:
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01, dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.norm1 = nn.InstanceNorm2d(out_channels, affine=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm2 = nn.InstanceNorm2d(out_channels, affine=True)
+        conv, norm = CONV[dims], NORM[dims]
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = norm(out_channels, affine=True)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = norm(out_channels, affine=True)
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
         self.skip = (nn.Identity() if in_channels == out_channels
-                     else nn.Conv2d(in_channels, out_channels, 1, bias=False))
+                     else conv(in_channels, out_channels, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.norm1(self.conv1(x)))
@@ -26,27 +34,42 @@ class ResidualConvBlock(nn.Module):
         return self.act(y + self.skip(x))
 
 
+BAND_AXES = {2: ("w", "h"), 3: ("w", "h", "d")}  # the band branches of InceptionDWConv, one along each axis
+
+
+def band_conv(group: int, band_kernel: int, axis: int, dims: int) -> nn.Module:
+    """A depthwise band conv: ``band_kernel`` along spatial axis ``axis`` (counted from the last), 1 elsewhere."""
+    kernel = [1] * dims
+    kernel[dims - 1 - axis] = band_kernel
+    return CONV[dims](group, group, tuple(kernel), padding=tuple(k // 2 for k in kernel), groups=group, bias=False)
+
+
 class InceptionDWConv(nn.Module):
-    """InceptionNeXt's token mixer: identity | depthwise k x k | 1 x band | band x 1, each on a share of the channels.
+    """InceptionNeXt's token mixer: identity | depthwise k x k | 1 x band | band x 1, each on a share of the channels;
+    with dims=3: identity | depthwise k x k x k cube | a band along each of W, H and D.
 
     Each conv branch takes ``max(1, int(channels * branch_ratio))`` channels, the identity the rest; bias-free
     (InstanceNorm follows in IDCBlock).
     """
 
     def __init__(self, channels: int, square_kernel: int = 3, band_kernel: int = 11,
-                 branch_ratio: float = 0.125) -> None:
+                 branch_ratio: float = 0.125, dims: int = 2) -> None:
         super().__init__()
         group = max(1, int(channels * branch_ratio))
-        if 3 * group > channels:
-            raise ValueError(f"InceptionDWConv needs 3 or more channels (3 branches of 1), got {channels}")
-        self.split = (channels - 3 * group, group, group, group)
-        self.square = nn.Conv2d(group, group, square_kernel, padding=square_kernel // 2, groups=group, bias=False)
-        self.band_w = nn.Conv2d(group, group, (1, band_kernel), padding=(0, band_kernel // 2), groups=group, bias=False)
-        self.band_h = nn.Conv2d(group, group, (band_kernel, 1), padding=(band_kernel // 2, 0), groups=group, bias=False)
+        branches = 1 + len(BAND_AXES[dims])
+        if branches * group > channels:
+            raise ValueError(f"InceptionDWConv needs {branches} or more channels ({branches} branches of 1), "
+                             f"got {channels}")
+        self.split = (channels - branches * group, *[group] * branches)
+        self.square = CONV[dims](group, group, square_kernel, padding=square_kernel // 2, groups=group, bias=False)
+        for axis, name in enumerate(BAND_AXES[dims]):  # band_w, band_h (, band_d): the 2-D names old weights use
+            setattr(self, f"band_{name}", band_conv(group, band_kernel, axis, dims))
+        self.bands = [f"band_{name}" for name in BAND_AXES[dims]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_id, x_sq, x_w, x_h = torch.split(x, self.split, dim=1)
-        return torch.cat([x_id, self.square(x_sq), self.band_w(x_w), self.band_h(x_h)], dim=1)  # (B, C, H, W)
+        x_id, x_sq, *x_bands = torch.split(x, self.split, dim=1)
+        bands = [getattr(self, name)(part) for name, part in zip(self.bands, x_bands)]
+        return torch.cat([x_id, self.square(x_sq), *bands], dim=1)  # (B, C, [D,] H, W)
 
 
 class IDCBlock(nn.Module):
@@ -55,14 +78,15 @@ class IDCBlock(nn.Module):
     A drop-in for ResidualConvBlock (same constructor, same shapes); docs/model.md gives the exact definition.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01) -> None:
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.01, dims: int = 2) -> None:
         super().__init__()
+        conv, norm = CONV[dims], NORM[dims]
         self.project = (nn.Identity() if in_channels == out_channels
-                        else nn.Conv2d(in_channels, out_channels, 1, bias=False))
-        self.mixer = InceptionDWConv(out_channels)
-        self.norm1 = nn.InstanceNorm2d(out_channels, affine=True)
-        self.pointwise = nn.Conv2d(out_channels, out_channels, 1, bias=False)
-        self.norm2 = nn.InstanceNorm2d(out_channels, affine=True)
+                        else conv(in_channels, out_channels, 1, bias=False))
+        self.mixer = InceptionDWConv(out_channels, dims=dims)
+        self.norm1 = norm(out_channels, affine=True)
+        self.pointwise = conv(out_channels, out_channels, 1, bias=False)
+        self.norm2 = norm(out_channels, affine=True)
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +96,7 @@ class IDCBlock(nn.Module):
         return self.act(y + u)
 
 
-BlockFactory = Callable[[int, int], nn.Module]
+BlockFactory = Callable[..., nn.Module]  # (in_channels, out_channels, dims=2) -> block
 BLOCK_TYPES: dict[str, BlockFactory] = {"residual": ResidualConvBlock, "idc": IDCBlock}
 
 
@@ -128,10 +152,10 @@ class UpBlock(nn.Module):
     """Decoder step: 2x transposed-conv upsampling, concat with the skip, a conv block (ResidualConvBlock default)."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int,
-                 block: BlockFactory = ResidualConvBlock) -> None:
+                 block: BlockFactory = ResidualConvBlock, dims: int = 2) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-        self.block = block(out_channels + skip_channels, out_channels)
+        self.up = UP[dims](in_channels, out_channels, 2, stride=2)
+        self.block = block(out_channels + skip_channels, out_channels, dims=dims)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, C_out, 2H, 2W)
@@ -142,11 +166,12 @@ class Encoder(nn.Module):
     """A conv block per level (ResidualConvBlock default), 2x max-pooling between levels; returns every level's
     features."""
 
-    def __init__(self, in_channels: int, channels: list[int], block: BlockFactory = ResidualConvBlock) -> None:
+    def __init__(self, in_channels: int, channels: list[int], block: BlockFactory = ResidualConvBlock,
+                 dims: int = 2) -> None:
         super().__init__()
         ins = [in_channels, *channels[:-1]]
-        self.blocks = nn.ModuleList(block(i, o) for i, o in zip(ins, channels))
-        self.pool = nn.MaxPool2d(2)
+        self.blocks = nn.ModuleList(block(i, o, dims=dims) for i, o in zip(ins, channels))
+        self.pool = POOL[dims](2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
@@ -159,14 +184,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Shared decoder: from the deepest features up, with a skip at every level, to one logit channel."""
 
-    def __init__(self, channels: list[int], block: BlockFactory = ResidualConvBlock) -> None:
+    def __init__(self, channels: list[int], block: BlockFactory = ResidualConvBlock, dims: int = 2) -> None:
         super().__init__()
-        self.ups = nn.ModuleList(UpBlock(channels[i + 1], channels[i], channels[i], block)
+        self.ups = nn.ModuleList(UpBlock(channels[i + 1], channels[i], channels[i], block, dims)
                                  for i in reversed(range(len(channels) - 1)))
-        self.head = nn.Conv2d(channels[0], 1, 1)
+        self.head = CONV[dims](channels[0], 1, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         for up, skip in zip(self.ups, reversed(features[:-1])):
             x = up(x, skip)
-        return self.head(x)  # (B, 1, H, W) logits
+        return self.head(x)  # (B, 1, [D,] H, W) logits

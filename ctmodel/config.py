@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 from ctprep.errors import UsageError
 
-MODELS = ("dual-encoder", "unet2d")
+MODELS = ("dual-encoder", "unet2d", "unet3d")
 BLOCKS = ("residual", "idc")  # the conv block of every level (docs/model.md, "Blocks")
 FUSIONS = ("learned", "fixed", "concat", "bottleneck")  # dual encoder only (docs/model.md, "Fusion variants")
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +53,8 @@ class ModelConfig:
     context: int = 1  # unet2d only: 1 = centre slice, 3 = the z-1, z, z+1 stack as channels
     block: str = "residual"  # the conv block of every level; "idc" = InceptionNeXt's Inception depthwise block
     fusion: str = "learned"  # dual encoder: the gated-residual FusionBlock at every level (the project's design)
+    patch_depth: int = 32  # unet3d only: slices per training patch and inference window
+    patch_size: int = 128  # unet3d only: in-plane patch/window side, min(patch_size, store size) is used
 
     def __post_init__(self) -> None:
         check_choice("model", self.name, MODELS)
@@ -69,6 +71,30 @@ class ModelConfig:
         if self.fusion != "learned" and self.name != "dual-encoder":
             raise UsageError(f"--fusion {self.fusion}: expected --model dual-encoder (the only model that fuses); "
                              "drop --fusion")
+        self._check_unet3d()
+
+    def _check_unet3d(self) -> None:
+        """The options only unet3d has, and the ones it refuses."""
+        check_positive("patch_depth", self.patch_depth)
+        check_positive("patch_size", self.patch_size)
+        if self.name != "unet3d":
+            default = ModelConfig.__dataclass_fields__
+            for name in ("patch_depth", "patch_size"):
+                if getattr(self, name) != default[name].default:
+                    raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected --model unet3d "
+                                     "(the only model trained on patches); drop it")
+            return
+        if self.context != 1:
+            raise UsageError(f"--context {self.context}: expected --model unet2d (unet3d sees whole 3-D patches, "
+                             "not slice stacks); drop --context")
+        if self.block == "idc" and self.width < 4:
+            raise UsageError(f"--model unet3d --block idc --width {self.width}: expected a width of 4 or more (the "
+                             "3-D Inception depthwise conv needs one channel per branch); raise --width")
+
+    @property
+    def volumetric(self) -> bool:
+        """Whether the network takes 3-D patches (unet3d) rather than slice stacks."""
+        return self.name == "unet3d"
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

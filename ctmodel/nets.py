@@ -1,9 +1,13 @@
-"""The networks: the dual-encoder 2.5D U-Net of the source study and its unet2d baseline, built from a ModelConfig.
+"""The networks: the dual-encoder 2.5D U-Net of the source study, its unet2d baseline and the unet3d of its
+comparison, built from a ModelConfig.
 
-Every network takes x: (B, 3, S, S) = slices (z-1, z, z+1) and returns logits (B, 1, S, S), at any S
-(inputs are padded to a multiple of 2**depth and the output cropped back).
+The 2.5D networks take x: (B, 3, S, S) = slices (z-1, z, z+1) and return logits (B, 1, S, S); unet3d takes
+patches (B, 1, D, H, W) and returns logits (B, 1, D, H, W). Any size works (inputs are padded to a multiple of
+2**depth and the output cropped back).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))  # 0 = windowed air
     return x, (height, width)
+
+
+def pad_patch(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Zero-pad D, H and W of (B, C, D, H, W) at the end up to multiples (at least one), and the last axis by one
+    more multiple when the deepest level would hold a single voxel (InstanceNorm needs 2); returns the padded
+    tensor and the original (D, H, W)."""
+    sizes = tuple(x.shape[-3:])
+    target = [max(multiple, -(-n // multiple) * multiple) for n in sizes]
+    if math.prod(t // multiple for t in target) < 2:
+        target[-1] += multiple
+    pads = [t - n for t, n in zip(target, sizes)]
+    if any(pads):
+        x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)])  # 0 = windowed air
+    return x, sizes
 
 
 class DualEncoderUNet(nn.Module):
@@ -70,10 +88,32 @@ class UNet2d(nn.Module):
         return self.decoder(self.encoder(inputs))[..., :height, :width]
 
 
+class UNet3d(nn.Module):
+    """The 3-D U-Net of the study's comparison: the same levels and blocks (cfg.block) made 3-D, on (B, 1, D, H, W)
+    patches. ``volumetric`` tells inference to slide ``window`` over whole volumes (ctmodel.inference)."""
+
+    volumetric = True
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        channels = level_channels(cfg)
+        self.multiple = 2**cfg.depth
+        self.window = (cfg.patch_depth, cfg.patch_size, cfg.patch_size)  # in-plane clipped to the store size
+        block = BLOCK_TYPES[cfg.block]
+        self.encoder = Encoder(1, channels, block, dims=3)
+        self.decoder = Decoder(channels, block, dims=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (depth, height, width) = pad_patch(x, self.multiple)  # (B, 1, D', H', W')
+        return self.decoder(self.encoder(x))[..., :depth, :height, :width]  # (B, 1, D, H, W)
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network named by ``cfg.name``, freshly initialised."""
     if cfg.name == "dual-encoder":
         return DualEncoderUNet(cfg)
+    if cfg.name == "unet3d":
+        return UNet3d(cfg)
     return UNet2d(cfg)
 
 

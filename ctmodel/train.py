@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 
 from ctmodel.augment import augment_batch
-from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident
+from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident, patch_shape
 from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
@@ -194,7 +194,7 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format(model_cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
@@ -258,7 +258,8 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     start = time.perf_counter()
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
-        batches = iterate_batches(session.data, samples, cfg.batch_size, shuffle)
+        batches = iterate_batches(session.data, samples, cfg.batch_size, shuffle,
+                                  patch=patch_shape(session.model_cfg, session.layout.size))
         for (x, y), (weight, first, last) in zip(batches, groups):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
@@ -296,15 +297,22 @@ def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: to
                      weight: float = 1.0) -> torch.Tensor:
     """Augment, forward under autocast, loss, backward of ``weight`` x loss (gradients add up in .grad);
     returns the unweighted loss (no GPU sync)."""
-    if session.cfg.augment:
+    if session.cfg.augment and x.ndim == 5:  # unet3d patches: one geometry for every slice of a sample
+        x, y = (t[:, None] for t in augment_batch(x[:, 0], y[:, 0], aug))
+    elif session.cfg.augment:
         x, y = augment_batch(x, y, aug)
     if session.cfg.channels_last and session.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format(session.model_cfg))
     with autocast(session.device, session.cfg.precision):
         logits = session.model(x)
     loss = session.loss_fn(logits, y)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss
+
+
+def memory_format(model_cfg: ModelConfig) -> torch.memory_format:
+    """--channels-last's layout: channels_last for the 2.5D networks, channels_last_3d for unet3d."""
+    return torch.channels_last_3d if model_cfg.volumetric else torch.channels_last
 
 
 def peak_memory_mb(device: torch.device) -> float:
