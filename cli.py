@@ -292,7 +292,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out from last.pt.")]
     = False,
 ) -> None:
-    """Train a dual-encoder 2.5D U-Net (or the unet2d baseline) from a store; writes a run folder.
+    """Train a dual-encoder 2.5D U-Net (or the unet2d / unet3d baselines) from a store; writes a run folder.
 
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
     (5-fold cross-validation: ctsample split store.zarr --folds 5, then --fold 0 .. --fold 4;

@@ -47,7 +47,7 @@ def check_inference(checkpoint: str, threshold: float, batch_size: int | None) -
 class ModelConfig:
     """Which network and how wide; the architecture stored with every checkpoint."""
 
-    name: str = "dual-encoder"  # the source study's model; "unet2d" is its baseline
+    name: str = "dual-encoder"  # the source study's model; "unet2d" and "unet3d" are its comparison's baselines
     width: int = 12  # channels of the first level: 12, 24, 48, 96, 96 -> 1.48 M params (the study: ~1.6 M)
     depth: int = 4  # downsamplings (2**4 = 16x); inputs are padded to a multiple of 2**depth
     context: int = 1  # unet2d only: 1 = centre slice, 3 = the z-1, z, z+1 stack as channels
