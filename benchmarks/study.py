@@ -37,7 +37,7 @@ from ctprep.console import make_console, print_table
 from ctprep.convert import ConvertConfig, convert
 from ctprep.demo import DemoConfig, make_demo
 from ctprep.errors import CtstackError, UsageError
-from ctprep.splits import SplitConfig
+from ctprep.splits import FoldConfig, SplitConfig
 from ctsample.resplit import resplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> list[StudyTable]:
     args = parse_args(argv)
     configs = selected(args.only)
     StatsConfig(resamples=args.resamples)  # a bad option fails before any work
+    FoldConfig(folds=args.folds)
     budget(args, configs[0], 0)
     store = prepare(args)
     counts = train_all(args, store, configs)
