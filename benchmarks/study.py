@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> list[StudyTable]:
     args = parse_args(argv)
     configs = selected(args.only)
     StatsConfig(resamples=args.resamples)  # a bad option fails before any work
-    FoldConfig(folds=args.folds)
+    if FoldConfig(folds=args.folds).folds == 0:
+        raise UsageError("--folds 0: expected 2 or more folds (the study is a cross-validation)")
     budget(args, configs[0], 0)
     store = prepare(args)
     counts = train_all(args, store, configs)
