@@ -18,7 +18,8 @@ from ctmodel.runfolder import CHECKPOINT_FILES, CONFIG_FILE, SUMMARY_FILE, eval_
 from ctprep.errors import RunError
 from ctprep.store import SliceStore
 
-COLUMNS = ("run", "model", "3-D grid", "IoU (3-D)", "Dice (3-D)", "NSD", "HD95 mm", "slice IoU (empty=1)",
+COLUMNS = ("run", "model", "3-D grid", "IoU (3-D)", "Dice (3-D)", "NSD", "HD95 mm", "FP rate (lesion-free slices)",
+           "slice IoU (empty=1)",
            "slice Dice (empty=1)", "slice IoU (excl. empty)", "slice Dice (excl. empty)", "parameters",
            "peak memory MB", "training min", "inference s/case", "evaluation")
 
@@ -41,7 +42,8 @@ class RunComparison:
         one, excl = slices["empty slices = 1"], slices["empty slices excluded"]
         seconds = self.training.get("train_seconds")
         values = (self.run_dir.name, self.model, self.summary.get("grid", "store"), metrics["iou"]["mean"],
-                  metrics["dice"]["mean"], metrics["nsd"]["mean"], metrics["hd95_mm"]["mean"], one["iou"], one["dice"], excl["iou"],
+                  metrics["dice"]["mean"], metrics["nsd"]["mean"], metrics["hd95_mm"]["mean"],
+                  self.summary["fp_slices"]["rate"], one["iou"], one["dice"], excl["iou"],
                   excl["dice"], self.training.get("parameters"), self.training.get("peak_memory_mb"),
                   seconds / 60.0 if seconds is not None else None, self.summary["network_seconds_per_case"],
                   "re-used" if self.reused else "evaluated")
@@ -71,7 +73,7 @@ def saved_evaluation(run_dir: Path, store_path: Path, cfg: EvaluateConfig) -> di
         return None
     identity = saved.get("identity", {})  # checkpoint size and mtime identify the weights without loading them
     current = run_identity(run_dir, checkpoint, identity.get("epoch", -1), SliceStore.open(store_path), cfg)
-    return saved if identity == current else None
+    return saved if identity == current and "fp_slices" in saved else None  # older JSONs lack the FP rate
 
 
 def compare_run(run_dir: Path, store_path: Path, cfg: EvaluateConfig, progress: bool = True) -> RunComparison:
@@ -91,12 +93,13 @@ def compare_run(run_dir: Path, store_path: Path, cfg: EvaluateConfig, progress: 
 
 
 def check_fold_split(run_dir: Path, config: dict, split: str) -> None:
-    """RunError for a cross-validation run compared on a split other than test: it trained on the store's train
-    and val cases (the other folds), so scores there would be inflated."""
+    """RunError for a cross-validation run compared on a split other than test or val (its held-out fold: the
+    out-of-fold scores): it trained on the other folds, so scores there would be inflated."""
     fold = (config.get("train") or {}).get("fold")
-    if fold is not None and split != "test":
-        raise RunError(f"{run_dir}: a fold-{fold} run trained on the store's train and val cases, expected "
-                       f"--split test, found --split {split}; compare cross-validation runs on the test split")
+    if fold is not None and split not in ("test", "val"):
+        raise RunError(f"{run_dir}: a fold-{fold} run trained on the other folds, expected --split test or val "
+                       f"(val = its held-out fold {fold}), found --split {split}; compare cross-validation runs on "
+                       "the test split or out-of-fold")
 
 
 def _read_cases(path: Path) -> pd.DataFrame | None:

@@ -19,7 +19,8 @@ from ctprep.errors import UsageError
 if TYPE_CHECKING:
     from ctmodel.compare import RunComparison
 
-METRICS = ("dice", "iou", "nsd", "hd95_mm")  # the per-case 3-D metrics compared (columns of eval-<split>.csv)
+METRICS = ("dice", "iou", "nsd", "hd95_mm", "fp_rate")  # per-case metrics compared (columns of eval-<split>.csv):
+# the 3-D scores and the slice-level false-positive rate on lesion-free slices (NaN for a case without any: unpaired)
 RUN_LEVEL_KEYS = ("seed", "fold")  # train-config fields that vary between runs of one configuration
 RESOURCES = (("parameters", "parameters"), ("peak memory MB", "peak_memory_mb"))
 
@@ -78,7 +79,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def per_case(members: list[RunComparison], metric: str) -> pd.Series:
     """case_id -> the metric averaged over the group's runs that scored the case (every run on a shared test
     split; one run per case when each run scored its own cases)."""
-    frames = [run.cases.loc[:, ["case_id", metric]] for run in members if run.cases is not None]
+    frames = [run.cases.loc[:, ["case_id", metric]] for run in members
+              if run.cases is not None and metric in run.cases]
     if not frames:
         return pd.Series(dtype=np.float64)
     rows = pd.concat(frames, ignore_index=True).astype({"case_id": str})
@@ -188,7 +190,8 @@ def group_summary(members: list[RunComparison]) -> dict:
     minutes and network seconds per case."""
     row: dict[str, float] = {"runs": len(members)}
     for metric in METRICS:
-        row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd([r.summary["metrics"][metric]["mean"] for r in members])
+        row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd([r.summary["metrics"].get(metric, {}).get("mean")
+                                                             for r in members])
     resources = {"parameters": [r.training.get("parameters") for r in members],
                  "peak_memory_mb": [r.training.get("peak_memory_mb") for r in members],
                  "training_min": [None if r.training.get("train_seconds") is None

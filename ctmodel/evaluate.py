@@ -19,17 +19,18 @@ import numpy as np
 
 from ctmodel.backends import Predictor, restore_numpy
 from ctmodel.config import check_inference
-from ctmodel.metrics import (CaseMetrics, SliceScores, case_metrics, dice, iou, slice_scores, surface_metrics,
-                             volume_ml)
+from ctmodel.metrics import (NO_SLICES, CaseMetrics, SliceScores, case_metrics, dice, false_positive_slices, iou,
+                             slice_scores, surface_metrics, volume_ml)
 from ctmodel.runfolder import eval_csv
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
-from ctprep.geometry import CaseGeometry
+from ctprep.geometry import CaseGeometry, plane_view
 from ctprep.outputs import check_output_dir, check_outputs
 from ctprep.splits import SPLIT_CHOICES as SPLITS
+from ctprep.splits import fold_view
 from ctprep.store import SliceStore
 
-CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "pred_ml", "true_ml")
+CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "fp_rate", "pred_ml", "true_ml")
 GRIDS = ("native", "store")  # native: the source file's voxels and spacing; store: the resized (Z, S, S) arrays
 
 
@@ -90,9 +91,10 @@ class Evaluation:
         return [r.warning for r in self.results if r.warning]
 
 
-def split_cases(store: SliceStore, split: str) -> list[str]:
-    """Labeled cases of ``split`` ('all' = every labeled case), in index order; RunError when there are none."""
-    index = store.index()
+def split_cases(store: SliceStore, split: str, fold: int | None = None) -> list[str]:
+    """Labeled cases of ``split`` ('all' = every labeled case), in index order; RunError when there are none.
+    With the ``fold`` of a cross-validation run the index is that run's fold view: 'val' is fold k (out-of-fold)."""
+    index = store.index() if fold is None else fold_view(store.index(), fold, store.path)
     rows = index[index["labeled"]] if split == "all" else index[index["labeled"] & (index["split"] == split)]
     cases = sorted(rows["case_id"].unique().tolist())
     if not cases:
@@ -151,11 +153,14 @@ def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndar
 def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, threshold: float,
                    tolerance_mm: float, slices: SliceScores) -> CaseMetrics:
     """3-D scores on the source grid: ``probs`` inverted by predict's numpy restore step (the torch
-    path predict takes on a GPU matches it within 1e-5), then thresholded, against the source ``truth`` at the source spacing; ``slices`` (store grid) kept as given."""
+    path predict takes on a GPU matches it within 1e-5), then thresholded, against the source ``truth`` at the source
+    spacing; false-positive slices counted on the source's axial slices; ``slices`` (store grid) kept as given."""
     pred, spacing_mm = restore_numpy(probs, geom, threshold)[0].astype(bool), source_spacing_mm(geom)
     surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
+    fp = false_positive_slices(plane_view(pred, geom), plane_view(truth, geom))
     return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
-                       pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm), slices=slices)
+                       pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm), slices=slices,
+                       fp_slices=fp)
 
 
 def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
@@ -211,9 +216,10 @@ def metric_stats(results: list[CaseScore]) -> dict:
 
 
 def summarize(results: list[CaseScore]) -> dict:
-    """Per-metric statistics over cases (and per grid), slice-level means pooled over all slices (both ways),
-    the grid of every figure, timing."""
+    """Per-metric statistics over cases (and per grid), slice-level means pooled over all slices (both ways), the
+    false-positive rate pooled over all lesion-free slices, the grid of every figure, timing."""
     pooled = sum((r.metrics.slices for r in results), SliceScores(0, 0, 0.0, 0.0))
+    fp = sum((r.metrics.fp_slices for r in results), NO_SLICES)
     n_slices = max(1, pooled.n_slices)
     by_grid = {grid: [r for r in results if r.grid == grid] for grid in GRIDS}
     return {
@@ -229,21 +235,28 @@ def summarize(results: list[CaseScore]) -> dict:
             "empty slices excluded": {"dice": pooled.mean("dice", "exclude"), "iou": pooled.mean("iou", "exclude"),
                                       "slices": pooled.n_slices - pooled.n_empty, "grid": "store"},
         },
+        "fp_slices": {"rate": fp.rate, "false_positive": fp.false_positive, "empty_truth": fp.empty_truth,
+                      "grid": grid_label(results)},
         "network_seconds_per_case": float(np.mean([r.network_seconds for r in results])) if results else math.nan,
         "network_ms_per_slice": 1000.0 * sum(r.network_seconds for r in results) / n_slices,
     }
 
 
 def summary_rows(summary: dict) -> list[tuple[object, ...]]:
-    """Table rows: metric (with its grid), mean ± sd, median (3-D per case), then the slice-level means both ways."""
+    """Table rows: metric (with its grid), mean ± sd, median (3-D per case; fp_rate per case over its lesion-free
+    slices), then the slice-level means both ways and the pooled false-positive rate."""
     rows: list[tuple[object, ...]] = []
     for name, stats in summary["metrics"].items():
-        rows.append((f"{name} (3-D per case, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
+        kind = "per case, lesion-free slices" if name == "fp_rate" else "3-D per case"
+        rows.append((f"{name} ({kind}, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
                      stats["median"]))
     for way, values in summary["slice_level"].items():
         for metric in ("dice", "iou"):
             rows.append((f"slice {metric} ({way}, {values['grid']} grid)", f"{values[metric]:.3f}",
                          f"{values['slices']} slices"))
+    fp = summary["fp_slices"]
+    rows.append((f"slice FP rate on lesion-free slices (pooled, {fp['grid']} grid)", f"{fp['rate']:.3f}",
+                 f"{fp['false_positive']} of {fp['empty_truth']} slices"))
     return rows
 
 
@@ -294,7 +307,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
     check_layout(run.layout, store, Path(run_dir))
-    cases = split_cases(store, cfg.split)
+    cases = split_cases(store, cfg.split, (run.config.get("train") or {}).get("fold"))
     predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
     results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress, cfg.grid)
     summary = {"identity": run_identity(Path(run_dir), run.path, run.epoch, store, cfg), **summarize(results)}

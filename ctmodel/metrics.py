@@ -1,4 +1,5 @@
-"""Per-case segmentation metrics in 3-D (Dice, IoU, NSD, HD95, volumes) and the study's slice-level means.
+"""Per-case segmentation metrics in 3-D (Dice, IoU, NSD, HD95, volumes), the study's slice-level means, and the
+slice-level false-positive rate on lesion-free slices.
 
 Conventions for empty masks (docs/metrics.md has the table and the comparison with MONAI and DeepMind):
 both empty -> Dice, IoU, NSD 1 and HD95 0; exactly one empty -> Dice, IoU, NSD 0 and HD95 the volume's
@@ -38,6 +39,26 @@ class SliceScores:
 
 
 @dataclass(frozen=True)
+class FalsePositiveSlices:
+    """Axial slices whose truth is empty, and how many of them the prediction marks anyway (>= 1 voxel); kept as
+    counts so that cases pool exactly."""
+
+    empty_truth: int  # slices with no true lesion voxel
+    false_positive: int  # of those, slices with at least one predicted voxel
+
+    @property
+    def rate(self) -> float:
+        """false_positive / empty_truth: the slice-level false-positive rate on lesion-free slices; NaN without any."""
+        return self.false_positive / self.empty_truth if self.empty_truth else math.nan
+
+    def __add__(self, other: "FalsePositiveSlices") -> "FalsePositiveSlices":
+        return FalsePositiveSlices(self.empty_truth + other.empty_truth, self.false_positive + other.false_positive)
+
+
+NO_SLICES = FalsePositiveSlices(0, 0)
+
+
+@dataclass(frozen=True)
 class CaseMetrics:
     """The metrics of one case; volumes in mL, distances in mm."""
 
@@ -48,15 +69,23 @@ class CaseMetrics:
     pred_ml: float
     true_ml: float
     slices: SliceScores
+    fp_slices: FalsePositiveSlices = NO_SLICES  # on the grid of the 3-D scores (native or store)
+
+    @property
+    def fp_rate(self) -> float:
+        """Slice-level false-positive rate on this case's lesion-free slices (NaN when every slice has lesion)."""
+        return self.fp_slices.rate
 
     def row(self) -> dict:
-        """A flat dict for the per-case CSV (slice-level means both ways, labelled)."""
-        row = {k: v for k, v in asdict(self).items() if k != "slices"}
+        """A flat dict for the per-case CSV (slice-level means both ways, labelled; the false-positive counts)."""
+        row = {k: v for k, v in asdict(self).items() if k not in ("slices", "fp_slices")}
         row.update(slice_dice_empty1=self.slices.mean("dice", "one"), slice_iou_empty1=self.slices.mean("iou", "one"),
                    slice_dice_excl=self.slices.mean("dice", "exclude"),
                    slice_iou_excl=self.slices.mean("iou", "exclude"),
                    n_slices=self.slices.n_slices, n_empty_slices=self.slices.n_empty,
-                   slice_dice_sum=self.slices.dice_sum, slice_iou_sum=self.slices.iou_sum)
+                   slice_dice_sum=self.slices.dice_sum, slice_iou_sum=self.slices.iou_sum,
+                   fp_rate=self.fp_rate, empty_truth_slices=self.fp_slices.empty_truth,
+                   fp_slices=self.fp_slices.false_positive)
         return row
 
 
@@ -97,6 +126,15 @@ def slice_scores(pred: np.ndarray, truth: np.ndarray) -> SliceScores:
     return SliceScores(int(n), int(empty.sum()), float(slice_dice.sum()), float(slice_iou.sum()))
 
 
+def false_positive_slices(pred: np.ndarray, truth: np.ndarray) -> FalsePositiveSlices:
+    """Count the axial slices (axis 0) with an empty truth, and those of them with >= 1 predicted voxel."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    n = truth.shape[0]
+    empty = ~truth.reshape(n, -1).any(axis=1)
+    marked = pred.reshape(n, -1).any(axis=1)
+    return FalsePositiveSlices(int(empty.sum()), int((empty & marked).sum()))
+
+
 def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float, float],
                     tolerance_mm: float) -> tuple[float, float]:
     """(NSD at ``tolerance_mm``, HD95 in mm) with the documented empty-mask conventions."""
@@ -118,4 +156,4 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, f
     surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
     return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
                        pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm),
-                       slices=slice_scores(pred, truth))
+                       slices=slice_scores(pred, truth), fp_slices=false_positive_slices(pred, truth))

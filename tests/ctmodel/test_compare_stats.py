@@ -125,7 +125,7 @@ def test_markdown_csv_and_plots_are_written(tmp_path):
     assert table.query("section == 'difference' and metric == 'dice'")["mean"].item() == pytest.approx(0.4 / 3)
     pngs = plot_metrics(runs, tmp_path / "figs")
     assert [p.name for p in pngs] == ["compare-dice.png", "compare-iou.png", "compare-nsd.png",
-                                      "compare-hd95_mm.png"]
+                                      "compare-hd95_mm.png", "compare-fp_rate.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
@@ -151,10 +151,10 @@ def test_cli_groups_seeds_and_writes_statistics(tmp_path, tiny_store):
     assert (tmp_path / "figs" / "compare-dice.png").exists()
 
 
-def test_cli_refuses_a_fold_run_on_the_val_split(tmp_path, tiny_store):
-    run = _save_run(tmp_path / "fold0", seed=0, fold=0)
-    result = CliRunner().invoke(model_app, ["compare", str(run), str(tiny_store), "--split", "val"])
-    assert result.exit_code == 1 and "expected --split test" in one_line_error(result)
+def test_cli_refuses_a_fold_run_on_the_train_split(tmp_path, tiny_store):
+    run = _save_run(tmp_path / "fold0", seed=0, fold=0)  # it trained on the other folds: scores there are inflated
+    result = CliRunner().invoke(model_app, ["compare", str(run), str(tiny_store), "--split", "train"])
+    assert result.exit_code == 1 and "expected --split test or val" in one_line_error(result)
 
 
 def test_a_case_without_a_finite_score_pairs_with_nothing():
