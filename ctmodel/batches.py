@@ -218,6 +218,20 @@ def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: in
             yield data.stacks(case_pos, slice_index), data.centre_masks(case_pos, slice_index)
 
 
+def patches_per_step(batch_size: int, depth: int) -> int:
+    """unet3d's patches per step: ``--batch-size`` counts slices, so a step holds about as many slices as a 2.5D
+    model's step (at least one patch)."""
+    return max(1, batch_size // depth)
+
+
+def volumetric_subset(samples: EpochSamples, batch_size: int, depth: int, generator: torch.Generator) -> EpochSamples:
+    """The plan rows one unet3d epoch centres its patches on: a uniform random subset (so the plan's balance
+    holds in expectation) sized to give the 2.5D models' number of steps, ``n_batches(rows, batch_size)``."""
+    keep = min(len(samples), n_batches(len(samples), batch_size) * patches_per_step(batch_size, depth))
+    pick = torch.randperm(len(samples), generator=generator)[:keep].sort().values.to(samples.case_pos.device)
+    return EpochSamples(case_pos=samples.case_pos[pick], slice_index=samples.slice_index[pick])
+
+
 def patch_shape(model_cfg: ModelConfig, size: int) -> tuple[int, int] | None:
     """(depth, in-plane side) of unet3d's training patches in a store of side ``size``; None for the 2.5D models."""
     return (model_cfg.patch_depth, min(model_cfg.patch_size, size)) if model_cfg.volumetric else None

@@ -19,7 +19,8 @@ import torch
 from rich.console import Console
 
 from ctmodel.augment import augment_batch
-from ctmodel.batches import ResidentVolumes, epoch_samples, iterate_batches, load_resident, patch_shape
+from ctmodel.batches import (ResidentVolumes, epoch_samples, iterate_batches, load_resident, patch_shape,
+                             patches_per_step, volumetric_subset)
 from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
@@ -251,15 +252,18 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     cfg, model = session.cfg, session.model
     samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)])
     shuffle, aug = epoch_generators(cfg, epoch, session.device)
-    groups = accumulation_weights(len(samples), cfg.batch_size, cfg.accumulate)
+    patch, batch_size = patch_shape(session.model_cfg, session.layout.size), cfg.batch_size
+    if patch is not None:  # unet3d: the 2.5D models' steps per epoch, about batch_size slices per step
+        samples = volumetric_subset(samples, cfg.batch_size, patch[0], shuffle)
+        batch_size = patches_per_step(cfg.batch_size, patch[0])
+    groups = accumulation_weights(len(samples), batch_size, cfg.accumulate)
     loss_sum = torch.zeros((), device=session.device)
     seen, step = 0, 0
     model.train()
     start = time.perf_counter()
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
-        batches = iterate_batches(session.data, samples, cfg.batch_size, shuffle,
-                                  patch=patch_shape(session.model_cfg, session.layout.size))
+        batches = iterate_batches(session.data, samples, batch_size, shuffle, patch=patch)
         for (x, y), (weight, first, last) in zip(batches, groups):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from cli import model_app
 from conftest import one_line_error, phantom, ras_affine, save_nifti
-from ctmodel.batches import iterate_batches, load_resident, patch_shape, EpochSamples
+from ctmodel.batches import (EpochSamples, iterate_batches, load_resident, n_batches, patch_shape, patches_per_step,
+                             volumetric_subset)
 from ctmodel.blocks import BLOCK_TYPES, IDCBlock, InceptionDWConv
 from ctmodel.checkpoint import load_run
 from ctmodel.config import BLOCKS, ModelConfig, TrainConfig
@@ -271,6 +272,20 @@ def test_epoch_batches_of_unet3d_are_patches_of_the_plan_rows(resident):
     samples = EpochSamples(case_pos=data.position(["case0", "case1", "case2"]), slice_index=torch.tensor([1, 4, 7]))
     batches = list(iterate_batches(data, samples, 2, torch.Generator().manual_seed(0), patch=patch_shape(cfg, 16)))
     assert [tuple(x.shape) for x, _ in batches] == [(2, 1, 4, 16, 16), (1, 1, 4, 16, 16)]
+
+
+@pytest.mark.parametrize("batch_size, depth", [(4, 4), (4, 2), (4, 1), (8, 32), (16, 3)])
+def test_a_unet3d_epoch_makes_the_2d_models_steps_of_about_batch_size_slices(resident, batch_size, depth):
+    _store, data = resident
+    rows = [(f"case{i % 5}", i % 9) for i in range(10)]
+    samples = EpochSamples(case_pos=data.position([c for c, _ in rows]), slice_index=torch.tensor([z for _, z in rows]))
+    subset = volumetric_subset(samples, batch_size, depth, torch.Generator().manual_seed(0))
+    per_step = patches_per_step(batch_size, depth)
+    assert per_step == max(1, batch_size // depth)  # at least one patch; per_step * depth <= batch_size otherwise
+    assert n_batches(len(subset), per_step) == n_batches(len(rows), batch_size)  # the 2.5D models' step count
+    picked = list(zip(subset.case_pos.tolist(), subset.slice_index.tolist()))
+    original = list(zip(samples.case_pos.tolist(), samples.slice_index.tolist()))
+    assert len(set(picked)) == len(picked) and set(picked) <= set(original)  # plan rows, none twice
 
 
 # ---------------------------------------------------------------- end to end
