@@ -77,8 +77,10 @@ TABLES = {  # table -> its rows in order; the reference row is trained once and 
     "sampler": ("ratio-natural", "lesion-only", "ratio-0", "ratio-1.0", REFERENCE, "ratio-3.0"),
 }
 SIZES = {  # --quick: the CPU-sized study (docs/results.md has the measurement); full: a GPU
-    "quick": dict(cases=12, demo_size=96, max_slices=16, size=48, folds=3, epochs=3, batch_size=8),
-    "full": dict(cases=60, demo_size=512, max_slices=None, size=256, folds=5, epochs=40, batch_size=16),
+    "quick": dict(cases=15, demo_size=128, max_slices=24, size=64, folds=5, epochs=12, batch_size=8, lr=1e-3,
+                  patch_depth=8),
+    "full": dict(cases=60, demo_size=512, max_slices=None, size=256, folds=5, epochs=40, batch_size=16, lr=5e-4,
+                 patch_depth=32),
 }
 
 
@@ -86,9 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options; sizes left out come from --quick's or the full study's presets (SIZES)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the CPU-sized study (~25 min on 2 cores)")
-    for name in ("cases", "demo_size", "max_slices", "size", "folds", "epochs", "batch_size"):
+    for name in ("cases", "demo_size", "max_slices", "size", "folds", "epochs", "batch_size", "patch_depth"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=5e-4, help="AdamW; StepLR x0.1 after 3/4 of the epochs")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW; StepLR x0.1 after 3/4 of the epochs")
     parser.add_argument("--only", default=None, help="comma list of configurations (default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,6 +117,14 @@ def selected(only: str | None) -> list[Configuration]:
         except UsageError as err:
             raise UsageError(f"configuration {config.name}: {err}; leave it out with --only") from err
     return chosen
+
+
+def model_config(args: argparse.Namespace, config: Configuration) -> ModelConfig:
+    """The configuration's network; unet3d's training patch and inference window are --patch-depth slices deep
+    (so a step holds --batch-size slices when the two are equal, docs/model.md, "Budget")."""
+    if config.model.get("name") == "unet3d":
+        return ModelConfig(**config.model, patch_depth=args.patch_depth)
+    return ModelConfig(**config.model)
 
 
 def budget(args: argparse.Namespace, config: Configuration, fold: int) -> TrainConfig:
@@ -180,7 +190,7 @@ def train_all(args: argparse.Namespace, store: Path, configs: list[Configuration
             if out.exists() and not resume:
                 shutil.rmtree(out)  # nothing worth keeping: no finished epoch
             console.print(f"study: {config.name} fold {fold} ({'resume' if resume else 'train'})")
-            train(store, ModelConfig(**config.model), budget(args, config, fold), out=out, resume=resume,
+            train(store, model_config(args, config), budget(args, config, fold), out=out, resume=resume,
                   console=console)
             counts["resumed" if resume else "trained"] += 1
     return counts

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ctmodel.config import MODELS
 from ctprep.errors import UsageError
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -58,13 +57,13 @@ def test_unknown_or_unbuildable_configurations_fail_before_any_work(study, tmp_p
     assert not (tmp_path / "a").exists()
 
 
-def test_unet3d_is_in_table_5_2_and_refused_with_a_hint_until_the_model_exists(study):
-    assert "unet3d" in study.TABLES["table-5.2"]
-    if "unet3d" in MODELS:
-        assert [c.name for c in study.selected("unet3d")] == ["unet3d"]
-    else:
-        with pytest.raises(UsageError, match="configuration unet3d: .*leave it out with --only"):
-            study.selected(None)  # all configurations: unet3d among them
+def test_unet3d_is_in_table_5_2_with_patches_as_deep_as_the_study_says(study):
+    assert "unet3d" in study.TABLES["table-5.2"] and [c.name for c in study.selected("unet3d")] == ["unet3d"]
+    args = study.parse_args(["--quick", "--patch-depth", "6"])
+    unet3d, = study.selected("unet3d")
+    assert study.model_config(args, unet3d).patch_depth == 6
+    quick = study.parse_args(["--quick"])
+    assert study.model_config(quick, unet3d).patch_depth == quick.batch_size  # one patch per step: the same slices
 
 
 def test_folds_are_dealt_evenly_after_the_test_share(study):
