@@ -4,8 +4,8 @@ Run: PYTHONPATH=. python benchmarks/study.py --quick                 (the CPU-si
      PYTHONPATH=. python benchmarks/study.py --device cuda           (the full study, on a GPU)
      PYTHONPATH=. python benchmarks/study.py --quick --only unet2d,dual-encoder   (a subset)
 
-In one process: write the realistic demo set (ctprep.demo), convert it, deal its patients into a test share and K
-folds (ctsample's resplit with a split CSV); train every configuration on every fold with one budget (epochs,
+In one process: write the demo set (ctprep.demo, realistic unless --difficulty easy), convert it, deal its
+patients into a test share and K folds (ctsample's resplit with a split CSV); train every configuration on every fold with one budget (epochs,
 batch, lr, schedule, seed; plan rule 1.75 / neighbours 1 unless the sampler ablation changes it); evaluate every
 run's last checkpoint on its held-out fold (out-of-fold) and on the test split, native grid; tabulate with
 ctmodel's compare machinery: per configuration mean ± sd over folds, and per-case paired differences against the
@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("cases", "demo_size", "max_slices", "size", "folds", "epochs", "batch_size", "patch_depth"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="AdamW; StepLR x0.1 after 3/4 of the epochs")
+    parser.add_argument("--difficulty", default="realistic", choices=("realistic", "easy"),
+                        help="the demo set (easy: to measure how much harder realistic is at one budget)")
     parser.add_argument("--only", default=None, help="comma list of configurations (default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -148,8 +150,8 @@ def deal(case_ids: list[str], folds: int, seed: int) -> dict[str, tuple[str, int
 
 
 def prepare(args: argparse.Namespace) -> Path:
-    """The realistic demo set, its store and folds under OUT (re-used when made with the same options)."""
-    facts = {k: getattr(args, k) for k in ("cases", "demo_size", "max_slices", "size", "folds", "seed")}
+    """The demo set, its store and folds under OUT (re-used when made with the same options)."""
+    facts = {k: getattr(args, k) for k in ("cases", "demo_size", "max_slices", "size", "folds", "seed", "difficulty")}
     store, marker = args.out / "store.zarr", args.out / "data.json"
     if marker.exists():
         made = json.loads(marker.read_text())
@@ -160,7 +162,7 @@ def prepare(args: argparse.Namespace) -> Path:
     shutil.rmtree(args.out / "raw", ignore_errors=True)
     shutil.rmtree(store, ignore_errors=True)
     rows = make_demo(args.out / "raw", DemoConfig(cases=args.cases, seed=args.seed, size=args.demo_size,
-                                                  max_slices=args.max_slices, difficulty="realistic"))
+                                                  max_slices=args.max_slices, difficulty=args.difficulty))
     convert(args.out / "raw", store, ConvertConfig(size=args.size), progress=False)
     dealt = deal(rows["case_id"].astype(str).tolist(), args.folds, args.seed)
     csv = args.out / "splits.csv"
@@ -268,7 +270,7 @@ def _md(columns: tuple[str, ...], rows: list[list[object]]) -> str:
 def write_study(tables: list[StudyTable], args: argparse.Namespace, seconds: float) -> tuple[Path, Path]:
     """OUT/study.md (every table) and OUT/study.csv (the same rows, tidy)."""
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    parts = ["# The study, tested (synthetic data: `ctprep demo --difficulty realistic`)", "",
+    parts = [f"# The study, tested (synthetic data: `ctprep demo --difficulty {args.difficulty}`)", "",
              f"Options: `{json.dumps(options)}`; this invocation took {seconds / 60:.1f} min.", ""]
     frames = []
     for t in tables:
