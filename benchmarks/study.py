@@ -4,14 +4,15 @@ Run: PYTHONPATH=. python benchmarks/study.py --quick                 (the CPU-si
      PYTHONPATH=. python benchmarks/study.py --device cuda           (the full study, on a GPU)
      PYTHONPATH=. python benchmarks/study.py --quick --only unet2d,dual-encoder   (a subset)
 
-In one process: write the demo set (ctprep.demo, realistic unless --difficulty easy), convert it, deal its
-patients into a test share and K folds (ctsample's resplit with a split CSV); train every configuration on every fold with one budget (epochs,
-batch, lr, schedule, seed; plan rule 1.75 / neighbours 1 unless the sampler ablation changes it); evaluate every
-run's last checkpoint on its held-out fold (out-of-fold) and on the test split, native grid; tabulate with
-ctmodel's compare machinery: per configuration mean ± sd over folds, and per-case paired differences against the
-reference (dual-encoder) with a bootstrap 95 % CI and a Wilcoxon p. Writes OUT/study.md, OUT/study.csv and, per
-table and split, OUT/<table>-<split>.md/.csv (compare's format, every pair). Resumable: a run whose summary.json
-exists is not trained again, a saved evaluation that matches is re-used, a run cut short resumes from last.pt.
+In one process: write the demo set (ctprep.demo, realistic unless --difficulty easy), convert it, deal its patients
+into a test share and K folds (ctsample's resplit with a split CSV); train every configuration on every fold with
+one budget (epochs, batch, lr, schedule, seed; plan rule 1.75 / neighbours 1 unless the sampler ablation changes
+it); evaluate every run's last checkpoint on its held-out fold (out-of-fold) and on the test split, native grid;
+tabulate with ctmodel's compare machinery: per configuration mean ± sd over folds, and per-case paired differences
+against the reference (dual-encoder) with a bootstrap 95 % CI and a Wilcoxon p. Writes OUT/study.md, OUT/study.csv
+and, per table and split, OUT/<table>-<split>.md/.csv (compare's format, every pair). Resumable: a run whose
+summary.json exists is not trained again, a saved evaluation that matches is re-used, a run cut short resumes from
+last.pt.
 """
 from __future__ import annotations
 
