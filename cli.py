@@ -46,6 +46,9 @@ def convert(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash (default 0).")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash "
                                                         "(official lists).")] = None,
+    consensus: Annotated[Optional[str], typer.Option(help="Stored mask of a case with several raters: majority "
+                                                          "(marked by at least half), union or intersection "
+                                                          "(default: the store's, majority for a new one).")] = None,
 ) -> None:
     """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
 
@@ -60,7 +63,7 @@ def convert(
     with errors(ctx, inputs=(splits,)):
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
-                                                       split=split))
+                                                       split=split, consensus=consensus))
     orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
     print_problems([*orphans, *report.skipped_files], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
@@ -122,6 +125,9 @@ def demo(
     workers: WorkersOption = None,
     difficulty: Annotated[str, typer.Option(help="easy (clear lesions) or realistic (faint, soft-edged, "
                                                  "look-alikes, artefacts, some thick slices).")] = "easy",
+    raters: Annotated[int, typer.Option(min=1, max=8, help="Annotators per labeled case: R > 1 writes NAME_seg_r1.."
+                                                           "rR (labelsTr/NAME_r1..) that differ like real "
+                                                           "radiologists; 1 writes the truth.")] = 1,
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -137,7 +143,7 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty)
+                         difficulty=difficulty, raters=raters)
         start = time.perf_counter()
         rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))
