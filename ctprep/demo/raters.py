@@ -16,12 +16,12 @@ from scipy import ndimage
 from ctprep.demo.phantom import Phantom
 
 MAX_RATERS = 8
-FIELD_PX = 1.5  # standard deviation of the smooth boundary field, in pixels of a 512 matrix
+FIELD_PX = 1.0  # standard deviation of the smooth boundary field, in pixels of a 512 matrix
 FIELD_SMOOTH_MM = 6.0  # correlation length of that field
-GENEROUS_PX = 2.5  # rater 2 draws this far outside the truth's boundary
+GENEROUS_PX = 2.0  # rater 2 draws this far outside the truth's boundary
 TIGHT_PX = -0.6  # rater 3 draws this far inside
 RANDOM_BIAS_PX = 0.7  # raters 4..: a bias drawn in +-this
-FAINT_HU = -620.0  # rater 3 misses ground-glass lesions whose mean HU is below this (faint: close to the lung)
+FAINT_HU = -480.0  # rater 3 misses ground-glass lesions whose mean HU is below this (faint: close to the lung)
 MARGIN_PX = 6  # the work box around the truth: the largest boundary shift plus a few pixels
 RATER_STREAM = 2**32 + 7  # seeds the raters' generator apart from the phantom's five streams
 
