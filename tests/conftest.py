@@ -90,8 +90,11 @@ def build_store(path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None
         labeled = label_case(masks, geom, consensus) if masks else None
         attrs = {"geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "lesion_pixels": None,
                  "source_lesion_voxels": None, **(labeled.attrs if labeled else {})}
-        write_case(path, case_id, encode(unit, layout.dtype), labeled and labeled.mask, attrs,
-                   labeled and labeled.raters, labeled and labeled.rater_ids)
+        if labeled is None:
+            write_case(path, case_id, encode(unit, layout.dtype), None, attrs)
+        else:
+            write_case(path, case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
+                       labeled.rater_ids)
     write_index(path, build_index(store, splits))
     return path
 
