@@ -1,4 +1,4 @@
-"""Finding several annotators per case: COVID-19-20 NAME_seg_<rater>, QUBIQ case folders, nnU-Net labelsTr/NAME_<rater>."""
+"""Finding several annotators per case: COVID-19-20 NAME_seg_<rater>, QUBIQ folders, nnU-Net labelsTr/NAME_<rater>."""
 from __future__ import annotations
 
 from pathlib import Path
