@@ -214,3 +214,15 @@ def test_info_reports_raters_consensus_and_disagreement(tmp_path):
     assert rows["rater disagreement slices"] == f"{disagree} ({share:.1f} % of labeled)"
     result = CliRunner().invoke(prep_app, ["info", str(store)])
     assert result.exit_code == 0 and "rater disagreement slices" in result.output and "1-3" in result.output
+
+
+def test_a_restored_root_keeps_the_consensus_the_cases_record(tmp_path):
+    hu, lesion = phantom()
+    write_rater_case(tmp_path / "raw", "a", hu, three_raters(lesion), ras_affine())
+    convert(tmp_path / "raw", tmp_path / "s.zarr", ConvertConfig(size=16, workers=1, consensus="union"),
+            progress=False)
+    (tmp_path / "s.zarr" / "zarr.json").unlink()
+    from ctprep.verify import restore_root
+
+    assert restore_root(tmp_path / "s.zarr")
+    assert SliceStore.open(tmp_path / "s.zarr").consensus == "union"
