@@ -332,11 +332,15 @@ def evaluate(
     figures: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of the best, median and "
                                                          "worst cases.")] = None,
     grid: GridOption = "native",
+    calibration: Annotated[bool, typer.Option("--calibration", help="Expected calibration error against the "
+                                              "rater fraction and a reliability PNG beside the CSV (always for "
+                                              "runs trained with --target soft or ugs).")] = False,
 ) -> None:
     """Evaluate a run on every labeled case of a split: 3-D Dice, IoU, NSD, HD95, volumes, slice-level means.
 
     3-D scores are on the source files' grid unless --grid store; a case whose source mask is missing or changed
-    falls back to the store grid with a warning.
+    falls back to the store grid with a warning. Cases with several raters are also scored against each rater,
+    with the inter-rater ceiling (docs/raters.md).
 
     Example: ctmodel evaluate runs/dual store.zarr --split test --figures figs/
     """
@@ -345,14 +349,15 @@ def evaluate(
 
     with errors(ctx, inputs=(run,), stores=(store,)):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
-                             batch_size=batch_size, grid=grid)
+                             batch_size=batch_size, grid=grid, calibration=calibration)
         result = run_evaluate(run, store, cfg, out=out, figures=figures)
     for line in result.warnings:
         warn(line)
     print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
                 ["metric", "mean ± sd", "median"], summary_rows(result.summary))
     print_files([("per-case CSV", result.csv_path), ("summary JSON", result.json_path),
-                 *(("figure", path) for path in result.figures)])
+                 *(("figure", path) for path in result.figures),
+                 *((("reliability diagram", result.reliability_png),) if result.reliability_png else ())])
 
 
 @model_app.command(cls=Command)
