@@ -106,7 +106,7 @@ def write_reliability(total: Reliability, path: Path, title: str) -> Path:
     width = 1.0 / N_BINS
     top.bar(centres, np.nan_to_num(observed), width=width * 0.9, color="tab:blue", alpha=0.8,
             label="mean rater fraction")
-    top.plot(predicted, observed, "o", color="tab:orange", label="mean predicted probability")
+    top.plot(predicted, observed, "o", color="tab:orange", label="bin (mean probability, mean rater fraction)")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed rater fraction",
             title=f"{title}\nECE {total.ece:.4f} over {total.voxels} voxels ({N_BINS} bins)")
