@@ -69,7 +69,8 @@ def rater_summary(cases: list[tuple[dict, RaterScores]], grid: str) -> dict:
         LABELS["consensus"]: {m: summary_stats([consensus[m] for consensus, _ in cases]) for m in RATER_METRICS},
         LABELS["rater"]: {m: {how: summary_stats([s.spread(m, how) for _, s in cases]) for how in SPREADS}
                           for m in RATER_METRICS},
-        LABELS["interrater"]: {m: summary_stats([s.interrater[i] for _, s in cases]) for i, m in enumerate(RATER_METRICS)},
+        LABELS["interrater"]: {m: summary_stats([s.interrater[i] for _, s in cases])
+                               for i, m in enumerate(RATER_METRICS)},
     }
 
 
