@@ -223,6 +223,8 @@ def plan(
     strict: Annotated[bool, typer.Option(help="Sample neighbours down when they alone exceed the ratio.")] = False,
     lesion_free: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of a lesion-free patient's slices "
                                                                       "taken per epoch (0 leaves them out).")] = 0.1,
+    lesion_by: Annotated[str, typer.Option(help="Lesion slices: consensus (the stored mask), any (at least one "
+                                                "rater marked it) or all (every rater).")] = "consensus",
     out: Annotated[Optional[Path], typer.Option(help="Plan file (default: STORE/plans/<rule>.parquet).")] = None,
 ) -> None:
     """Plan balanced slices: every lesion slice, its empty neighbours, random far empties up to --ratio.
@@ -235,7 +237,7 @@ def plan(
 
     with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
-                         strict=strict, lesion_free=lesion_free)
+                         strict=strict, lesion_free=lesion_free, lesion_by=lesion_by)
         made, path = plan_store(store, cfg, out)
     print_table(f"ctsample plan {store}: per epoch (target empty:lesion {cfg.ratio_name})", SUMMARY_HEADERS,
                 summary_rows(made))
@@ -257,6 +259,10 @@ def train(
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
     lesion_free: Annotated[float, typer.Option(help="Without --plan: fraction (0..1) of a lesion-free patient's "
                                                     "slices per epoch.")] = 0.1,
+    lesion_by: Annotated[str, typer.Option(help="Without --plan: lesion slices by consensus, any rater or all "
+                                                "raters (as ctsample plan).")] = "consensus",
+    target: Annotated[str, typer.Option(help="Training target: consensus (the stored mask), union, intersection, "
+                                             "soft (rater mean), random-rater, or ugs (UGS-Net heads).")] = "consensus",
     model: Annotated[str, typer.Option(help="dual-encoder (the study's model), unet2d (its baseline) or unet3d "
                                             "(3-D patches, sliding-window inference).")] = "dual-encoder",
     width: Annotated[int, typer.Option(help="Channels of the first level (12 -> ~1.5 M parameters).")] = 12,
@@ -406,6 +412,8 @@ def predict(
     device: DeviceOption = "auto",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
     probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="--target ugs runs: also write NAME_uncertainty "
+                                              "(float32 p_union - p_intersection) beside the mask.")] = False,
     batch_size: BatchSizeOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (an input is never "
                                                                 "overwritten).")] = False,
@@ -419,7 +427,8 @@ def predict(
 
     with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
-                            probabilities=probabilities, batch_size=batch_size, overwrite=overwrite)
+                            probabilities=probabilities, batch_size=batch_size, overwrite=overwrite,
+                            uncertainty=uncertainty)
         report = run_predict(run, input, output, cfg)
     print_problems(failed=report.failed)
     if report.results:

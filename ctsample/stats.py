@@ -11,13 +11,13 @@ import pandas as pd
 from ctprep.atomic import replacing, write_text
 from ctprep.console import ratio_text
 from ctprep.errors import UsageError
-from ctprep.index import lost_slices, read_index
+from ctprep.index import lost_slices, rater_disagreement, read_index
 from ctprep.outputs import check_output, check_outputs
 from ctprep.splits import check_split_choice
 from ctsample.plan import classify, kind_counts, labeled_rows
 
 STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty",
-                "source_lesion_voxels", "lost_slices", "lost_voxels")
+                "source_lesion_voxels", "lost_slices", "lost_voxels", "n_raters", "disagree_slices")
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,12 @@ class StoreStats:
     def patient_headers(self) -> list[str]:
         """The columns of ``patient_rows``, as `ctsample stats` prints them."""
         return ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
-                f"neighbours (k={self.neighbours})"]
+                f"neighbours (k={self.neighbours})", "raters", "raters disagree"]
 
     def patient_rows(self) -> list[tuple]:
         """One printed row per labeled patient: the ratio to 2 decimals ('-' without lesion slices), % empty to 1."""
         return [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
-                 r.neighbour_empty) for r in self.table.itertuples()]
+                 r.neighbour_empty, r.n_raters, r.disagree_slices) for r in self.table.itertuples()]
 
 
 def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot: Path | None = None,
@@ -64,7 +64,8 @@ def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot:
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
     """Per labeled patient of ``split``: slices, lesion, empty, empty:lesion, % empty, empties within k of a lesion,
-    source lesion voxels, and the slices and source lesion voxels lost to resizing (see ``lost_to_resize``)."""
+    source lesion voxels, the slices and source lesion voxels lost to resizing (see ``lost_to_resize``), the
+    case's raters and its slices where they disagree on lesion presence (``ctprep.index.rater_disagreement``)."""
     rows = labeled_rows(index, split)
     slices = classify(rows, neighbours)
     per_kind = kind_counts(slices)
@@ -82,6 +83,8 @@ def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) 
         "source_lesion_voxels": per_case(weights=voxels).astype(np.int64),
         "lost_slices": per_case(weights=lost).astype(np.int64),
         "lost_voxels": per_case(weights=np.where(lost, voxels, 0)).astype(np.int64),
+        "n_raters": rows.groupby(slices["case"].to_numpy())["n_raters"].first().to_numpy(np.int64),
+        "disagree_slices": per_case(weights=rater_disagreement(rows).to_numpy(bool)).astype(np.int64),
     })
 
 
@@ -105,6 +108,10 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
         ("lesion slices lost to resizing", int(stats["lost_slices"].sum())),
         ("lesion voxels lost to resizing", f"{int(stats['lost_voxels'].sum())} of "
                                            f"{int(stats['source_lesion_voxels'].sum())}"),
+        ("raters per case (min-max)", f"{stats['n_raters'].min()}-{stats['n_raters'].max()}" if len(stats) else "-"),
+        ("  multi-rater cases", int((stats["n_raters"] >= 2).sum())),
+        ("rater disagreement slices", f"{int(stats['disagree_slices'].sum())} "
+                                      f"({100.0 * stats['disagree_slices'].sum() / max(int(stats['slices'].sum()), 1):.1f} %)"),
     ]
 
 

@@ -56,7 +56,7 @@ def test_run_folder_holds_config_metrics_curves_checkpoints_and_summary(tiny_run
     run = tiny_run.run_dir
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"name": "dual-encoder", "width": 4, "depth": 2, "context": 1, "block": "residual",
-                               "fusion": "learned", "patch_depth": 32, "patch_size": 128}
+                               "fusion": "learned", "patch_depth": 32, "patch_size": 128, "heads": "consensus"}
     assert config["train"]["epochs"] == 6 and config["train"]["lr"] == 1e-2
     assert config["store"]["index_fingerprint"] == index_fingerprint(SliceStore.open(store64).index())
     assert config["store"]["layout"]["size"] == 64 and len(config["plan"]["hash"]) == 16
