@@ -34,13 +34,22 @@ class StoreStats:
 
     def patient_headers(self) -> list[str]:
         """The columns of ``patient_rows``, as `ctsample stats` prints them."""
-        return ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
-                f"neighbours (k={self.neighbours})", "raters", "raters disagree"]
+        headers = ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
+                   f"neighbours (k={self.neighbours})"]
+        return headers + ["raters", "raters disagree"] if self.several_raters else headers
+
+    @property
+    def several_raters(self) -> bool:
+        """Whether any patient has two or more raters (one-rater stores print today's table)."""
+        return bool((self.table["n_raters"] >= 2).any())
 
     def patient_rows(self) -> list[tuple]:
         """One printed row per labeled patient: the ratio to 2 decimals ('-' without lesion slices), % empty to 1."""
-        return [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
-                 r.neighbour_empty, r.n_raters, r.disagree_slices) for r in self.table.itertuples()]
+        rows = [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
+                 r.neighbour_empty) for r in self.table.itertuples()]
+        if not self.several_raters:
+            return rows
+        return [(*row, r.n_raters, r.disagree_slices) for row, r in zip(rows, self.table.itertuples())]
 
 
 def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot: Path | None = None,
@@ -93,7 +102,7 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
     lesion, empty = int(stats["lesion"].sum()), int(stats["empty"].sum())
     pct = stats["pct_empty"]
     with_lesion = stats[stats["lesion"] > 0]["pct_empty"]
-    return [
+    rows = [
         ("labeled patients", len(stats)),
         ("  of them lesion-free", int((stats["lesion"] == 0).sum())),
         ("unlabeled patients (never planned)", unlabeled),
@@ -108,10 +117,14 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
         ("lesion slices lost to resizing", int(stats["lost_slices"].sum())),
         ("lesion voxels lost to resizing", f"{int(stats['lost_voxels'].sum())} of "
                                            f"{int(stats['source_lesion_voxels'].sum())}"),
-        ("raters per case (min-max)", f"{stats['n_raters'].min()}-{stats['n_raters'].max()}" if len(stats) else "-"),
+    ]
+    if not (stats["n_raters"] >= 2).any():  # one-rater stores: today's headline
+        return rows
+    disagree, slices = int(stats["disagree_slices"].sum()), max(int(stats["slices"].sum()), 1)
+    return rows + [
+        ("raters per case (min-max)", f"{stats['n_raters'].min()}-{stats['n_raters'].max()}"),
         ("  multi-rater cases", int((stats["n_raters"] >= 2).sum())),
-        ("rater disagreement slices", f"{int(stats['disagree_slices'].sum())} "
-                                      f"({100.0 * stats['disagree_slices'].sum() / max(int(stats['slices'].sum()), 1):.1f} %)"),
+        ("rater disagreement slices", f"{disagree} ({100.0 * disagree / slices:.1f} %)"),
     ]
 
 
