@@ -46,6 +46,9 @@ def convert(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash (default 0).")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="CSV of case_id,split overriding the hash "
                                                         "(official lists).")] = None,
+    consensus: Annotated[Optional[str], typer.Option(help="Stored mask of a case with several raters: majority "
+                                                          "(marked by at least half), union or intersection "
+                                                          "(default: the store's, majority for a new one).")] = None,
 ) -> None:
     """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
 
@@ -60,7 +63,7 @@ def convert(
     with errors(ctx, inputs=(splits,)):
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
-                                                       split=split))
+                                                       split=split, consensus=consensus))
     orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
     print_problems([*orphans, *report.skipped_files], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
@@ -122,6 +125,9 @@ def demo(
     workers: WorkersOption = None,
     difficulty: Annotated[str, typer.Option(help="easy (clear lesions) or realistic (faint, soft-edged, "
                                                  "look-alikes, artefacts, some thick slices).")] = "easy",
+    raters: Annotated[int, typer.Option(min=1, max=8, help="Annotators per labeled case: R > 1 writes NAME_seg_r1.."
+                                                           "rR (labelsTr/NAME_r1..) that differ like real "
+                                                           "radiologists; 1 writes the truth.")] = 1,
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -137,7 +143,7 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty)
+                         difficulty=difficulty, raters=raters)
         start = time.perf_counter()
         rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))
@@ -217,6 +223,8 @@ def plan(
     strict: Annotated[bool, typer.Option(help="Sample neighbours down when they alone exceed the ratio.")] = False,
     lesion_free: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of a lesion-free patient's slices "
                                                                       "taken per epoch (0 leaves them out).")] = 0.1,
+    lesion_by: Annotated[str, typer.Option(help="Lesion slices: consensus (the stored mask), any (at least one "
+                                                "rater marked it) or all (every rater).")] = "consensus",
     out: Annotated[Optional[Path], typer.Option(help="Plan file (default: STORE/plans/<rule>.parquet).")] = None,
 ) -> None:
     """Plan balanced slices: every lesion slice, its empty neighbours, random far empties up to --ratio.
@@ -229,7 +237,7 @@ def plan(
 
     with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
-                         strict=strict, lesion_free=lesion_free)
+                         strict=strict, lesion_free=lesion_free, lesion_by=lesion_by)
         made, path = plan_store(store, cfg, out)
     print_table(f"ctsample plan {store}: per epoch (target empty:lesion {cfg.ratio_name})", SUMMARY_HEADERS,
                 summary_rows(made))
@@ -251,6 +259,10 @@ def train(
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
     lesion_free: Annotated[float, typer.Option(help="Without --plan: fraction (0..1) of a lesion-free patient's "
                                                     "slices per epoch.")] = 0.1,
+    lesion_by: Annotated[str, typer.Option(help="Without --plan: lesion slices by consensus, any rater or all "
+                                                "raters (as ctsample plan).")] = "consensus",
+    target: Annotated[str, typer.Option(help="Training target: consensus (the stored mask), union, intersection, "
+                                             "soft (rater mean), random-rater, or ugs (UGS-Net heads).")] = "consensus",
     model: Annotated[str, typer.Option(help="dual-encoder (the study's model), unet2d (its baseline) or unet3d "
                                             "(3-D patches, sliding-window inference).")] = "dual-encoder",
     width: Annotated[int, typer.Option(help="Channels of the first level (12 -> ~1.5 M parameters).")] = 12,
@@ -326,11 +338,15 @@ def evaluate(
     figures: Annotated[Optional[Path], typer.Option(help="Folder for overlay PNGs of the best, median and "
                                                          "worst cases.")] = None,
     grid: GridOption = "native",
+    calibration: Annotated[bool, typer.Option("--calibration", help="Expected calibration error against the "
+                                              "rater fraction and a reliability PNG beside the CSV (always for "
+                                              "runs trained with --target soft or ugs).")] = False,
 ) -> None:
     """Evaluate a run on every labeled case of a split: 3-D Dice, IoU, NSD, HD95, volumes, slice-level means.
 
     3-D scores are on the source files' grid unless --grid store; a case whose source mask is missing or changed
-    falls back to the store grid with a warning.
+    falls back to the store grid with a warning. Cases with several raters are also scored against each rater,
+    with the inter-rater ceiling (docs/raters.md).
 
     Example: ctmodel evaluate runs/dual store.zarr --split test --figures figs/
     """
@@ -339,14 +355,15 @@ def evaluate(
 
     with errors(ctx, inputs=(run,), stores=(store,)):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device,
-                             batch_size=batch_size, grid=grid)
+                             batch_size=batch_size, grid=grid, calibration=calibration)
         result = run_evaluate(run, store, cfg, out=out, figures=figures)
     for line in result.warnings:
         warn(line)
     print_table(f"ctmodel evaluate {run} on {split} ({result.summary['cases']} cases)",
                 ["metric", "mean ± sd", "median"], summary_rows(result.summary))
     print_files([("per-case CSV", result.csv_path), ("summary JSON", result.json_path),
-                 *(("figure", path) for path in result.figures)])
+                 *(("figure", path) for path in result.figures),
+                 *((("reliability diagram", result.reliability_png),) if result.reliability_png else ())])
 
 
 @model_app.command(cls=Command)
@@ -395,6 +412,8 @@ def predict(
     device: DeviceOption = "auto",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
     probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="--target ugs runs: also write NAME_uncertainty "
+                                              "(float32 p_union - p_intersection) beside the mask.")] = False,
     batch_size: BatchSizeOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (an input is never "
                                                                 "overwritten).")] = False,
@@ -408,7 +427,8 @@ def predict(
 
     with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
-                            probabilities=probabilities, batch_size=batch_size, overwrite=overwrite)
+                            probabilities=probabilities, batch_size=batch_size, overwrite=overwrite,
+                            uncertainty=uncertainty)
         report = run_predict(run, input, output, cfg)
     print_problems(failed=report.failed)
     if report.results:

@@ -41,15 +41,18 @@ def numpy_backend(predictor: Predictor) -> Backend:
     return Backend(prepare=prepare_input, network=predictor, restore=restore_numpy)
 
 
-def torch_backend(model, device, batch_size: int | None = None, precision: str = "bf16") -> Backend:
+def torch_backend(model, device, batch_size: int | None = None, precision: str = "bf16",
+                  uncertainty: bool = False) -> Backend:
     """Every stage after reading on ``device`` (ctmodel.torch_preprocess): one upload of HU, one download of the
     mask. The backend `ctmodel predict` uses (on 2 CPU cores it also beats the numpy path by ~1.3x;
-    benchmarks/predict.py measures both)."""
+    benchmarks/predict.py measures both). With ``uncertainty`` (UGS models) ``network`` returns (consensus
+    probabilities, uncertainty band) (ctmodel.heads.band)."""
     import torch
 
     from ctmodel import torch_preprocess
     from ctmodel.device import inference_batch
-    from ctmodel.inference import predict_volume
+    from ctmodel.heads import band
+    from ctmodel.inference import predict_heads, predict_volume
 
     def sync(tensor):
         if tensor.device.type == "cuda":  # stage timings should be the stage's own, not the next one's
@@ -61,6 +64,9 @@ def torch_backend(model, device, batch_size: int | None = None, precision: str =
         return sync(torch_preprocess.prepare(torch.from_numpy(hu).to(device), geom, layout)), geom
 
     def network(stored):
+        if uncertainty:
+            probs = predict_heads(model, stored, inference_batch(stored.device, batch_size), precision)
+            return probs[0], sync(band(probs))
         return sync(predict_volume(model, stored, inference_batch(stored.device, batch_size), precision))
 
     def restore(probs, geom: geometry.CaseGeometry, threshold: float, probabilities: bool) -> tuple[np.ndarray, int]:

@@ -35,10 +35,16 @@ class ResidentVolumes:
     starts: torch.Tensor  # (C,) int64 first row of each case, on ``device``
     n_slices: torch.Tensor  # (C,) int64
     device: torch.device  # where batches are built (the training device)
+    target: str = "consensus"  # TrainConfig.target: what centre_targets / patches return (docs/raters.md)
+    raters: torch.Tensor | None = None  # (sum_c R_c * Z_c, S, S) uint8: case c's rater r at rater_starts[c] + r * Z_c
+    rater_starts: torch.Tensor | None = None  # (C,) int64 first rater row of each case, on ``device``
+    n_raters: torch.Tensor | None = None  # (C,) int64 R_c, on ``device``
+    max_raters: int = 1  # max R_c: the width of the (B, R) rater gathers
 
     def nbytes(self) -> int:
-        """Bytes held by the image and mask tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.images, self.masks))
+        """Bytes held by the image, mask and (when loaded) rater tensors."""
+        held = (self.images, self.masks) + ((self.raters,) if self.raters is not None else ())
+        return sum(t.numel() * t.element_size() for t in held)
 
     def position(self, case_ids: pd.Series | list[str]) -> torch.Tensor:
         """Case positions (C,) of ``case_ids`` as an int64 tensor on the device."""
@@ -54,6 +60,60 @@ class ResidentVolumes:
         """(B, 1, S, S) float32 masks of the centre slices."""
         rows = (self.starts[case_pos] + slice_index)[:, None]  # (B, 1)
         return self._take(self.masks, rows).float()
+
+    def centre_targets(self, case_pos: torch.Tensor, slice_index: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, S, S) float32 training targets of the centre slices (C = 3 for ugs, else 1)."""
+        if self.target == "consensus":
+            return self.centre_masks(case_pos, slice_index)  # today's path, no rater tensor needed
+        return self.targets(case_pos, slice_index[:, None], generator)[:, :, 0]
+
+    def targets(self, case_pos: torch.Tensor, slice_index: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, K, S, S) float32 targets of slices (B, K) of each sample's case, built on the device from the
+        rater tensor: union (any rater), intersection (every rater), soft (fraction of raters), random-rater (one
+        rater per sample drawn from ``generator``), ugs (consensus, intersection, union)."""
+        consensus = self._take(self.masks, self.starts[case_pos, None] + slice_index).float()[:, None]
+        if self.target == "consensus":
+            return consensus
+        if self.target == "random-rater":
+            return self._rater_slices(case_pos, self._draw_raters(case_pos, generator)[:, None], slice_index)
+        picked, valid = self._all_raters(case_pos, slice_index)  # (B, R, K, S, S) uint8, (B, R, 1, 1, 1) bool
+        union = (picked & valid).amax(1, keepdim=True).float()
+        if self.target == "union":
+            return union
+        intersection = (picked | ~valid).amin(1, keepdim=True).float()
+        if self.target == "intersection":
+            return intersection
+        if self.target == "soft":
+            count = self.n_raters[case_pos].float()[:, None, None, None, None]
+            return (picked & valid).sum(1, keepdim=True, dtype=torch.float32) / count
+        return torch.cat([consensus, intersection, union], dim=1)  # ugs: ctmodel.heads.UGS_CHANNELS
+
+    def _draw_raters(self, case_pos: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B,) one rater per sample, uniform over its case's raters, from ``generator`` (where it lives)."""
+        if generator is None:
+            raise ValueError("random-rater targets need the epoch's generator")
+        uniform = torch.rand(len(case_pos), generator=generator, device=generator.device).to(self.device)
+        count = self.n_raters[case_pos]
+        return torch.minimum((uniform * count).long(), count - 1)
+
+    def _all_raters(self, case_pos: torch.Tensor, slice_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rater's slices (B, max_raters, K, S, S) uint8 (rater 0 repeated past a case's R_c) and which
+        of them are real raters (B, max_raters, 1, 1, 1) bool."""
+        rater = torch.arange(self.max_raters, device=self.device)[None, :]  # (1, R)
+        valid = rater < self.n_raters[case_pos, None]  # (B, R)
+        picked = self._rater_slices(case_pos, torch.where(valid, rater, 0), slice_index)  # (B, R, K, S, S)
+        return picked.to(torch.uint8), valid[:, :, None, None, None]
+
+    def _rater_slices(self, case_pos: torch.Tensor, rater: torch.Tensor, slice_index: torch.Tensor) -> torch.Tensor:
+        """Slices (B, K) of raters (B, R) -> (B, R, K, S, S); float32 for one rater (random-rater), else uint8."""
+        if self.raters is None:
+            raise ValueError(f"target {self.target!r} needs the rater tensor: load_resident(..., target=...)")
+        rows = (self.rater_starts[case_pos, None, None] + rater[:, :, None] * self.n_slices[case_pos, None, None]
+                + slice_index[:, None, :])  # (B, R, K)
+        picked = self._take(self.raters, rows)
+        return picked.float() if rater.shape[1] == 1 else picked
 
     def patches(self, case_pos: torch.Tensor, slice_index: torch.Tensor, depth: int, size: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +131,10 @@ class ResidentVolumes:
         rows = torch.minimum(index, count[:, None] - 1) + self.starts[case_pos, None]
         crop = self._crop_grid(len(case_pos), depth, size, generator)
         images = decode(self._take(self.images, rows)[crop]) * inside
-        masks = self._take(self.masks, rows)[crop].float() * inside
-        return images[:, None], masks[:, None]
+        if self.target == "consensus":  # today's path
+            return images[:, None], (self._take(self.masks, rows)[crop].float() * inside)[:, None]
+        targets = self.targets(case_pos, rows - self.starts[case_pos, None], generator)  # (B, C, depth, S, S)
+        return images[:, None], torch.stack([t[crop] for t in targets.unbind(1)], 1) * inside[:, None]
 
     def _crop_grid(self, n: int, depth: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Index tensors that cut a random (size x size) window out of each of n (depth, S, S) samples."""
@@ -105,10 +167,11 @@ def decode(stored: torch.Tensor) -> torch.Tensor:
     return stored.float()
 
 
-def resident_bytes(store: SliceStore, n_rows: int) -> int:
-    """Bytes needed to hold ``n_rows`` slices of image (stored dtype) and mask (uint8)."""
+def resident_bytes(store: SliceStore, n_rows: int, rater_rows: int = 0) -> int:
+    """Bytes needed to hold ``n_rows`` slices of image (stored dtype) and mask (uint8), plus ``rater_rows`` rater
+    slices (uint8; 0 for the consensus target, which never loads the raters)."""
     size = store.layout.size
-    return n_rows * size * size * (np.dtype(store.layout.dtype).itemsize + 1)
+    return n_rows * size * size * (np.dtype(store.layout.dtype).itemsize + 1) + rater_rows * size * size
 
 
 def choose_residency(need: int, device: torch.device, resident: str = "auto") -> torch.device:
@@ -147,24 +210,46 @@ def gpu_free_text(device: torch.device) -> str:
 
 
 def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
-                  resident: str = "auto", show_progress: bool = True) -> ResidentVolumes:
-    """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array."""
+                  resident: str = "auto", show_progress: bool = True, target: str = "consensus") -> ResidentVolumes:
+    """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array; any ``target``
+    but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within)."""
     index = store.index()
-    counts = index.groupby("case_id")["n_slices"].first().reindex(case_ids)
+    per_case = index.groupby("case_id")[["n_slices", "n_raters"]].first()
+    counts = per_case["n_slices"].reindex(case_ids)
     if counts.isna().any():
         missing = [c for c, n in counts.items() if pd.isna(n)]
         raise PlanError(f"{store.path}: cases {missing[:5]} are not in the store's index; "
                         "use a plan made from this store")
     n_slices = counts.to_numpy(dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(n_slices)[:-1]]).astype(np.int64)
-    home = choose_residency(resident_bytes(store, int(n_slices.sum())), device, resident)
+    n_raters = per_case["n_raters"].reindex(case_ids).to_numpy(dtype=np.int64) if target != "consensus" else None
+    rater_rows = 0 if n_raters is None else int((n_raters * n_slices).sum())
+    home = choose_residency(resident_bytes(store, int(n_slices.sum()), rater_rows), device, resident)
     images, masks = _allocate(store, int(n_slices.sum()), home)
     cases = track(case_ids, "loading cases", unit="case") if show_progress else case_ids
     for case_id, start, count in zip(cases, starts, n_slices):
         _copy_case(store, case_id, images[start:start + count], masks[start:start + count])
-    return ResidentVolumes(images=images, masks=masks, case_ids=list(case_ids),
+    data = ResidentVolumes(images=images, masks=masks, case_ids=list(case_ids),
                            starts=torch.as_tensor(starts, device=device),
-                           n_slices=torch.as_tensor(n_slices, device=device), device=device)
+                           n_slices=torch.as_tensor(n_slices, device=device), device=device, target=target)
+    return data if n_raters is None else _with_raters(data, store, n_raters, n_slices, home)
+
+
+def _with_raters(data: ResidentVolumes, store: SliceStore, n_raters: np.ndarray, n_slices: np.ndarray,
+                 home: torch.device) -> ResidentVolumes:
+    """``data`` with every case's raters copied into one flat (sum R_c * Z_c, S, S) uint8 tensor on ``home``."""
+    sizes = n_raters * n_slices
+    rater_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    side = store.layout.size
+    pin = home.type == "cpu" and torch.cuda.is_available()
+    raters = torch.empty((int(sizes.sum()), side, side), dtype=torch.uint8, device=home, pin_memory=pin)
+    for case_id, start, size in zip(data.case_ids, rater_starts, sizes):
+        stored = store.read_raters(case_id)  # (R, Z, S, S); None only for unlabeled cases, refused above
+        raters[start:start + size].copy_(torch.from_numpy(np.ascontiguousarray(stored).reshape(-1, side, side)))
+    data.raters, data.max_raters = raters, int(n_raters.max())
+    data.rater_starts = torch.as_tensor(rater_starts, device=data.device)
+    data.n_raters = torch.as_tensor(n_raters, device=data.device)
+    return data
 
 
 def _allocate(store: SliceStore, n_rows: int, home: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,8 +291,9 @@ def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame) -> EpochSamples:
 def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: int,
                     generator: torch.Generator, start_batch: int = 0,
                     patch: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled (x (B, 3, S, S), y (B, 1, S, S)) batches of one epoch, or with ``patch`` = (depth, size) unet3d's
-    (x, y) (B, 1, depth, size, size) patches; the order and crops depend only on ``generator``."""
+    """Shuffled (x (B, 3, S, S), y (B, C, S, S)) batches of one epoch, or with ``patch`` = (depth, size) unet3d's
+    (x (B, 1, depth, size, size), y (B, C, depth, size, size)) patches; C = 3 for ugs, else 1. The order, crops
+    and random-rater draws depend only on ``generator``."""
     order = torch.randperm(len(samples), generator=generator).to(data.device)
     for start in range(start_batch * batch_size, len(samples), batch_size):
         pick = order[start:start + batch_size]
@@ -215,7 +301,7 @@ def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: in
         if patch is not None:
             yield data.patches(case_pos, slice_index, *patch, generator)
         else:
-            yield data.stacks(case_pos, slice_index), data.centre_masks(case_pos, slice_index)
+            yield data.stacks(case_pos, slice_index), data.centre_targets(case_pos, slice_index, generator)
 
 
 def patches_per_step(batch_size: int, depth: int) -> int:

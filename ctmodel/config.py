@@ -13,6 +13,9 @@ FUSIONS = ("learned", "fixed", "concat", "bottleneck")  # dual encoder only (doc
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
 RESIDENCY = ("auto", "device", "host")
+TARGETS = ("consensus", "union", "intersection", "soft", "random-rater", "ugs")  # docs/raters.md, "Training targets"
+HEADS = ("consensus", "ugs")  # output heads: the one consensus logit, or UGS-Net's (consensus, intersection, union)
+LESION_BY = ("consensus", "any", "all")  # as ctsample.plan.LESION_BY (ctmodel does not import ctsample at load)
 
 
 def check_positive(name: str, value: float) -> None:
@@ -55,9 +58,11 @@ class ModelConfig:
     fusion: str = "learned"  # dual encoder: the gated-residual FusionBlock at every level (the project's design)
     patch_depth: int = 32  # unet3d only: slices per training patch and inference window
     patch_size: int = 128  # unet3d only: in-plane patch/window side, min(patch_size, store size) is used
+    heads: str = "consensus"  # "ugs": two more 1x1 heads (intersection, union); set by `--target ugs`
 
     def __post_init__(self) -> None:
         check_choice("model", self.name, MODELS)
+        check_choice("heads", self.heads, HEADS)
         check_positive("width", self.width)
         if not 1 <= self.depth <= 6:
             raise UsageError(f"--depth {self.depth}: expected 1..6 downsamplings")
@@ -130,6 +135,8 @@ class TrainConfig:
     val_batch_size: int | None = None  # slices per forward pass when validating (None: 32 GPU, 4 CPU)
     resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
     fold: int | None = None  # cross-validation: validate on this fold, train on the others (None: the val split)
+    lesion_by: str = "consensus"  # plan: lesion slices by the consensus, any rater or all raters
+    target: str = "consensus"  # what the network learns: the stored mask, or one of TARGETS built from the raters
 
     def __post_init__(self) -> None:
         if self.fold is not None and self.fold < 0:
@@ -151,6 +158,8 @@ class TrainConfig:
         check_choice("device", self.device.split(":")[0], DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("resident", self.resident, RESIDENCY)
+        check_choice("lesion_by", self.lesion_by, LESION_BY)
+        check_choice("target", self.target, TARGETS)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -168,7 +177,8 @@ def configs_from_options(options: dict, given: Collection[str] = ()) -> tuple[Mo
     by_field = {OPTION_FIELDS.get(name, name): value for name, value in options.items()}
     model_fields = {f.name for f in fields(ModelConfig)}
     train_fields = {f.name for f in fields(TrainConfig)}
-    model = ModelConfig(**{k: v for k, v in by_field.items() if k in model_fields})
     train = TrainConfig(**{k: v for k, v in by_field.items() if k in train_fields})
+    heads = "ugs" if train.target == "ugs" else "consensus"  # the architecture follows the target
+    model = ModelConfig(**{k: v for k, v in by_field.items() if k in model_fields}, heads=heads)
     explicit = frozenset(OPTION_FIELDS.get(name, name) for name in given) & (model_fields | train_fields)
     return model, train, explicit

@@ -1,9 +1,11 @@
 """`ctmodel evaluate`: predict every labeled case of a split, score it in 3-D and per slice, write CSV + JSON.
 
 3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry by
-`ctmodel predict`'s numpy restore step, against the source mask file at the source spacing); a case whose source
-mask is missing, changed or unreadable falls back to the store grid with one warning line. Slice-level scores are
-always on the store grid. docs/metrics.md ("Which grid") has the details.
+`ctmodel predict`'s numpy restore step, against the source mask file at the source spacing; with named raters,
+against the consensus of their source files); a case whose source masks are missing, changed or unreadable falls
+back to the store grid with one warning line. Slice-level scores are always on the store grid. docs/metrics.md
+("Which grid") has the details. Cases with several raters are also scored against each rater and give the
+inter-rater ceiling (ctmodel.raters_eval); calibration against the rater fraction is ctmodel.calibration.
 
 Run: ctmodel evaluate runs/demo store.zarr --split test --figures figs/
 """
@@ -18,20 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from ctmodel.backends import Predictor, restore_numpy
+from ctmodel.calibration import EMPTY, Reliability, calibration_summary, reliability, reliability_png
 from ctmodel.config import check_inference
 from ctmodel.metrics import (NO_SLICES, CaseMetrics, SliceScores, case_metrics, dice, false_positive_slices, iou,
-                             slice_scores, surface_metrics, volume_ml)
+                             slice_scores, summary_stats, surface_metrics, volume_ml)
+from ctmodel.raters_eval import RATER_METRICS, RaterScores, rater_rows, rater_scores, rater_summary
 from ctmodel.runfolder import eval_csv
 from ctprep.atomic import write_text
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry, plane_view
 from ctprep.outputs import check_output_dir, check_outputs
+from ctprep.raters import consensus
 from ctprep.splits import SPLIT_CHOICES as SPLITS
 from ctprep.splits import fold_view
 from ctprep.store import SliceStore
 
 CASE_METRICS = ("dice", "iou", "nsd", "hd95_mm", "fp_rate", "pred_ml", "true_ml")
 GRIDS = ("native", "store")  # native: the source file's voxels and spacing; store: the resized (Z, S, S) arrays
+CALIBRATED_TARGETS = ("soft", "ugs")  # training targets whose runs are calibrated without --calibration
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class EvaluateConfig:
     batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"
     grid: str = "native"  # where 3-D scores are computed: native (as challenges score) or store (fast)
+    calibration: bool = False  # ECE and reliability diagram for any run (always for soft/ugs targets)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -68,11 +75,18 @@ class CaseScore:
     figure_pred: np.ndarray = field(repr=False)  # (S, S) bool prediction on that slice
     grid: str = "store"  # grid of the 3-D scores: native or store
     warning: str | None = None  # why a case asked for on the native grid was scored on the store grid
+    raters: RaterScores | None = None  # scores against each rater (cases with >= 2 raters), on ``grid``
+    reliability: Reliability | None = None  # calibration bin sums, on ``grid`` (when calibration was asked for)
 
     def row(self) -> dict:
-        """The per-case CSV row."""
-        return {"case_id": self.case_id, "grid": self.grid, **self.metrics.row(),
-                "network_seconds": self.network_seconds}
+        """The per-case CSV row (rater and calibration columns only where computed)."""
+        row = {"case_id": self.case_id, "grid": self.grid, **self.metrics.row(),
+               "network_seconds": self.network_seconds}
+        if self.raters is not None:
+            row.update(self.raters.row())
+        if self.reliability is not None:
+            row.update(ece=self.reliability.ece, calibration_voxels=self.reliability.voxels)
+        return row
 
 
 @dataclass
@@ -84,6 +98,7 @@ class Evaluation:
     csv_path: Path | None = None
     json_path: Path | None = None
     figures: list[Path] = field(default_factory=list)
+    reliability_png: Path | None = None  # the reliability diagram, when calibration was computed
 
     @property
     def warnings(self) -> list[str]:
@@ -132,22 +147,41 @@ def check_unchanged(path: Path, recorded: dict) -> None:
                         "(size or hash differ); re-convert the case to score it on the native grid")
 
 
-def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndarray:
-    """The case's source mask file as bool (nonzero = lesion) in the file's own voxel order.
+def source_raters(store: SliceStore, case_id: str, geom: CaseGeometry) -> dict[str, np.ndarray]:
+    """Rater id -> the rater's source mask file as bool (nonzero = lesion) in the file's own voxel order, in the
+    store's rater order; each file checked like the one-mask case's (recorded fingerprint, recorded grid).
 
     Raises:
-        CaseError: no mask path recorded, the file is missing, changed since convert, or not on the recorded grid.
+        CaseError: no mask path recorded, a file is missing, changed since convert, or not on the recorded grid.
     """
     from ctprep.nifti import NiftiVolume, read_mask
 
-    entry = (store.case_attrs(case_id).get("source") or {}).get("mask")
-    if not isinstance(entry, dict) or not entry.get("path"):
+    source = store.case_attrs(case_id).get("source") or {}
+    entries = source.get("raters") or {}
+    if not entries and isinstance(source.get("mask"), dict):
+        entries = {"1": source["mask"]}  # a store written before raters were recorded: its one mask
+    if not entries or not all(isinstance(e, dict) and e.get("path") for e in entries.values()):
         raise CaseError(f"{store.path}: expected a source mask path recorded for case {case_id}, found none; "
                         "re-convert with this ctstack to score it on the native grid")
-    path = Path(entry["path"])
-    check_unchanged(path, entry)
-    grid = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine), path)
-    return read_mask(path, grid)  # shape and affine checked against the recorded source geometry
+    order = store.rater_ids(case_id) or list(entries)
+    paths = store.source_rater_paths(case_id) or {rater: Path(e["path"]) for rater, e in entries.items()}
+    masks = {}
+    for rater in order:
+        path = paths[rater]
+        check_unchanged(path, entries[rater])
+        grid = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine), path)
+        masks[rater] = read_mask(path, grid)  # shape and affine checked against the recorded source geometry
+    return masks
+
+
+def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndarray:
+    """The case's consensus on the source grid: the store's consensus rule applied to its raters' source files
+    (``source_raters``), in the files' own voxel order; for one rater, its mask file itself.
+
+    Raises:
+        CaseError: no mask path recorded, a file is missing, changed since convert, or not on the recorded grid.
+    """
+    return consensus(list(source_raters(store, case_id, geom).values()), store.consensus)
 
 
 def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, threshold: float,
@@ -155,7 +189,13 @@ def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, thr
     """3-D scores on the source grid: ``probs`` inverted by predict's numpy restore step (the torch
     path predict takes on a GPU matches it within 1e-5), then thresholded, against the source ``truth`` at the source
     spacing; false-positive slices counted on the source's axial slices; ``slices`` (store grid) kept as given."""
-    pred, spacing_mm = restore_numpy(probs, geom, threshold)[0].astype(bool), source_spacing_mm(geom)
+    return native_scores(restore_numpy(probs, geom, threshold)[0].astype(bool), truth, geom, tolerance_mm, slices)
+
+
+def native_scores(pred: np.ndarray, truth: np.ndarray, geom: CaseGeometry, tolerance_mm: float,
+                  slices: SliceScores) -> CaseMetrics:
+    """``native_metrics`` of a prediction already on the source grid (bool, the file's voxel order)."""
+    spacing_mm = source_spacing_mm(geom)
     surface_dice, hd = surface_metrics(pred, truth, spacing_mm, tolerance_mm)
     fp = false_positive_slices(plane_view(pred, geom), plane_view(truth, geom))
     return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
@@ -164,9 +204,10 @@ def native_metrics(probs: np.ndarray, truth: np.ndarray, geom: CaseGeometry, thr
 
 
 def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, tolerance_mm: float,
-                  threshold: float, grid: str = "native") -> CaseScore:
-    """Predict one stored case; score it in 3-D on ``grid`` (store-grid fallback with a warning), per slice on
-    the store grid."""
+                  threshold: float, grid: str = "native", calibration: bool = False) -> CaseScore:
+    """Predict one stored case; score it in 3-D on ``grid`` (store-grid fallback with a warning) against the
+    consensus and, with several raters, against each rater; per slice on the store grid; with ``calibration``,
+    the reliability bin sums of the probabilities against the rater fraction on the same grid."""
     image, truth = store.read_image(case_id), store.read_mask(case_id).astype(bool)
     start = time.perf_counter()
     probs = np.asarray(predictor(image))
@@ -175,32 +216,35 @@ def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, toleran
     z, warning = figure_slice(pred, truth), None
     if grid == "native":
         try:
-            source = source_truth(store, case_id, geom)
+            raters = source_raters(store, case_id, geom)
         except CaseError as err:
             warning = f"{err} (case {case_id} scored on the store grid)"
         else:
-            metrics = native_metrics(probs, source, geom, threshold, tolerance_mm, slice_scores(pred, truth))
-            return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "native")
+            source_probs = restore_numpy(probs, geom, threshold, probabilities=True)[0]
+            source_pred = source_probs >= threshold  # the very mask restore_numpy thresholds
+            source = consensus(list(raters.values()), store.consensus)
+            metrics = native_scores(source_pred, source, geom, tolerance_mm, slice_scores(pred, truth))
+            return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "native",
+                             raters=rater_scores(source_pred, raters, source_spacing_mm(geom), tolerance_mm),
+                             reliability=reliability(source_probs, np.stack(list(raters.values())), threshold)
+                             if calibration else None)
     metrics = case_metrics(pred, truth, geom.stored_spacing_mm, tolerance_mm)
-    return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "store", warning)
+    stored = store.read_raters(case_id) if calibration or len(store.rater_ids(case_id)) >= 2 else None
+    scores = None if stored is None else rater_scores(pred, dict(zip(store.rater_ids(case_id), stored)),
+                                                      geom.stored_spacing_mm, tolerance_mm)
+    return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "store", warning, scores,
+                     reliability(probs, stored, threshold) if calibration else None)
 
 
 def evaluate_cases(store: SliceStore, case_ids: list[str], predictor: Predictor, tolerance_mm: float = 1.0,
-                   threshold: float = 0.5, progress: bool = True, grid: str = "native") -> list[CaseScore]:
+                   threshold: float = 0.5, progress: bool = True, grid: str = "native",
+                   calibration: bool = False) -> list[CaseScore]:
     """Evaluate each case with a progress bar over cases."""
     from ctprep.console import track
 
     items = track(case_ids, "evaluate", unit="case") if progress else case_ids
-    return [evaluate_case(store, case_id, predictor, tolerance_mm, threshold, grid) for case_id in items]
-
-
-def _stats(values: list[float]) -> dict:
-    """mean, sd (n-1), median and n of the finite values."""
-    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
-        return {"mean": math.nan, "sd": math.nan, "median": math.nan, "n": 0}
-    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-    return {"mean": float(finite.mean()), "sd": sd, "median": float(np.median(finite)), "n": int(finite.size)}
+    return [evaluate_case(store, case_id, predictor, tolerance_mm, threshold, grid, calibration)
+            for case_id in items]
 
 
 def grid_label(results: list[CaseScore]) -> str:
@@ -212,12 +256,36 @@ def grid_label(results: list[CaseScore]) -> str:
 def metric_stats(results: list[CaseScore]) -> dict:
     """Statistics per 3-D metric over ``results``, each labelled with the grid it was computed on."""
     grid = grid_label(results)
-    return {name: {**_stats([getattr(r.metrics, name) for r in results]), "grid": grid} for name in CASE_METRICS}
+    return {name: {**summary_stats([getattr(r.metrics, name) for r in results]), "grid": grid} for name in CASE_METRICS}
 
 
 def summarize(results: list[CaseScore]) -> dict:
     """Per-metric statistics over cases (and per grid), slice-level means pooled over all slices (both ways), the
-    false-positive rate pooled over all lesion-free slices, the grid of every figure, timing."""
+    false-positive rate pooled over all lesion-free slices, the grid of every figure, timing; a ``raters`` block
+    when some case has several raters, a ``calibration`` block when calibration was computed."""
+    return {**_summary(results), **raters_block(results), **calibration_block(results)}
+
+
+def raters_block(results: list[CaseScore]) -> dict:
+    """{"raters": rater_summary of the multi-rater cases}, or {} when every case has one rater."""
+    rated = [r for r in results if r.raters is not None]
+    if not rated:
+        return {}
+    cases = [({m: getattr(r.metrics, m) for m in RATER_METRICS}, r.raters) for r in rated]
+    return {"raters": rater_summary(cases, grid_label(rated))}
+
+
+def calibration_block(results: list[CaseScore]) -> dict:
+    """{"calibration": ECE and bins pooled over the cases' calibration regions}, or {} when not computed."""
+    calibrated = [r for r in results if r.reliability is not None]
+    if not calibrated:
+        return {}
+    total = sum((r.reliability for r in calibrated), EMPTY)
+    return {"calibration": calibration_summary(total, grid_label(calibrated))}
+
+
+def _summary(results: list[CaseScore]) -> dict:
+    """The summary of one-rater evaluation (every key but ``raters`` and ``calibration``)."""
     pooled = sum((r.metrics.slices for r in results), SliceScores(0, 0, 0.0, 0.0))
     fp = sum((r.metrics.fp_slices for r in results), NO_SLICES)
     n_slices = max(1, pooled.n_slices)
@@ -248,8 +316,8 @@ def summary_rows(summary: dict) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     for name, stats in summary["metrics"].items():
         kind = "per case, lesion-free slices" if name == "fp_rate" else "3-D per case"
-        rows.append((f"{name} ({kind}, {stats['grid']} grid)", f"{stats['mean']:.3f} ± {stats['sd']:.3f}",
-                     stats["median"]))
+        rows.append((f"{name}{_truth_label(name, summary)} ({kind}, {stats['grid']} grid)",
+                     f"{stats['mean']:.3f} ± {stats['sd']:.3f}", stats["median"]))
     for way, values in summary["slice_level"].items():
         for metric in ("dice", "iou"):
             rows.append((f"slice {metric} ({way}, {values['grid']} grid)", f"{values[metric]:.3f}",
@@ -257,7 +325,20 @@ def summary_rows(summary: dict) -> list[tuple[object, ...]]:
     fp = summary["fp_slices"]
     rows.append((f"slice FP rate on lesion-free slices (pooled, {fp['grid']} grid)", f"{fp['rate']:.3f}",
                  f"{fp['false_positive']} of {fp['empty_truth']} slices"))
+    if "raters" in summary:  # the vs-consensus rows again only when the multi-rater cases are not all the cases
+        rows += rater_rows(summary["raters"], with_consensus=summary["raters"]["cases"] != summary["cases"])
+    if "calibration" in summary:
+        cal = summary["calibration"]
+        rows.append((f"ECE vs rater fraction ({cal['n_bins']} bins, prediction or any rater positive, "
+                     f"{cal['grid']} grid)", f"{cal['ece']:.4f}", f"{cal['voxels']} voxels"))
     return rows
+
+
+def _truth_label(name: str, summary: dict) -> str:
+    """' vs consensus' (' of consensus' for true_ml) on the rows scored against the truth when raters are present."""
+    if "raters" not in summary or name == "pred_ml":
+        return ""
+    return " of consensus" if name == "true_ml" else " vs consensus"
 
 
 def write_results(results: list[CaseScore], summary: dict, csv_path: Path) -> Path:
@@ -307,13 +388,28 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
     check_layout(run.layout, store, Path(run_dir))
+    calibrate = cfg.calibration or run_target(run.config) in CALIBRATED_TARGETS
+    if calibrate:
+        check_outputs(reliability_png(csv_path), what="reliability diagram")
     cases = split_cases(store, cfg.split, (run.config.get("train") or {}).get("fold"))
     predictor = model_predictor(run.model, device, cfg.batch_size, cfg.precision)
-    results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress, cfg.grid)
+    results = evaluate_cases(store, cases, predictor, cfg.tolerance_mm, cfg.threshold, progress, cfg.grid,
+                             calibrate)
     summary = {"identity": run_identity(Path(run_dir), run.path, run.epoch, store, cfg), **summarize(results)}
     json_path = write_results(results, summary, csv_path)
     written = write_figures(store, results, Path(figures)) if figures else []
-    return Evaluation(results, summary, csv_path, json_path, written)
+    png = None
+    if calibrate:
+        from ctmodel.calibration import write_reliability
+
+        total = sum((r.reliability for r in results), EMPTY)
+        png = write_reliability(total, reliability_png(csv_path), f"{Path(run_dir).name} on {cfg.split}")
+    return Evaluation(results, summary, csv_path, json_path, written, png)
+
+
+def run_target(config: dict) -> str:
+    """The training target recorded in a run's config (``train.target``); 'consensus' for runs without one."""
+    return str((config.get("train") or {}).get("target") or "consensus")
 
 
 def write_figures(store: SliceStore, results: list[CaseScore], out_dir: Path) -> list[Path]:

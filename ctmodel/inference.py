@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ctmodel.device import autocast
+from ctmodel.heads import main_logits
 
 OVERLAP = 0.5  # sliding window: share of a window that the next one overlaps (step = window * (1 - overlap))
 SIGMA_SCALE = 1 / 8  # Gaussian importance weights: sigma = window / 8 per axis, as nnU-Net
@@ -63,31 +64,36 @@ def volume_window(model: torch.nn.Module, volume: torch.Tensor) -> tuple[int, in
 
 @torch.no_grad()
 def sliding_window_logits(model: torch.nn.Module, volume: torch.Tensor, window: tuple[int, int, int],
-                          batch_size: int = 1, precision: str = "fp32", overlap: float = OVERLAP) -> torch.Tensor:
+                          batch_size: int = 1, precision: str = "fp32", overlap: float = OVERLAP,
+                          heads: bool = False) -> torch.Tensor:
     """Logits (Z, H, W) float32 of a 3-D network over a (Z, H, W) volume: windows of ``window`` voxels (the volume
     zero-padded, i.e. with air, up to it), ``batch_size`` windows per forward pass, combined as the Gaussian-weighted
-    average of the windows' logits."""
+    average of the windows' logits. With ``heads``, every output channel: (C, Z, H, W)."""
     sizes = volume.shape
     pads = [max(0, w - n) for w, n in zip(window, sizes)]
     padded = F.pad(volume, [p for pad in reversed(pads) for p in (0, pad)]) if any(pads) else volume
     weights = gaussian_weights(window, volume.device)
-    total = torch.zeros(padded.shape, dtype=torch.float32, device=volume.device)
-    norm = torch.zeros_like(total)
+    total, norm = None, torch.zeros(padded.shape, dtype=torch.float32, device=volume.device)
     corners = list(itertools.product(*(window_starts(n, w, overlap) for n, w in zip(padded.shape, window))))
     for first in range(0, len(corners), batch_size):
         boxes = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in corners[first:first + batch_size]]
         patches = torch.stack([padded[box] for box in boxes])[:, None]  # (b, 1, D, P, P)
         with autocast(volume.device, precision):
-            logits = model(patches)[:, 0].float()  # (b, D, P, P)
+            logits = (model(patches) if heads else main_logits(model(patches))).float()  # (b, C, D, P, P)
+        if total is None:
+            total = torch.zeros((logits.shape[1], *padded.shape), dtype=torch.float32, device=volume.device)
         for box, patch_logits in zip(boxes, logits):
-            total[box] += patch_logits * weights
+            total[(slice(None), *box)] += patch_logits * weights
             norm[box] += weights
-    return (total / norm)[: sizes[0], : sizes[1], : sizes[2]]
+    averaged = (total / norm)[:, : sizes[0], : sizes[1], : sizes[2]]
+    return averaged if heads else averaged[0]
 
 
 @torch.no_grad()
-def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int, precision: str):
-    """Yield (centres, logits (B, 1, S, S) float32) over a (Z, S, S) volume in slice order.
+def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int, precision: str,
+                   heads: bool = False):
+    """Yield (centres, logits (B, 1, S, S) float32) over a (Z, S, S) volume in slice order: the consensus head, or
+    with ``heads`` every output channel (B, C, S, S).
 
     On CUDA every forward pass holds ``batch_size`` stacks (the last one padded by repeating its final centre,
     whose extra logits are dropped), so cudnn autotunes one input shape instead of one per volume length.
@@ -96,8 +102,8 @@ def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int
     """
     if is_volumetric(model):
         window = volume_window(model, volume)
-        logits = sliding_window_logits(model, volume, window, max(1, batch_size // window[0]), precision)
-        yield torch.arange(volume.shape[0], device=volume.device), logits[:, None]
+        logits = sliding_window_logits(model, volume, window, max(1, batch_size // window[0]), precision, heads=True)
+        yield torch.arange(volume.shape[0], device=volume.device), (logits if heads else logits[:1]).transpose(0, 1)
         return
     n_slices = volume.shape[0]
     for start in range(0, n_slices, batch_size):
@@ -107,7 +113,7 @@ def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int
             padded = torch.cat([centres, centres[-1:].expand(batch_size - len(centres))])
         with autocast(volume.device, precision):
             logits = model(stack_volume(volume, padded))
-        yield centres, logits[: len(centres)].float()
+        yield centres, (logits if heads else main_logits(logits))[: len(centres)].float()
 
 
 @torch.no_grad()
@@ -119,5 +125,20 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, batch_size: int
     probs = torch.empty(volume.shape, dtype=torch.float32, device=volume.device)
     for centres, logits in batched_logits(model, volume, batch_size, precision):
         probs[centres] = torch.sigmoid(logits)[:, 0]
+    model.train(was_training)
+    return probs
+
+
+@torch.no_grad()
+def predict_heads(model: torch.nn.Module, volume: torch.Tensor, batch_size: int = 32,
+                  precision: str = "bf16") -> torch.Tensor:
+    """Probabilities (C, Z, S, S) float32 of every output head (a UGS model: consensus, intersection, union)."""
+    was_training = model.training
+    model.eval()
+    parts = [(centres, torch.sigmoid(logits)) for centres, logits in
+             batched_logits(model, volume, batch_size, precision, heads=True)]
+    probs = torch.empty((parts[0][1].shape[1], *volume.shape), dtype=torch.float32, device=volume.device)
+    for centres, part in parts:
+        probs[:, centres] = part.transpose(0, 1)
     model.train(was_training)
     return probs

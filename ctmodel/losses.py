@@ -1,4 +1,5 @@
-"""The training loss: dice_weight * soft Dice + bce_weight * BCE-with-logits (0.7 / 0.3 in the study)."""
+"""The training loss: dice_weight * soft Dice + bce_weight * BCE-with-logits (0.7 / 0.3 in the study); for
+``--target ugs`` UGS-Net's sum over its heads (UGSLoss). Targets may be soft (floats in [0, 1])."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = S
     """Batch-level soft Dice loss: 1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth), p = sigmoid(logits).
 
     The sums run over the whole batch (every pixel of every sample), not per sample, so empty slices
-    do not each contribute a 0/0 term.
+    do not each contribute a 0/0 term. A soft target t in [0, 1] enters the same formula (sum(p t) is the soft
+    intersection); unlike BCE its minimum is not at p = t but pushes p towards 0/1 (docs/raters.md).
     """
     probs = torch.sigmoid(logits.float())
     target = target.float()
@@ -32,3 +34,26 @@ class DiceBCELoss(torch.nn.Module):
         dice = soft_dice_loss(logits, target, self.smooth)
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         return self.dice_weight * dice + self.bce_weight * bce
+
+
+UGS_HEAD_WEIGHT = 0.5  # UGS-Net's weight_seg2: each auxiliary head's BCE counts half the main loss (weight_seg1 1)
+
+
+class UGSLoss(torch.nn.Module):
+    """UGS-Net's loss on logits (B, 3, ...) = (consensus, intersection, union) against targets of the same order:
+    ``main``(consensus) + head_weight * (BCE(intersection) + BCE(union))."""
+
+    def __init__(self, main: DiceBCELoss, head_weight: float = UGS_HEAD_WEIGHT) -> None:
+        super().__init__()
+        self.main = main  # also the validation loss: the consensus head against the consensus mask
+        self.head_weight = head_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        heads = F.binary_cross_entropy_with_logits(logits[:, 1:3].float(), target[:, 1:3].float(), reduction="none")
+        per_head = heads.transpose(0, 1).reshape(2, -1).mean(1)  # mean BCE of the intersection and the union head
+        return self.main(logits[:, :1], target[:, :1]) + self.head_weight * per_head.sum()
+
+
+def consensus_loss(loss_fn: torch.nn.Module) -> torch.nn.Module:
+    """The loss of the consensus channel alone (validation): ``loss_fn`` itself, or a UGSLoss's main loss."""
+    return loss_fn.main if isinstance(loss_fn, UGSLoss) else loss_fn

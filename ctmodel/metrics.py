@@ -157,3 +157,12 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, f
     return CaseMetrics(dice=dice(pred, truth), iou=iou(pred, truth), nsd=surface_dice, hd95_mm=hd,
                        pred_ml=volume_ml(pred, spacing_mm), true_ml=volume_ml(truth, spacing_mm),
                        slices=slice_scores(pred, truth), fp_slices=false_positive_slices(pred, truth))
+
+
+def summary_stats(values: list[float]) -> dict:
+    """mean, sd (n-1), median and n of the finite values (NaN figures and n 0 when there are none)."""
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return {"mean": math.nan, "sd": math.nan, "median": math.nan, "n": 0}
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return {"mean": float(finite.mean()), "sd": sd, "median": float(np.median(finite)), "n": int(finite.size)}

@@ -15,6 +15,7 @@ from torch import nn
 
 from ctmodel.blocks import BLOCK_TYPES, Decoder, Encoder, make_fusion
 from ctmodel.config import ModelConfig
+from ctmodel.heads import add_ugs_heads
 
 
 def level_channels(cfg: ModelConfig) -> list[int]:
@@ -109,12 +110,15 @@ class UNet3d(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network named by ``cfg.name``, freshly initialised."""
+    """The network named by ``cfg.name``, freshly initialised; with ``cfg.heads == "ugs"`` it returns three logit
+    channels (consensus, intersection, union; ctmodel.heads) instead of one."""
     if cfg.name == "dual-encoder":
-        return DualEncoderUNet(cfg)
-    if cfg.name == "unet3d":
-        return UNet3d(cfg)
-    return UNet2d(cfg)
+        model: nn.Module = DualEncoderUNet(cfg)
+    elif cfg.name == "unet3d":
+        model = UNet3d(cfg)
+    else:
+        model = UNet2d(cfg)
+    return add_ugs_heads(model) if cfg.heads == "ugs" else model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,6 +20,7 @@ from ctprep.outputs import check_output
 from ctprep.store import StoreLayout
 
 STAGES = ("read", "preprocess", "network", "invert", "write")
+UNCERTAINTY_SUFFIX = "_uncertainty"  # NAME.nii.gz -> NAME_uncertainty.nii.gz, the UGS band map beside the mask
 MAX_LISTED = 3  # existing outputs named in the refusal
 
 
@@ -34,6 +35,7 @@ class PredictConfig:
     batch_size: int | None = None  # slices per forward pass (None: 32 on a GPU, 4 on the CPU)
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
     overwrite: bool = False  # replace existing output files (an input file is never overwritten)
+    uncertainty: bool = False  # UGS runs: also write the band p_union - p_intersection (float32) beside the mask
 
     def __post_init__(self) -> None:
         check_inference(self.checkpoint, self.threshold, self.batch_size)
@@ -80,6 +82,12 @@ def output_name(path: Path) -> str:
     stem = nifti_stem(path)
     name, channel = image_channel(stem)
     return (name if channel == CT_CHANNEL else stem) + path.name[len(stem):]
+
+
+def uncertainty_path(output: Path) -> Path:
+    """Where the uncertainty map of ``output`` goes: ``NAME_uncertainty.nii[.gz]`` in the same folder."""
+    stem = nifti_stem(output)
+    return output.with_name(stem + UNCERTAINTY_SUFFIX + output.name[len(stem):])
 
 
 def plan_outputs(source: Path, output: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
@@ -159,8 +167,13 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
     volume = read_volume(source); lap("read")
     stored, geom = backend.prepare(volume.data, volume.affine, layout); lap("preprocess")
     probs = backend.network(stored); lap("network")
-    written, lesion_voxels = backend.restore(probs, geom, threshold, probabilities); lap("invert")
-    write_like(source, written, destination, "ctstack predict"); lap("write")
+    probs, band = probs if isinstance(probs, tuple) else (probs, None)  # band: --uncertainty (UGS runs)
+    written, lesion_voxels = backend.restore(probs, geom, threshold, probabilities)
+    band_map = None if band is None else backend.restore(band, geom, threshold, True)[0]; lap("invert")
+    write_like(source, written, destination, "ctstack predict")
+    if band_map is not None:
+        write_like(source, band_map.astype(np.float32), uncertainty_path(destination), "ctstack uncertainty")
+    lap("write")
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     return ScanResult(Path(source), destination, int(geom.n_slices), lesion_voxels * voxel_ml, seconds)
 
@@ -198,7 +211,12 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
     from ctmodel.device import resolve_device
 
     pairs = plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
+    if cfg.uncertainty:
+        check_pairs(pairs + [(src, uncertainty_path(dst)) for src, dst in pairs], cfg.overwrite)
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
-    backend = torch_backend(run.model, device, cfg.batch_size, cfg.precision)
+    if cfg.uncertainty and run.model_config.heads != "ugs":
+        raise UsageError(f"{run_dir}: --uncertainty needs a run trained with --target ugs, found a "
+                         f"{run.model_config.heads} head; drop --uncertainty or train with --target ugs")
+    backend = torch_backend(run.model, device, cfg.batch_size, cfg.precision, cfg.uncertainty)
     return predict_pairs(pairs, backend, run.layout, cfg.threshold, cfg.probabilities, progress)

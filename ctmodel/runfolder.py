@@ -69,7 +69,7 @@ def plan_hash(slices: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-PLAN_RULE = ("ratio", "neighbours", "lesion_free")  # TrainConfig fields that only shape the default plan
+PLAN_RULE = ("ratio", "neighbours", "lesion_free", "lesion_by")  # TrainConfig fields that only shape the default plan
 
 
 def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple[pd.DataFrame, dict]:
@@ -82,7 +82,8 @@ def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple
         raise PlanError(f"{store_path}: expected labeled patients in the train split, found none; put some there "
                         f"with `ctsample split {store_path} --test 0.2 --val 0.1`, or add their masks")
     plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
-                                       epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free))
+                                       epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free,
+                                       lesion_by=cfg.lesion_by))
     return plan.slices, dict(plan.params)
 
 

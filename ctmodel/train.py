@@ -25,7 +25,7 @@ from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint,
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
 from ctmodel.device import autocast, inference_batch, resolve_device
-from ctmodel.losses import DiceBCELoss
+from ctmodel.losses import DiceBCELoss, UGSLoss, consensus_loss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
                                SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
@@ -52,7 +52,7 @@ class Session:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.StepLR
-    loss_fn: DiceBCELoss
+    loss_fn: DiceBCELoss | UGSLoss
     data: ResidentVolumes
     plan: list[pd.DataFrame]  # per plan epoch: its rows (case_id, slice, ...)
     val_ids: list[str]
@@ -144,8 +144,8 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     """Check the inputs, write config.json + plan.parquet, load the data, build model and optimizer."""
     check_new_run_dir(run_dir)
     if plan_path is not None and explicit & set(PLAN_RULE):
-        raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free build a plan, but --plan FILE already "
-                         "fixed them; drop them (the plan's own rule applies)")
+        raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free/--lesion-by build a plan, but --plan FILE "
+                         "already fixed them; drop them (the plan's own rule applies)")
     if plan_path is not None and cfg.fold is not None:
         raise UsageError(f"{plan_path}: --plan FILE was made for the store's train split, not for fold "
                          f"{cfg.fold}'s; drop --plan (ctmodel train builds the fold's plan)")
@@ -199,13 +199,19 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
-    data = load_resident(store, cases, device, cfg.resident)
+    data = load_resident(store, cases, device, cfg.resident, target=cfg.target)
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
                   f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)")
     return Session(model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
-                   scheduler=scheduler, loss_fn=DiceBCELoss(cfg.dice_weight, cfg.bce_weight), data=data,
+                   scheduler=scheduler, loss_fn=training_loss(cfg), data=data,
                    plan=plan_epochs(slices), val_ids=list(val_ids), device=device, model_cfg=model_cfg,
                    cfg=cfg, run_dir=run_dir, layout=store.layout)
+
+
+def training_loss(cfg: TrainConfig) -> DiceBCELoss | UGSLoss:
+    """The run's loss: Dice + BCE on the target, or for ``--target ugs`` UGS-Net's loss over its three heads."""
+    loss = DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
+    return UGSLoss(loss) if cfg.target == "ugs" else loss
 
 
 def restore_state(session: Session, payload: dict) -> None:
@@ -233,7 +239,7 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
     lr = session.optimizer.param_groups[0]["lr"]
     train_loss, samples, train_seconds = train_one_epoch(session, epoch, on_step, console)
     session.scheduler.step()
-    val = validate(session.model, session.data, session.val_ids, session.loss_fn,
+    val = validate(session.model, session.data, session.val_ids, consensus_loss(session.loss_fn),
                    inference_batch(session.device, session.cfg.val_batch_size), session.cfg.precision)
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
@@ -302,7 +308,8 @@ def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: to
     """Augment, forward under autocast, loss, backward of ``weight`` x loss (gradients add up in .grad);
     returns the unweighted loss (no GPU sync)."""
     if session.cfg.augment and x.ndim == 5:  # unet3d patches: one geometry for every slice of a sample
-        x, y = (t[:, None] for t in augment_batch(x[:, 0], y[:, 0], aug))
+        x, flat = augment_batch(x[:, 0], y.flatten(1, 2), aug)  # targets (B, C * depth, S, S)
+        x, y = x[:, None], flat.view(y.shape)
     elif session.cfg.augment:
         x, y = augment_batch(x, y, aug)
     if session.cfg.channels_last and session.device.type == "cuda":

@@ -24,7 +24,8 @@ from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.index import build_index, empty_per_lesion, lost_to_resize, write_index
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
-from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
+from ctprep.preprocess import preprocess_image
+from ctprep.raters import check_consensus, label_case
 from ctprep.shards import case_faults
 from ctprep.sources import source_attrs
 from ctprep.splits import SplitConfig, assign_splits
@@ -33,8 +34,9 @@ from ctprep.store import (SliceStore, StoreLayout, clear_partial, create_or_open
 from ctprep.window import encode, parse_window
 from ctprep.workers import process_pool
 
-CONVERTER_VERSION = 2  # bump when the stored arrays of an unchanged source would change: forces reconversion
+CONVERTER_VERSION = 3  # bump when the stored arrays of an unchanged source would change: forces reconversion
 # 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
+# 3: rater masks (cases/<id>/raters), the mask is their consensus
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,12 @@ class ConvertConfig:
     dtype: str = "float16"  # float16 in [0, 1]; uint8 halves the store
     workers: int | None = None  # processes; None = all cores, 1 = in-process
     split: SplitConfig | None = None  # None keeps the store's recorded split config (default for a new store)
+    consensus: str | None = None  # majority|union|intersection; None: the store's rule (majority for a new store)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
+        if self.consensus is not None:
+            check_consensus(self.consensus)
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected 1 or more processes")
         self.layout  # validates size and dtype
@@ -123,35 +128,45 @@ class ConvertReport:
                 ("workers", self.workers), ("seconds", round(self.seconds, 2))]
 
 
-def source_fingerprint(source: dict, layout: StoreLayout) -> str:
-    """One hash of the sources' fingerprints (not their paths), the layout and the converter version."""
+def source_fingerprint(source: dict, layout: StoreLayout, consensus: str) -> str:
+    """One hash of the sources' fingerprints (not their paths) with their rater ids, the layout, the consensus rule
+    and the converter version."""
     def strip(entry: dict | None) -> dict | None:
         return None if entry is None else {k: v for k, v in entry.items() if k != "path"}
 
-    payload = {"image": strip(source["image"]), "mask": strip(source["mask"]), "layout": layout.to_attrs(),
-               "converter": CONVERTER_VERSION}
+    payload = {"image": strip(source["image"]), "mask": strip(source["mask"]),
+               "raters": {rater: strip(entry) for rater, entry in source["raters"].items()},
+               "layout": layout.to_attrs(), "consensus": consensus, "converter": CONVERTER_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict) -> CaseResult:
-    """Read, validate, preprocess and atomically write one case; a CaseError becomes the result's error line."""
+def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict,
+                 consensus: str = "majority") -> CaseResult:
+    """Read, validate, preprocess and atomically write one case; a CaseError becomes the result's error line.
+
+    Every rater mask is validated against the image (shape, affine, values), so a case whose raters disagree in
+    geometry fails alone, naming the file; the stored mask is the raters' ``consensus`` (docs/raters.md)."""
     try:
         image = read_volume(case.image_path)
-        mask = read_mask(case.mask_path, image) if case.mask_path is not None else None
+        masks = {rater: read_mask(path, image) for rater, path in case.masks.items()}
     except CaseError as err:
         return CaseResult(case.case_id, error=str(err))
     unit, geom = preprocess_image(image.data, image.affine, layout)
     del image
-    stored_mask = preprocess_mask(mask, geom) if mask is not None else None
-    pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
-    voxels = source_lesion_voxels(mask, geom) if mask is not None else None
-    attrs = {"case_id": case.case_id, "source": source, "source_fingerprint": source_fingerprint(source, layout),
-             "geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "labeled": stored_mask is not None,
-             "lesion_pixels": pixels, "source_lesion_voxels": voxels, "layout": layout.to_attrs(),
-             "converter_version": CONVERTER_VERSION}
-    write_case(store_path, case.case_id, encode(unit, layout.dtype), stored_mask, attrs)
-    source_bytes = sum(entry["size"] for entry in source.values() if entry is not None)
-    return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in pixels or []), source_bytes)
+    labeled = label_case(masks, geom, consensus) if masks else None
+    del masks
+    attrs = {"case_id": case.case_id, "source": source,
+             "source_fingerprint": source_fingerprint(source, layout, consensus),
+             "geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "labeled": labeled is not None,
+             "lesion_pixels": None, "source_lesion_voxels": None, **(labeled.attrs if labeled else {}),
+             "consensus": consensus, "layout": layout.to_attrs(), "converter_version": CONVERTER_VERSION}
+    if labeled is None:
+        write_case(store_path, case.case_id, encode(unit, layout.dtype), None, attrs)
+    else:
+        write_case(store_path, case.case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
+                   labeled.rater_ids)
+    return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in attrs["lesion_pixels"] or []),
+                      _source_bytes(source))
 
 
 def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), progress: bool = True) -> ConvertReport:
@@ -175,12 +190,12 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
                            skipped_files=list(found.skipped))
     layout = cfg.layout
     with store_lock(store_path):
-        store = create_or_open(store_path, layout)
+        store = create_or_open(store_path, layout, cfg.consensus)
         _clear_leftovers(store_path)
         split_cfg = cfg.split or SplitConfig.from_attrs(store.attrs.get("split_config"))
         todo = _cases_to_convert(found.cases, store, layout, report)
         report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
-        for result in _run(todo, store_path, layout, report.workers, progress):
+        for result in _run(todo, store_path, layout, store.consensus, report.workers, progress):
             _record(result, report)
         _finish(store_path, split_cfg, report, start)
     return report
@@ -205,44 +220,51 @@ def _cases_to_convert(cases: list[CaseSource], store: SliceStore, layout: StoreL
         except OSError as err:
             report.failed.append(f"{err.filename}: unreadable ({err.strerror}); check the file's permissions")
             continue
-        if case.case_id in complete and _unchanged(store, case.case_id, source, layout):
+        if case.case_id in complete and _unchanged(store, case.case_id, source, layout, store.consensus):
             report.skipped.append(case.case_id)
         else:
             todo.append((case, source))
-    todo.sort(key=lambda item: -sum(e["size"] for e in item[1].values() if e))  # largest first: even finish
+    todo.sort(key=lambda item: -_source_bytes(item[1]))  # largest first: even finish
     return todo
 
 
-def _unchanged(store: SliceStore, case_id: str, source: dict, layout: StoreLayout) -> bool:
+def _source_bytes(source: dict) -> int:
+    """Bytes of a case's source files: the image and every rater's mask."""
+    return source["image"]["size"] + sum(entry["size"] for entry in source["raters"].values())
+
+
+def _unchanged(store: SliceStore, case_id: str, source: dict, layout: StoreLayout, consensus: str) -> bool:
     """The resume rule: same source fingerprint (sources, layout, converter version) and same layout, and the
     arrays pass the cheap check (metadata present, shapes, every shard of its recorded size): a re-run repairs
     a case whose shard or array metadata was deleted or truncated."""
     attrs = store.case_attrs(case_id)
-    return (attrs.get("source_fingerprint") == source_fingerprint(source, layout)
+    return (attrs.get("source_fingerprint") == source_fingerprint(source, layout, consensus)
             and attrs.get("layout") == layout.to_attrs() and not case_faults(store.path, case_id, layout.size))
 
 
-def _run(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, workers: int,
+def _run(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, consensus: str, workers: int,
          progress: bool):
     """Yield a CaseResult per case, in-process for one worker, else from a process pool; with a progress bar."""
     with progress_bar("cases") if progress else nullcontext(None) as bar:
         task = bar.add_task("converting", total=len(todo), rate="", status="") if bar else None
         start = time.perf_counter()
-        for done, result in enumerate(_results(todo, store_path, layout, workers), start=1):
+        for done, result in enumerate(_results(todo, store_path, layout, consensus, workers), start=1):
             if bar is not None:
                 status = f"[red]{result.case_id} failed" if result.error else result.case_id
                 bar.update(task, advance=1, rate=rate_text(done, time.perf_counter() - start, "cases"), status=status)
             yield result
 
 
-def _results(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, workers: int):
+def _results(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, consensus: str,
+             workers: int):
     """CaseResults as cases finish: in this process for one worker, else from a pool of ``workers`` processes."""
     if workers == 1:
         for case, source in todo:
-            yield convert_case(case, store_path, layout, source)
+            yield convert_case(case, store_path, layout, source, consensus)
         return
     with process_pool(workers) as pool:
-        pending = {pool.submit(convert_case, case, store_path, layout, source): case for case, source in todo}
+        pending = {pool.submit(convert_case, case, store_path, layout, source, consensus): case
+                   for case, source in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:

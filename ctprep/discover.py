@@ -2,11 +2,15 @@
 
 Layouts (see docs/store-format.md, "Inputs"), all of which may sit in one raw folder:
 
-- COVID-19-20: ``NAME_ct.nii[.gz]`` + ``NAME_seg.nii[.gz]`` anywhere below RAW -> case ``NAME``.
+- COVID-19-20: ``NAME_ct.nii[.gz]`` + ``NAME_seg.nii[.gz]`` anywhere below RAW -> case ``NAME``; several
+  annotators as ``NAME_seg_<rater>`` (rater id: [A-Za-z0-9-]+).
 - nnU-Net / MSD: ``imagesTr/NAME_0000.nii[.gz]`` (or ``NAME.nii[.gz]``) + ``labelsTr/NAME.nii[.gz]``;
-  ``imagesTs/`` (with ``labelsTs/`` if present) likewise.
-- ``images/`` + ``masks/`` (or ``labels/``) with equal stems.
-An image without a mask is an unlabeled case; a mask without an image is an orphan (reported).
+  ``imagesTs/`` (with ``labelsTs/`` if present) likewise; several annotators as ``labelsTr/NAME_<rater>``.
+- ``images/`` + ``masks/`` (or ``labels/``) with equal stems (raters as ``masks/NAME_<rater>``).
+- QUBIQ case folders: ``NAME/image.nii[.gz]`` + ``NAME/*seg*.nii[.gz]``, one file per rater; the rater id is the
+  stem's text after its last ``_`` (``task01_seg01`` -> ``seg01``).
+An image without a mask is an unlabeled case; a mask without an image is an orphan (reported). A case whose
+masks mix an unnamed (``NAME_seg``) and named raters, or name one rater twice, is a problem (docs/raters.md).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctprep.errors import UsageError
+from ctprep.raters import RATER_ID, SINGLE_RATER, sorted_raters
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SAFE_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # always fullmatch: "$" allows a final "\n"
@@ -24,15 +29,31 @@ FOLDER_PAIRS = (("images", "masks"), ("images", "labels"))
 LAYOUT_DIRS = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "images", "masks", "labels"}
 CHANNEL_STEM = re.compile(r"(.+)_(\d{4})")  # nnU-Net image stems NAME_0000: four digits name the channel; fullmatch
 CT_CHANNEL = "0000"  # the one channel ctstack reads
+COVID_MASK = re.compile(r"(.+)_seg(?:_([A-Za-z0-9-]+))?")  # NAME_seg or NAME_seg_<rater>; fullmatch, greedy NAME
+QUBIQ_IMAGE = "image"  # stem of a QUBIQ case folder's image
+
+Masks = dict[str, list[tuple[str | None, Path]]]  # case key -> (rater id or None for an unnamed mask, file)
 
 
 @dataclass(frozen=True)
 class CaseSource:
-    """One case found in the raw folder: its id, image file and mask file (None when unlabeled)."""
+    """One case found in the raw folder: its id, image file and masks.
+
+    A case with one unnamed mask file (``NAME_seg``, ``labelsTr/NAME``) has it as ``mask_path`` (rater "1");
+    named raters (``NAME_seg_r1``, ``labelsTr/NAME_A``, QUBIQ) are in ``rater_paths`` and ``mask_path`` is None.
+    """
 
     case_id: str
     image_path: Path
     mask_path: Path | None
+    rater_paths: tuple[tuple[str, Path], ...] = ()  # (rater id, file), natural order of the ids
+
+    @property
+    def masks(self) -> dict[str, Path]:
+        """Rater id -> mask file, in natural order; empty for an unlabeled case."""
+        if self.rater_paths:
+            return dict(self.rater_paths)
+        return {SINGLE_RATER: self.mask_path} if self.mask_path is not None else {}
 
 
 @dataclass
@@ -114,15 +135,17 @@ def find_cases(raw: Path) -> Discovery:
         raise UsageError(f"{raw}: not a folder; pass the folder holding the NIfTI images (and masks)")
     found = Discovery()
     images: dict[str, list[Path]] = {}
-    masks: dict[str, list[Path]] = {}
+    layout_masks: dict[str, list[Path]] = {}
     for image_dir, mask_dir in NNUNET_PAIRS:
         _merge(images, _channel_zero(_nifti_files(raw / image_dir, found.skipped), raw / image_dir, found))
-        _merge(masks, _nifti_files(raw / mask_dir, found.skipped))
+        _merge(layout_masks, _nifti_files(raw / mask_dir, found.skipped))
     if (raw / "images").is_dir():
         _merge(images, _nifti_files(raw / "images", found.skipped))
         for _, mask_dir in FOLDER_PAIRS:
-            _merge(masks, _nifti_files(raw / mask_dir, found.skipped))
+            _merge(layout_masks, _nifti_files(raw / mask_dir, found.skipped))
+    masks: Masks = {}
     _find_covid_pairs(raw, images, masks, found)
+    _merge(masks, _layout_raters(layout_masks, images))
     _pair(images, masks, found)
     return found
 
@@ -146,48 +169,87 @@ def _channel_zero(files: dict[str, list[Path]], folder: Path, found: Discovery) 
     return kept
 
 
-def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: dict[str, list[Path]],
-                      found: Discovery) -> None:
-    """COVID-19-20 names anywhere below raw (outside the layout folders): NAME_ct / NAME_seg."""
+def _layout_raters(files: dict[str, list[Path]], images: dict[str, list[Path]]) -> Masks:
+    """nnU-Net / images+masks label files by case: ``NAME`` is the unnamed mask of case NAME; ``NAME_<rater>`` is
+    rater <rater> of case NAME when NAME is an image and ``NAME_<rater>`` is not (an exact name always wins)."""
+    masks: Masks = {}
+    for stem, paths in files.items():
+        name, _, rater = stem.rpartition("_")
+        if stem not in images and name in images and RATER_ID.fullmatch(rater):
+            masks.setdefault(name, []).extend((rater, path) for path in paths)
+        else:
+            masks.setdefault(stem, []).extend((None, path) for path in paths)
+    return masks
+
+
+def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None:
+    """COVID-19-20 names anywhere below raw (outside the layout folders): NAME_ct / NAME_seg[_<rater>]; and QUBIQ
+    case folders (an ``image`` file with ``*seg*`` files beside it)."""
     problems = found.problems
-    for path in sorted(raw.rglob("*")):
-        if not _looks_nifti(path) or LAYOUT_DIRS & set(path.relative_to(raw).parts[:-1]):
-            continue
-        if not _usable(path, found.skipped):
-            continue
+    paths = [path for path in sorted(raw.rglob("*")) if _looks_nifti(path)
+             and not LAYOUT_DIRS & set(path.relative_to(raw).parts[:-1]) and _usable(path, found.skipped)]
+    qubiq = {path.parent for path in paths if nifti_stem(path) == QUBIQ_IMAGE and path.parent != raw}
+    for path in paths:
         stem = nifti_stem(path)
-        if stem.endswith("_ct"):
+        if stem == QUBIQ_IMAGE and path.parent in qubiq:
+            images.setdefault(path.parent.name, []).append(path)
+            continue
+        covid = COVID_MASK.fullmatch(stem)
+        if path.parent in qubiq:
+            if "seg" in stem.lower():
+                masks.setdefault(path.parent.name, []).append((stem.rpartition("_")[2], path))
+        elif stem.endswith("_ct"):
             images.setdefault(stem[:-3], []).append(path)
-        elif stem.endswith("_seg"):
-            masks.setdefault(stem[:-4], []).append(path)
+        elif covid:
+            masks.setdefault(covid.group(1), []).append((covid.group(2), path))
         elif path.parent == raw:
             problems.append(f"{path}: not a recognised name; use NAME_ct/NAME_seg, imagesTr/labelsTr "
                             "or images/ + masks/ (see docs/store-format.md)")
 
 
-def _merge(target: dict[str, list[Path]], more: dict[str, list[Path]]) -> None:
+def _merge(target: dict[str, list], more: dict[str, list]) -> None:
     for stem, paths in more.items():
         target.setdefault(stem, []).extend(paths)
 
 
-def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], found: Discovery) -> None:
+def _pair(images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None:
     """Pair images with masks by case id; clashes and unsafe ids become problems, lone masks orphans."""
     for case_id in sorted(images):
-        image_paths, mask_paths = images[case_id], masks.get(case_id, [])
-        problem = _case_problem(case_id, image_paths, mask_paths)
+        image_paths, entries = images[case_id], masks.get(case_id, [])
+        problem = _case_problem(case_id, image_paths, entries)
         if problem:
             found.problems.append(problem)
             continue
-        found.cases.append(CaseSource(case_id, image_paths[0], mask_paths[0] if mask_paths else None))
-    found.orphans.extend(p for stem in sorted(set(masks) - set(images)) for p in masks[stem])
+        if len(entries) == 1 and entries[0][0] is None:
+            found.cases.append(CaseSource(case_id, image_paths[0], entries[0][1]))
+        else:
+            named = {rater: path for rater, path in entries}
+            found.cases.append(CaseSource(case_id, image_paths[0], None,
+                                          tuple((r, named[r]) for r in sorted_raters(named))))
+    found.orphans.extend(p for key in sorted(set(masks) - set(images)) for _, p in masks[key])
 
 
-def _case_problem(case_id: str, image_paths: list[Path], mask_paths: list[Path]) -> str | None:
+def _case_problem(case_id: str, image_paths: list[Path], entries: list[tuple[str | None, Path]]) -> str | None:
     """One line describing why a case cannot be converted as found, or None."""
+    mask_paths = [path for _, path in entries]
     if len(image_paths) > 1:
         return f"{image_paths[0]}: case {case_id!r} has {len(image_paths)} images ({_names(image_paths)}); keep one"
-    if len(mask_paths) > 1:
+    unnamed = [path for rater, path in entries if rater is None]
+    if unnamed and len(unnamed) < len(entries):
+        return (f"{unnamed[0]}: case {case_id!r} mixes an unnamed mask with rater masks ({_names(mask_paths)}); "
+                "name every rater (NAME_seg_<rater>) or keep the one mask")
+    if len(unnamed) > 1:
         return f"{mask_paths[0]}: case {case_id!r} has {len(mask_paths)} masks ({_names(mask_paths)}); keep one"
+    raters = [rater for rater, _ in entries if rater is not None]
+    for rater in raters:
+        if not RATER_ID.fullmatch(rater):
+            path = next(p for r, p in entries if r == rater)
+            return (f"{path}: case {case_id!r} rater id {rater!r} is not a safe name (letters, digits, '-'); "
+                    "rename the file")
+        if raters.count(rater) > 1:
+            twice = [p for r, p in entries if r == rater]
+            return (f"{twice[0]}: case {case_id!r} has {len(twice)} masks for rater {rater!r} ({_names(twice)}); "
+                    "keep one")
     if not SAFE_CASE_ID.fullmatch(case_id):
         return (f"{image_paths[0]}: case id {case_id!r} is not a safe name (letters, digits, '.', '_', '-'; "
                 "starting with a letter or digit); rename the file")

@@ -20,17 +20,28 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "index.parquet"
 COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split",
-           "fold")
+           "fold", "n_raters", "raters_with_lesion", "agreement")
 NO_FOLD = -1  # the ``fold`` of a case outside the cross-validation folds (test, unlabeled, or no folds made)
 
 
 def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
-              source_voxels: list[int] | None = None, fold: int = NO_FOLD) -> pd.DataFrame:
+              source_voxels: list[int] | None = None, fold: int = NO_FOLD, n_raters: int | None = None,
+              raters_with_lesion: list[int] | None = None, agreement: list[float | None] | None = None
+              ) -> pd.DataFrame:
     """Index rows of one case; ``lesion_pixels`` per slice at stored resolution and ``source_voxels`` per slice
-    on the source grid, both None if unlabeled; ``fold`` its cross-validation fold (-1: none)."""
+    on the source grid (of the consensus), both None if unlabeled; ``fold`` its cross-validation fold (-1: none).
+
+    Raters (docs/raters.md): ``n_raters`` (default: 1 if labeled, else 0), ``raters_with_lesion`` per slice
+    (default: 1 where the mask has lesion) and ``agreement`` per slice (mean pairwise Dice, None/NaN where every
+    rater's slice is empty; default: 1.0 where the mask has lesion)."""
     labeled = lesion_pixels is not None
     pixels = np.asarray(lesion_pixels if labeled else np.zeros(n_slices), dtype=np.int64)
     voxels = np.asarray(source_voxels if source_voxels is not None else np.zeros(n_slices), dtype=np.int64)
+    n_raters = (1 if labeled else 0) if n_raters is None else n_raters
+    marked = (pixels > 0).astype(np.int64) if raters_with_lesion is None else np.asarray(raters_with_lesion)
+    if agreement is None:
+        agreement = np.where(pixels > 0, 1.0, np.nan)
+    agree = np.array([np.nan if a is None else a for a in agreement], dtype=np.float32)
     return pd.DataFrame({
         "case_id": pd.Series([case_id] * n_slices, dtype="string"),
         "slice": np.arange(n_slices, dtype=np.int32),
@@ -41,6 +52,9 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
         "source_lesion_voxels": voxels,
         "split": pd.Series([split] * n_slices, dtype="string"),
         "fold": np.full(n_slices, fold, dtype=np.int16),
+        "n_raters": np.full(n_slices, n_raters, dtype=np.int16),
+        "raters_with_lesion": marked.astype(np.int16) if labeled else np.zeros(n_slices, dtype=np.int16),
+        "agreement": agree if labeled else np.full(n_slices, np.nan, dtype=np.float32),
     })
 
 
@@ -56,12 +70,15 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
     frames = []
     for case_id, case in attrs.items():
         pixels, voxels = case.get("lesion_pixels"), case.get("source_lesion_voxels")
-        if pixels is not None and voxels is None:
-            from ctprep.store import reconvert_hint
+        for needed in ("source_lesion_voxels", "rater_ids", "raters_with_lesion", "agreement"):
+            if pixels is not None and case.get(needed) is None:
+                from ctprep.store import reconvert_hint
 
-            raise StoreFormatError(f"{store.path}: case {case_id!r} lacks source_lesion_voxels (written by an older "
-                                   f"ctstack); {reconvert_hint(store.path)}")
-        frames.append(case_rows(case_id, int(case["n_slices"]), pixels, splits[case_id], voxels, folds[case_id]))
+                raise StoreFormatError(f"{store.path}: case {case_id!r} lacks {needed} (written by an older "
+                                       f"ctstack); {reconvert_hint(store.path)}")
+        n_raters = len(case["rater_ids"]) if pixels is not None else 0
+        frames.append(case_rows(case_id, int(case["n_slices"]), pixels, splits[case_id], voxels, folds[case_id],
+                                n_raters, case.get("raters_with_lesion"), case.get("agreement")))
     if not frames:
         return case_rows("", 0, [], "train")
     return pd.concat(frames, ignore_index=True)
@@ -124,6 +141,11 @@ def empty_per_lesion(labeled_slices: int, lesion_slices: int) -> float:
 def lost_slices(index: pd.DataFrame) -> pd.Series:
     """Per row: a slice lost to resizing (labeled, lesion voxels on the source grid, an empty stored mask)."""
     return index["labeled"] & (index["source_lesion_voxels"] > 0) & ~index["has_lesion"]
+
+
+def rater_disagreement(index: pd.DataFrame) -> pd.Series:
+    """Per row: raters disagree on lesion presence (some but not all of them marked the slice)."""
+    return (index["raters_with_lesion"] > 0) & (index["raters_with_lesion"] < index["n_raters"])
 
 
 def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:

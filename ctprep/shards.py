@@ -90,6 +90,10 @@ def case_faults(store_path: Path, case_id: str, size: int, index_slices: int | N
     arrays = {"image": True, "mask": any(pixels)} if is_labeled(attrs) else {"image": True}
     for name, has_data in arrays.items():
         faults += array_faults(folder / name, (n_slices, size, size), records.get(name), has_data)
+    rater_ids = attrs.get("rater_ids")
+    if is_labeled(attrs) and rater_ids is not None:  # format v3: every labeled case has its rater masks
+        faults += array_faults(folder / "raters", (len(rater_ids), n_slices, size, size), records.get("raters"),
+                               any(attrs.get("raters_with_lesion") or []))
     return faults
 
 
@@ -106,8 +110,8 @@ def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: b
     except StoreFormatError as err:
         return [str(err).split("; ")[0]]
     if found != tuple(shape):
-        return [f"{meta_path}: {array_dir.name} array of shape {list(found)} (expected {list(shape)}: n_slices, "
-                "size, size)"]
+        axes = "n_slices, size, size" if len(shape) == 3 else "raters, n_slices, size, size"
+        return [f"{meta_path}: {array_dir.name} array of shape {list(found)} (expected {list(shape)}: {axes})"]
     faults = []
     for key in shard_keys(array_dir, meta):
         expected = (record or {}).get(key, {}).get("bytes")

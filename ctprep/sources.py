@@ -25,9 +25,13 @@ def file_fingerprint(path: Path) -> dict:
 
 
 def source_attrs(case: CaseSource) -> dict:
-    """Per-case 'source' attribute: absolute paths and fingerprints of the image and mask files."""
+    """Per-case 'source' attribute: absolute paths and fingerprints of the image, the one unnamed mask file
+    (``mask``; None for an unlabeled case or named raters) and every rater's file (``raters``: rater id -> entry;
+    the unnamed mask is rater "1")."""
     def one(path: Path | None) -> dict | None:
         return None if path is None else {"path": str(Path(path).absolute()), **file_fingerprint(path)}
 
-    return {"image": one(case.image_path), "mask": one(case.mask_path)}
+    raters = {rater: one(path) for rater, path in case.masks.items()}
+    mask = next(iter(raters.values())) if case.mask_path is not None else None
+    return {"image": one(case.image_path), "mask": mask, "raters": raters}
 

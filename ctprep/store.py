@@ -1,4 +1,5 @@
-"""The slice store, format version 2: a Zarr v3 group of per-case (Z, S, S) arrays plus index.parquet.
+"""The slice store, format version 3: a Zarr v3 group of per-case (Z, S, S) arrays (and (R, Z, S, S) rater masks)
+plus index.parquet.
 
 Writing is crash- and power-loss-safe: a case is built under ``.partial/``, fsynced, and renamed into ``cases/``
 only when complete (``ctprep.atomic.publish``).
@@ -22,14 +23,18 @@ from ctprep.atomic import publish, write_bytes
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
+from ctprep.raters import DEFAULT_CONSENSUS, check_consensus
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
 
 FORMAT_NAME = "ctstack-slice-store"
-FORMAT_VERSION = 2  # 2: index column and case attribute source_lesion_voxels; no lesion vanishes in the resize
-FORMAT_CHANGES = {2: "new index column source_lesion_voxels"}  # what each version added, for the upgrade message
+FORMAT_VERSION = 3  # 3: per-rater masks; 2: index column and case attribute source_lesion_voxels
+FORMAT_CHANGES = {2: "new index column source_lesion_voxels",
+                  3: "per-rater masks (cases/<id>/raters) and index columns n_raters, raters_with_lesion, "
+                     "agreement"}  # what each version added, for the upgrade message
 CASES = "cases"
 PARTIAL = ".partial"
+RATERS = "raters"  # per-case (R, Z, S, S) array of the rater masks; its attribute rater_ids names them
 SHARDS = "shards"  # per-case attribute: {array: {shard key: {"bytes": n, "sha256": hex}}}, recorded at write time
 
 
@@ -68,8 +73,12 @@ def _compressor(dtype: str) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle" if itemsize > 1 else "bitshuffle", typesize=itemsize)
 
 
-def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
-    """Create a new store at ``path`` or open an existing one whose layout matches ``layout``."""
+def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None) -> "SliceStore":
+    """Create a new store at ``path`` or open an existing one whose layout matches ``layout``.
+
+    ``consensus`` (majority, union, intersection) is the rule that formed the stored masks: recorded when the store
+    is created (None: majority); an existing store must have been made with it (None: whatever it was made with).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StoreFormatError(f"{path}: not a store (expected a folder or a new path, found a file); "
@@ -82,6 +91,10 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
                 f"{path}: store was made with {store.layout.to_attrs()}, not {layout.to_attrs()}; "
                 "convert into a new store path or pass the store's own options"
             )
+        if consensus is not None and store.consensus != check_consensus(consensus):
+            raise StoreFormatError(f"{path}: store masks are the {store.consensus} consensus of the raters, not the "
+                                   f"{consensus}; convert into a new store path or pass --consensus "
+                                   f"{store.consensus}")
         return store
     if stored_cases(path):
         raise StoreFormatError(root_missing_text(path))
@@ -90,8 +103,10 @@ def create_or_open(path: Path, layout: StoreLayout) -> "SliceStore":
     # cases/ first, root metadata (with every attribute) last in one atomic, fsynced write: a store killed while
     # being created is simply created again, and the .lock file of store_lock is left in place.
     write_group_metadata(path / CASES, GroupMetadata())
+    rule = check_consensus(consensus or DEFAULT_CONSENSUS)
     write_group_metadata(path, GroupMetadata(attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                                                         "tool_version": __version__, **layout.to_attrs()}))
+                                                         "tool_version": __version__, **layout.to_attrs(),
+                                                         "consensus": rule}))
     return SliceStore.open(path)
 
 
@@ -124,10 +139,12 @@ def update_root_attrs(path: Path, updates: dict, drop_obsolete: bool = False) ->
 _CREATION_LEFTOVERS = {".lock", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
 
 
-def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict) -> None:
+def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict,
+               raters: np.ndarray | None = None, rater_ids: list[str] | None = None) -> None:
     """Write one case atomically: build it under .partial/, fsync it, then rename it into cases/<case_id>.
 
-    ``image`` is (Z, S, S) in the store's dtype; ``mask`` (Z, S, S) uint8 {0, 1} or None (unlabeled).
+    ``image`` is (Z, S, S) in the store's dtype; ``mask`` (Z, S, S) uint8 {0, 1} or None (unlabeled); ``raters``
+    (R, Z, S, S) uint8 {0, 1} with its ``rater_ids`` (every labeled case of a v3 store has them).
     An existing case of that name is replaced only once the new one is complete and on disk.
     """
     path = Path(path)
@@ -135,24 +152,34 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
     group = zarr.open_group(str(tmp), mode="w")
     group.attrs.update(attrs)
     _write_array(group, "image", image)
+    names = ["image"]
     if mask is not None:
         _write_array(group, "mask", mask.astype(np.uint8, copy=False))
-    names = ("image",) if mask is None else ("image", "mask")
+        names.append("mask")
+    if raters is not None:
+        if rater_ids is None or len(rater_ids) != raters.shape[0]:
+            raise ValueError(f"{case_id}: {raters.shape[0]} rater masks need as many rater ids, found {rater_ids}")
+        array = _write_array(group, RATERS, raters.astype(np.uint8, copy=False))
+        array.attrs["rater_ids"] = list(rater_ids)
+        names.append(RATERS)
     group.attrs.update({SHARDS: {name: shard_record(tmp / name) for name in names}})
     trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
     publish(tmp, path / CASES / case_id, aside=trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """One chunk per slice, all slices of the case in one shard; empty chunks are written too, so every shard
-    file exists (a missing one is damage, never an all-zero array)."""
-    z, rows, cols = data.shape
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(1, rows, cols),
-                               shards=(max(z, 1), rows, cols), compressors=_compressor(str(data.dtype)),
+def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:
+    """One chunk per slice (per rater and slice for (R, Z, S, S) rater masks), all slices of the case (of one
+    rater) in one shard; empty chunks are written too, so every shard file exists (a missing one is damage, never
+    an all-zero array)."""
+    *lead, z, rows, cols = data.shape
+    ones = (1,) * len(lead)
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(*ones, 1, rows, cols),
+                               shards=(*ones, max(z, 1), rows, cols), compressors=_compressor(str(data.dtype)),
                                config={"write_empty_chunks": True})
     with zarr.config.set({"codec_pipeline.batch_size": max(z, 1)}):  # one pipeline batch per shard: ~25 % faster
         array[...] = data
+    return array
 
 
 def clear_partial(path: Path) -> int:
@@ -188,7 +215,8 @@ def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:
 
 
 class SliceStore:
-    """Read access to a format-v2 store: layout, cases, per-case attributes, images, masks, index."""
+    """Read access to a format-v3 store: layout, consensus rule, cases, per-case attributes, images, masks, rater
+    masks, index."""
 
     def __init__(self, path: Path, root_attrs: dict) -> None:
         self.path = Path(path)
@@ -202,6 +230,11 @@ class SliceStore:
         attrs = root_attrs(path)
         check_format_version(path, attrs)
         return cls(path, attrs)
+
+    @property
+    def consensus(self) -> str:
+        """The rule that formed every case's stored mask from its raters: majority, union or intersection."""
+        return str(self.attrs.get("consensus", DEFAULT_CONSENSUS))
 
     def case_ids(self) -> list[str]:
         """Complete cases, sorted."""
@@ -246,6 +279,23 @@ class SliceStore:
         if not self.has_mask(case_id):
             return None
         return self._read_checked(case_id, "mask", slices)
+
+    def rater_ids(self, case_id: str) -> list[str]:
+        """The case's rater ids in natural order (the first axis of ``read_raters``); [] for an unlabeled case."""
+        return list(self.case_attrs(case_id).get("rater_ids") or [])
+
+    def read_raters(self, case_id: str, slices: slice | np.ndarray | None = None) -> np.ndarray | None:
+        """Rater masks as uint8 {0, 1} of shape (R, n, S, S), or None when the case is unlabeled; ``slices``
+        indexes the slice axis (all if None)."""
+        if not self.has_mask(case_id):
+            return None
+        return self._read_checked(case_id, RATERS, slices)
+
+    def source_rater_paths(self, case_id: str) -> dict[str, Path]:
+        """Rater id -> the source mask file recorded at convert time (check it against the recorded fingerprint,
+        ``case_attrs(case_id)["source"]["raters"][rater]``, before trusting it); {} for an unlabeled case."""
+        raters = (self.case_attrs(case_id).get("source") or {}).get("raters") or {}
+        return {rater: Path(entry["path"]) for rater, entry in raters.items()}
 
     def _read_checked(self, case_id: str, name: str, slices: slice | np.ndarray | None) -> np.ndarray:
         """Read an array after the cheap check that every shard is present with its recorded size (Zarr would
@@ -315,11 +365,13 @@ def reconvert_hint(path: Path) -> str:
 
 
 def _read(array: zarr.Array, slices: slice | np.ndarray | None) -> np.ndarray:
+    """``slices`` of the slice axis (the first of (Z, S, S), the second of (R, Z, S, S))."""
+    lead = (slice(None),) * (array.ndim - 3)
     if slices is None:
         return array[...]
     if isinstance(slices, slice):
-        return array[slices]
-    return array.get_orthogonal_selection((np.asarray(slices, dtype=np.int64), slice(None), slice(None)))
+        return array[(*lead, slices)]
+    return array.get_orthogonal_selection((*lead, np.asarray(slices, dtype=np.int64), slice(None), slice(None)))
 
 
 def check_index_cases(store_path: Path, index) -> None:

@@ -136,6 +136,8 @@ def _content_faults(store: SliceStore, case_id: str, attrs: dict, rows) -> list[
     try:
         store.read_image_raw(case_id)
         mask = store.read_mask(case_id)
+        if attrs.get("rater_ids") is not None:
+            store.read_raters(case_id)
     except StoreFormatError as err:
         return [Damage(case_id, str(err).split("; ")[0])]
     if mask is None:
@@ -215,11 +217,19 @@ def restore_root(store_path: Path) -> bool:
     layout = StoreLayout.from_attrs(json.loads(layouts.pop()))
     if not (store_path / CASES / "zarr.json").exists():
         write_group_metadata(store_path / CASES, GroupMetadata())
+    rules = {_case_attr(case, "consensus") for case in stored_cases(store_path)} - {None}
+    consensus = {"consensus": rules.pop()} if len(rules) == 1 else {}  # else SliceStore.consensus's default
     write_group_metadata(store_path, GroupMetadata(attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                                                               "tool_version": __version__, **layout.to_attrs()}))
+                                                               "tool_version": __version__, **layout.to_attrs(),
+                                                               **consensus}))
     return True
 
 
 def _case_layout(case_dir: Path) -> dict | None:
     """The ``layout`` attribute a case recorded at convert time (None if it has none)."""
-    return (json.loads((case_dir / "zarr.json").read_bytes()).get("attributes") or {}).get("layout")
+    return _case_attr(case_dir, "layout")
+
+
+def _case_attr(case_dir: Path, name: str):
+    """One attribute a case recorded at convert time (None if it has none)."""
+    return (json.loads((case_dir / "zarr.json").read_bytes()).get("attributes") or {}).get(name)

@@ -35,6 +35,8 @@ REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", 
 SUMMARY_HEADERS = ("split", "patients", "lesion-free", "lesion", "neighbour", "fill", "empty before", "ratio before",
                    "ratio after", "unmet")  # the columns of summary_rows, as `ctsample plan` prints them
 OFF_TARGET_HEADERS = ("case", "lesion", "neighbour", "fill", "target", "reason")  # of off_target_rows
+LESION_BY = ("consensus", "any", "all")  # which slices count as lesion slices (docs/raters.md, "Sampling")
+PARTIAL_ROW = "some raters only"  # the summary row of slices some but not all raters marked
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class PlanConfig:
     seed: int = 0
     strict: bool = False  # sample neighbours down when they alone exceed the ratio
     lesion_free: float = 0.1  # fraction of a lesion-free patient's slices taken per epoch (0 = leave them out)
+    lesion_by: str = "consensus"  # lesion slice = consensus marks it (has_lesion), any rater, or all raters
 
     def __post_init__(self) -> None:
         if self.ratio is not None and not (np.isfinite(self.ratio) and self.ratio >= 0):
@@ -59,6 +62,8 @@ class PlanConfig:
             raise UsageError(f"--epochs {self.epochs}: expected 1 or more")
         if not 0.0 <= self.lesion_free <= 1.0:
             raise UsageError(f"--lesion-free {self.lesion_free}: expected a fraction in [0, 1]")
+        if self.lesion_by not in LESION_BY:
+            raise UsageError(f"--lesion-by {self.lesion_by}: expected one of {', '.join(LESION_BY)}")
 
     @property
     def ratio_name(self) -> str:
@@ -73,6 +78,7 @@ class Plan:
     slices: pd.DataFrame
     params: dict
     patients: pd.DataFrame  # per patient (REPORT_COLUMNS), see patient_report(); empty for a loaded plan
+    partial: dict | None = None  # slices only some raters marked (see partial_counts); None: no multi-rater case
 
 
 def parse_ratio(text: str) -> float | None:
@@ -96,13 +102,49 @@ def plan_store(store_path: Path, cfg: PlanConfig = PlanConfig(), out: Path | Non
 def make_plan(index: pd.DataFrame, cfg: PlanConfig = PlanConfig()) -> Plan:
     """Plan ``cfg.epochs`` epochs over the labeled patients of ``cfg.split`` in ``index`` (the store's index)."""
     rows = labeled_rows(index, cfg.split)
-    slices = classify(rows, cfg.neighbours)
+    slices = classify(rows, cfg.neighbours, cfg.lesion_by)
     counts = patient_counts(slices, cfg)
     epochs = [plan_epoch(slices, counts, cfg, epoch) for epoch in range(cfg.epochs)]
     planned = pd.concat(epochs, ignore_index=True)
     params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index), "ctstack_version": __version__,
               "repeats": False}  # make_plan never plans a slice twice in an epoch; see planfile.check_rows
-    return Plan(slices=planned, params=params, patients=patient_report(counts, cfg))
+    if cfg.lesion_by == "consensus":  # today's rule: parameters (and so the file) exactly as before
+        del params["lesion_by"]
+    return Plan(slices=planned, params=params, patients=patient_report(counts, cfg),
+                partial=partial_counts(rows, slices, planned, cfg.epochs))
+
+
+def lesion_flags(rows: pd.DataFrame, lesion_by: str = "consensus") -> np.ndarray:
+    """Per row, whether it counts as a lesion slice: the consensus marks it (``has_lesion``), at least one rater
+    (``any``), or every rater (``all``: raters_with_lesion == n_raters)."""
+    if lesion_by == "consensus":
+        return rows["has_lesion"].to_numpy(bool)
+    marked = rows["raters_with_lesion"].to_numpy(np.int64)
+    if lesion_by == "any":
+        return marked >= 1
+    return (marked >= 1) & (marked == rows["n_raters"].to_numpy(np.int64))
+
+
+def partial_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Per row: some but not all of the case's raters marked the slice (0 < raters_with_lesion < n_raters)."""
+    marked = rows["raters_with_lesion"].to_numpy(np.int64)
+    return (marked > 0) & (marked < rows["n_raters"].to_numpy(np.int64))
+
+
+def partial_counts(rows: pd.DataFrame, slices: pd.DataFrame, planned: pd.DataFrame, epochs: int) -> dict | None:
+    """The before/after counts of the slices only some raters marked: patients holding any, how many count as
+    lesion and as empty before, and how many the plan takes per epoch as neighbour and fill (mean over epochs);
+    None when no case of the split has two or more raters."""
+    if "n_raters" not in rows or not (rows["n_raters"] >= 2).any():
+        return None
+    partial = partial_mask(rows)
+    kind = slices["kind"].to_numpy()[partial]
+    keys = pd.DataFrame({"case_id": slices["case_id"].to_numpy()[partial], "slice": slices["slice"].to_numpy()[partial]})
+    picked = planned.astype({"slice": np.int64}).merge(keys, on=["case_id", "slice"])
+    return {"patients": int(slices.loc[partial, "case"].nunique()), "lesion": int((kind == 0).sum()),
+            "empty_before": int((kind != 0).sum()),
+            "neighbour": float((picked["role"] == "neighbour").sum()) / epochs,
+            "fill": float((picked["role"] == "fill").sum()) / epochs}
 
 
 def labeled_rows(index: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -118,11 +160,12 @@ def labeled_rows(index: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
 
 
-def classify(rows: pd.DataFrame, neighbours: int) -> pd.DataFrame:
-    """(case_id, slice, split, kind) with kind 0 = lesion, 1 = neighbour empty, 2 = far empty; plus case codes."""
+def classify(rows: pd.DataFrame, neighbours: int, lesion_by: str = "consensus") -> pd.DataFrame:
+    """(case_id, slice, split, kind) with kind 0 = lesion (by ``lesion_flags``), 1 = neighbour empty, 2 = far
+    empty; plus case codes."""
     codes, cases = pd.factorize(rows["case_id"].astype(str), sort=True)
     slice_index = rows["slice"].to_numpy(np.int64)
-    lesion = rows["has_lesion"].to_numpy(bool)
+    lesion = lesion_flags(rows, lesion_by)
     key = codes.astype(np.int64) * (1 << 32) + slice_index  # cases never within reach of each other
     near = np.zeros(len(rows), bool)
     lesion_keys = key[lesion]
@@ -246,9 +289,19 @@ def summary(plan: Plan) -> pd.DataFrame:
 
 def summary_rows(plan: Plan) -> list[tuple]:
     """``summary`` as `ctsample plan` prints it (SUMMARY_HEADERS): ratios to 2 decimals, '-' without lesion slices."""
-    return [(r.split, r.patients, r.lesion_free, r.lesion, r.neighbour, r.fill, r.empty_before,
+    rows = [(r.split, r.patients, r.lesion_free, r.lesion, r.neighbour, r.fill, r.empty_before,
              ratio_text(r.ratio_before, "-", 2), ratio_text(r.ratio_after, "-", 2), r.unmet)
             for r in summary(plan).itertuples()]
+    if plan.partial is not None:
+        p = plan.partial
+        rows.append((PARTIAL_ROW, p["patients"], "-", p["lesion"], count_text(p["neighbour"]),
+                     count_text(p["fill"]), p["empty_before"], "-", "-", "-"))
+    return rows
+
+
+def count_text(count: float) -> str:
+    """A per-epoch mean count: '3' when whole, else one decimal ('2.5')."""
+    return f"{count:.0f}" if float(count).is_integer() else f"{count:.1f}"
 
 
 def off_target_rows(plan: Plan) -> list[tuple]:
@@ -258,9 +311,11 @@ def off_target_rows(plan: Plan) -> list[tuple]:
 
 
 def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
-    """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict].parquet."""
+    """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict][-any|-all].parquet."""
     strict = "-strict" if cfg.strict else ""
-    return Path(store_path) / PLANS_DIR / f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}-s{cfg.seed}{strict}.parquet"
+    rule = "" if cfg.lesion_by == "consensus" else f"-{cfg.lesion_by}"
+    return Path(store_path) / PLANS_DIR / (f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}"
+                                           f"-s{cfg.seed}{strict}{rule}.parquet")
 
 
 def save_plan(plan: Plan, path: Path) -> Path:

@@ -11,13 +11,13 @@ import pandas as pd
 from ctprep.atomic import replacing, write_text
 from ctprep.console import ratio_text
 from ctprep.errors import UsageError
-from ctprep.index import lost_slices, read_index
+from ctprep.index import lost_slices, rater_disagreement, read_index
 from ctprep.outputs import check_output, check_outputs
 from ctprep.splits import check_split_choice
 from ctsample.plan import classify, kind_counts, labeled_rows
 
 STAT_COLUMNS = ("case_id", "split", "slices", "lesion", "empty", "ratio", "pct_empty", "neighbour_empty",
-                "source_lesion_voxels", "lost_slices", "lost_voxels")
+                "source_lesion_voxels", "lost_slices", "lost_voxels", "n_raters", "disagree_slices")
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,22 @@ class StoreStats:
 
     def patient_headers(self) -> list[str]:
         """The columns of ``patient_rows``, as `ctsample stats` prints them."""
-        return ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
-                f"neighbours (k={self.neighbours})"]
+        headers = ["case", "split", "slices", "lesion", "empty", "empty:lesion", "% empty",
+                   f"neighbours (k={self.neighbours})"]
+        return headers + ["raters", "raters disagree"] if self.several_raters else headers
+
+    @property
+    def several_raters(self) -> bool:
+        """Whether any patient has two or more raters (one-rater stores print today's table)."""
+        return bool((self.table["n_raters"] >= 2).any())
 
     def patient_rows(self) -> list[tuple]:
         """One printed row per labeled patient: the ratio to 2 decimals ('-' without lesion slices), % empty to 1."""
-        return [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
+        rows = [(r.case_id, r.split, r.slices, r.lesion, r.empty, ratio_text(r.ratio, "-", 2), f"{r.pct_empty:.1f}",
                  r.neighbour_empty) for r in self.table.itertuples()]
+        if not self.several_raters:
+            return rows
+        return [(*row, r.n_raters, r.disagree_slices) for row, r in zip(rows, self.table.itertuples())]
 
 
 def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot: Path | None = None,
@@ -64,7 +73,8 @@ def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot:
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
     """Per labeled patient of ``split``: slices, lesion, empty, empty:lesion, % empty, empties within k of a lesion,
-    source lesion voxels, and the slices and source lesion voxels lost to resizing (see ``lost_to_resize``)."""
+    source lesion voxels, the slices and source lesion voxels lost to resizing (see ``lost_to_resize``), the
+    case's raters and its slices where they disagree on lesion presence (``ctprep.index.rater_disagreement``)."""
     rows = labeled_rows(index, split)
     slices = classify(rows, neighbours)
     per_kind = kind_counts(slices)
@@ -82,6 +92,8 @@ def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) 
         "source_lesion_voxels": per_case(weights=voxels).astype(np.int64),
         "lost_slices": per_case(weights=lost).astype(np.int64),
         "lost_voxels": per_case(weights=np.where(lost, voxels, 0)).astype(np.int64),
+        "n_raters": rows.groupby(slices["case"].to_numpy())["n_raters"].first().to_numpy(np.int64),
+        "disagree_slices": per_case(weights=rater_disagreement(rows).to_numpy(bool)).astype(np.int64),
     })
 
 
@@ -90,7 +102,7 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
     lesion, empty = int(stats["lesion"].sum()), int(stats["empty"].sum())
     pct = stats["pct_empty"]
     with_lesion = stats[stats["lesion"] > 0]["pct_empty"]
-    return [
+    rows = [
         ("labeled patients", len(stats)),
         ("  of them lesion-free", int((stats["lesion"] == 0).sum())),
         ("unlabeled patients (never planned)", unlabeled),
@@ -105,6 +117,14 @@ def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]
         ("lesion slices lost to resizing", int(stats["lost_slices"].sum())),
         ("lesion voxels lost to resizing", f"{int(stats['lost_voxels'].sum())} of "
                                            f"{int(stats['source_lesion_voxels'].sum())}"),
+    ]
+    if not (stats["n_raters"] >= 2).any():  # one-rater stores: today's headline
+        return rows
+    disagree, slices = int(stats["disagree_slices"].sum()), max(int(stats["slices"].sum()), 1)
+    return rows + [
+        ("raters per case (min-max)", f"{stats['n_raters'].min()}-{stats['n_raters'].max()}"),
+        ("  multi-rater cases", int((stats["n_raters"] >= 2).sum())),
+        ("rater disagreement slices", f"{disagree} ({100.0 * disagree / slices:.1f} %)"),
     ]
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from ctprep.index import build_index, write_index
 from ctprep.store import StoreLayout, create_or_open, write_case
-from ctprep.preprocess import lesion_pixels, preprocess_image, preprocess_mask, source_lesion_voxels
+from ctprep.preprocess import preprocess_image
+from ctprep.raters import label_case
 from ctprep.window import encode
 
 SHAPE = (23, 17, 9)  # (x, y, z) in RAS: odd, non-square, few slices
@@ -76,16 +77,24 @@ def tiny_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def build_store(path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]],
-                splits: dict[str, str], layout: StoreLayout = StoreLayout(size=16)) -> Path:
-    """Write a store directly from (hu, mask, affine) arrays, bypassing discovery (for ctsample/ctmodel tests)."""
-    store = create_or_open(path, layout)
+                splits: dict[str, str], layout: StoreLayout = StoreLayout(size=16),
+                raters: dict[str, dict[str, np.ndarray]] | None = None, consensus: str = "majority") -> Path:
+    """Write a store directly from (hu, mask, affine) arrays, bypassing discovery (for ctsample/ctmodel tests).
+
+    ``raters`` (case id -> {rater id: source-grid mask}) gives a case several annotators: its stored mask is then
+    their ``consensus`` and the case's own mask is ignored; any other labeled case has one rater, "1"."""
+    store = create_or_open(path, layout, consensus)
     for case_id, (hu, mask, affine) in cases.items():
         unit, geom = preprocess_image(hu, affine, layout)
-        stored_mask = preprocess_mask(mask, geom) if mask is not None else None
-        pixels = lesion_pixels(stored_mask) if stored_mask is not None else None
-        voxels = source_lesion_voxels(mask, geom) if mask is not None else None
-        write_case(path, case_id, encode(unit, layout.dtype), stored_mask, {"geometry": geom.to_attrs(),
-                   "n_slices": int(unit.shape[0]), "lesion_pixels": pixels, "source_lesion_voxels": voxels})
+        masks = (raters or {}).get(case_id) or ({"1": mask} if mask is not None else {})
+        labeled = label_case(masks, geom, consensus) if masks else None
+        attrs = {"geometry": geom.to_attrs(), "n_slices": int(unit.shape[0]), "lesion_pixels": None,
+                 "source_lesion_voxels": None, **(labeled.attrs if labeled else {})}
+        if labeled is None:
+            write_case(path, case_id, encode(unit, layout.dtype), None, attrs)
+        else:
+            write_case(path, case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
+                       labeled.rater_ids)
     write_index(path, build_index(store, splits))
     return path
 

@@ -10,7 +10,7 @@ The generator is its own room; conversion never imports it. Read it top-down:
 from __future__ import annotations
 
 from ctprep.demo.writer import (LAYOUTS, DemoConfig, case_affine, case_paths, encode_hu, iter_demo, make_demo,
-                                storage_of, summary_rows, write_demo_case)
+                                rater_paths, storage_of, summary_rows, write_demo_case)
 
-__all__ = ["LAYOUTS", "DemoConfig", "case_affine", "case_paths", "encode_hu", "iter_demo", "make_demo", "storage_of",
-           "summary_rows", "write_demo_case"]
+__all__ = ["LAYOUTS", "DemoConfig", "case_affine", "case_paths", "encode_hu", "iter_demo", "make_demo", "rater_paths",
+           "storage_of", "summary_rows", "write_demo_case"]

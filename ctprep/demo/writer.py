@@ -15,6 +15,7 @@ import numpy as np
 
 from ctprep.atomic import write_bytes, write_text
 from ctprep.demo.phantom import Phantom, make_phantom
+from ctprep.demo.raters import MAX_RATERS, lesion_dice, rater_masks
 from ctprep.demo.realistic import DIFFICULTIES
 from ctprep.errors import UsageError
 from ctprep.nifti import gzip_bytes
@@ -59,6 +60,7 @@ class DemoConfig:
     max_slices: int | None = None  # cap for quick runs: slices get thicker, the whole chest stays
     workers: int | None = None  # processes; None = one per core (at most one per case), 1 = in-process
     difficulty: str = "easy"  # "realistic": faint soft lesions, look-alikes, artefacts (easy keeps its bytes)
+    raters: int = 1  # annotators per labeled case; 1 writes the truth as the one mask (the bytes of before)
 
     def __post_init__(self) -> None:
         _check_range("cases", self.cases, 1, 10_000)
@@ -72,6 +74,7 @@ class DemoConfig:
             _check_range("max_slices", self.max_slices, 4, 10_000)
         if self.workers is not None:
             _check_range("workers", self.workers, 1, 1024)
+        _check_range("raters", self.raters, 1, MAX_RATERS)
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
@@ -98,6 +101,16 @@ def case_paths(out_dir: Path, cfg: DemoConfig, index: int) -> tuple[Path, Path |
     if index >= cfg.cases - unlabeled_count(cfg):
         return out_dir / "imagesTs" / f"{name}_0000.nii.gz", None
     return out_dir / "imagesTr" / f"{name}_0000.nii.gz", out_dir / "labelsTr" / f"{name}.nii.gz"
+
+
+def rater_paths(out_dir: Path, cfg: DemoConfig, index: int) -> list[Path]:
+    """The rater mask files of case ``index`` (``--raters`` R > 1): NAME_seg_r1..rR (covid19), labelsTr/NAME_r1..
+    (nnunet); [] for one rater (``case_paths``' mask) and for unlabeled cases."""
+    image, mask = case_paths(out_dir, cfg, index)
+    if cfg.raters == 1 or mask is None:
+        return []
+    stem = mask.name[: -len(".nii.gz")]
+    return [mask.with_name(f"{stem}_r{k}.nii.gz") for k in range(1, cfg.raters + 1)]
 
 
 def make_demo(out_dir: Path, cfg: DemoConfig) -> pd.DataFrame:
@@ -150,11 +163,23 @@ def write_demo_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
     storage = storage_of(cfg.seed, index)
     image_path, mask_path = case_paths(out_dir, cfg, index)
     affine = case_affine(phantom, storage.lps)
-    if mask_path is not None:  # mask first: an interrupted run leaves at worst a mask without an image
+    raters = rater_paths(out_dir, cfg, index)
+    dice: list[float] = []
+    if raters:  # masks first: an interrupted run leaves at worst masks without an image
+        masks = rater_masks(phantom, cfg.raters, cfg.seed, index)
+        for path, mask in zip(raters, masks):
+            _save(path, _orient(mask, storage.lps), affine)
+        dice = lesion_dice(phantom.mask, masks)
+        mask_path = None
+    elif mask_path is not None:
         _save(mask_path, _orient(phantom.mask, storage.lps), affine)
     stored, inter = encode_hu(phantom, storage)
     _save(image_path, _orient(stored, storage.lps), affine, inter)
-    return _row(phantom, storage, index, image_path, mask_path, time.perf_counter() - start)
+    row = _row(phantom, storage, index, image_path, mask_path, time.perf_counter() - start)
+    if raters:
+        row.update(labeled=True, raters=[str(p) for p in raters], lesion_dice=dice,
+                   bytes=row["bytes"] + sum(p.stat().st_size for p in raters))
+    return row
 
 
 def storage_of(seed: int, index: int) -> Storage:
@@ -251,6 +276,17 @@ def summary_rows(cases: pd.DataFrame | list[dict], seconds: float) -> list[tuple
         ("lesion slices", lesion),
         ("empty : lesion slices", ratio),
         ("per-patient % empty", spread),
+        *_rater_rows(labeled),
         ("size on disk", f"{cases['bytes'].sum() / 2**20:.1f} MiB"),
         ("seconds", f"{seconds:.1f}"),
     ]
+
+
+def _rater_rows(labeled: pd.DataFrame) -> list[tuple[str, object]]:
+    """With ``--raters`` R > 1: raters per case and the inter-rater Dice per lesion (mean, middle 80 %)."""
+    if "lesion_dice" not in labeled.columns:
+        return []
+    dice = np.array([d for ds in labeled["lesion_dice"] for d in ds])
+    spread = f"{dice.mean():.2f} (10-90 %: {np.quantile(dice, 0.1):.2f}-{np.quantile(dice, 0.9):.2f})" \
+        if dice.size else "no lesions"
+    return [("raters per case", len(labeled["raters"].iloc[0])), ("inter-rater Dice per lesion", spread)]

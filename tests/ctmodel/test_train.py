@@ -56,7 +56,7 @@ def test_run_folder_holds_config_metrics_curves_checkpoints_and_summary(tiny_run
     run = tiny_run.run_dir
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"name": "dual-encoder", "width": 4, "depth": 2, "context": 1, "block": "residual",
-                               "fusion": "learned", "patch_depth": 32, "patch_size": 128}
+                               "fusion": "learned", "patch_depth": 32, "patch_size": 128, "heads": "consensus"}
     assert config["train"]["epochs"] == 6 and config["train"]["lr"] == 1e-2
     assert config["store"]["index_fingerprint"] == index_fingerprint(SliceStore.open(store64).index())
     assert config["store"]["layout"]["size"] == 64 and len(config["plan"]["hash"]) == 16
@@ -138,9 +138,9 @@ def test_cli_bad_input_is_one_line(tiny_store, tmp_path):
     zero = runner.invoke(model_app, ["train", str(tiny_store), "--batch-size", "0"])
     assert zero.exit_code == 2 and "--batch-size 0" in one_line_error(zero)
     meta = tiny_store / "zarr.json"
-    meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 3'))
+    meta.write_text(meta.read_text().replace('"format_version": 3', '"format_version": 4'))
     future = runner.invoke(model_app, ["train", str(tiny_store), "--device", "cpu"])
-    assert future.exit_code == 1 and "format version 3" in one_line_error(future)
+    assert future.exit_code == 1 and "format version 4" in one_line_error(future)
 
 
 def test_cli_trains_and_lists_the_artifacts(tiny_store, tmp_path):

@@ -183,7 +183,8 @@ def test_the_store_holds_no_run_statistics(tmp_path):
     write_phantoms(tmp_path / "raw", [0])
     convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
     attrs = SliceStore.open(tmp_path / "s.zarr").attrs
-    assert set(attrs) == {"format", "format_version", "tool_version", "window_hu", "size", "dtype", "split_config"}
+    assert set(attrs) == {"format", "format_version", "tool_version", "window_hu", "size", "dtype", "split_config",
+                          "consensus"}
 
 
 def test_last_run_of_an_older_store_outlives_no_ops_and_goes_with_the_next_converted_case(tmp_path):
