@@ -14,7 +14,8 @@ from ctprep.cli_support import (App, BatchSizeOption, CheckpointOption, Command,
 
 prep_app = typer.Typer(cls=App, no_args_is_help=True, help="Convert NIfTI chest CTs into a Zarr slice store.")
 sample_app = typer.Typer(cls=App, no_args_is_help=True, help="Splits, imbalance statistics and balanced slice plans.")
-model_app = typer.Typer(cls=App, no_args_is_help=True, help="Train, evaluate and predict with 2.5D U-Nets and their 2-D/3-D baselines.")
+model_app = typer.Typer(cls=App, no_args_is_help=True,
+                        help="Train, evaluate and predict with 2.5D U-Nets and their 2-D/3-D baselines.")
 
 
 def _app_options(ctx: typer.Context, debug: DebugOption = False, version: VersionOption = None) -> None:
@@ -369,7 +370,8 @@ def evaluate(
 @model_app.command(cls=Command)
 def compare(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(metavar="RUN... STORE", help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="RUN... STORE",
+                                                help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
     split: SplitOption = "test",
     checkpoint: CheckpointOption = "best",
     tolerance: ToleranceOption = 1.0,

@@ -26,7 +26,8 @@ class SliceScores:
     iou_sum: float
 
     def mean(self, metric: str, empty_slices: str) -> float:
-        """Mean per-slice ``metric`` ('dice'/'iou'); ``empty_slices`` 'one' scores empty slices 1, 'exclude' drops them."""
+        """Mean per-slice ``metric`` ('dice'/'iou'); ``empty_slices`` 'one' scores empty slices 1, 'exclude' drops
+        them."""
         total = self.dice_sum if metric == "dice" else self.iou_sum
         if empty_slices == "one":
             return (total + self.n_empty) / self.n_slices if self.n_slices else math.nan
