@@ -171,14 +171,20 @@ def _channel_zero(files: dict[str, list[Path]], folder: Path, found: Discovery) 
 
 def _layout_raters(files: dict[str, list[Path]], images: dict[str, list[Path]]) -> Masks:
     """nnU-Net / images+masks label files by case: ``NAME`` is the unnamed mask of case NAME; ``NAME_<rater>`` is
-    rater <rater> of case NAME when NAME is an image and ``NAME_<rater>`` is not (an exact name always wins)."""
+    rater <rater> of case NAME when NAME is an image, ``NAME_<rater>`` is not (an exact name always wins) and more
+    than one such file matches NAME (a lone ``NAME_x`` stays its own name: reported unpaired, as before raters)."""
     masks: Masks = {}
+    named: dict[str, list[tuple[str, str, list[Path]]]] = {}
     for stem, paths in files.items():
         name, _, rater = stem.rpartition("_")
         if stem not in images and name in images and RATER_ID.fullmatch(rater):
-            masks.setdefault(name, []).extend((rater, path) for path in paths)
+            named.setdefault(name, []).append((stem, rater, paths))
         else:
             masks.setdefault(stem, []).extend((None, path) for path in paths)
+    for name, entries in named.items():
+        for stem, rater, paths in entries:
+            key, rater_id = (name, rater) if len(entries) >= 2 else (stem, None)
+            masks.setdefault(key, []).extend((rater_id, path) for path in paths)
     return masks
 
 

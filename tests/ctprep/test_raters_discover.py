@@ -94,3 +94,13 @@ def test_natural_order_sorts_digit_runs_by_value():
     assert sorted_raters(["r10", "r2", "R1", "r1", "A", "seg02", "seg1"]) == \
         ["A", "R1", "r1", "r2", "r10", "seg1", "seg02"]
     assert natural_key("r2") < natural_key("r10")
+
+
+def test_a_lone_name_suffixed_label_is_not_taken_for_a_rater(tmp_path):
+    # the rule: NAME_<rater> files are raters "when more than one label file matches a case"
+    touch(tmp_path, "imagesTr/lung_4_0000.nii.gz", "labelsTr/lung_4_r1.nii.gz",
+          "imagesTr/lung_5_0000.nii.gz", "labelsTr/lung_5_r1.nii.gz", "labelsTr/lung_5_r2.nii.gz")
+    found = find_cases(tmp_path)
+    assert masks_of(found)["lung_5"] == {"r1": "lung_5_r1.nii.gz", "r2": "lung_5_r2.nii.gz"}
+    assert masks_of(found).get("lung_4", {}) == {}  # no rater "r1": the file keeps its own name
+    assert tmp_path / "labelsTr/lung_4_r1.nii.gz" in found.orphans
