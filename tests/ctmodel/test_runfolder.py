@@ -80,7 +80,7 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(tiny_store, tmp_p
     def try_lock(epoch: int, step: int) -> None:
         with pytest.raises(RunLockedError):
             with folder_lock(tmp_path / "run", RunLockedError("busy")):
-                pass
+                raise AssertionError("a second holder got the run's lock while training")
         seen.append(epoch)
 
     seen: list[int] = []

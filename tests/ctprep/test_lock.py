@@ -14,13 +14,18 @@ from ctprep.lock import LOCK_FILE, store_lock
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def assert_refused(store: Path) -> None:
+    """A second holder of ``store``'s lock is refused at once, in one line."""
+    with pytest.raises(StoreLockedError, match="another ctprep/ctsample process is writing this store"):
+        with store_lock(store):
+            raise AssertionError("a second holder got the store lock")
+
+
 def test_a_second_holder_is_refused_at_once_and_the_lock_is_free_again_after(tmp_path):
     with store_lock(tmp_path / "s.zarr"):
-        with pytest.raises(StoreLockedError, match="another ctprep/ctsample process is writing this store"):
-            with store_lock(tmp_path / "s.zarr"):
-                pass
-    with store_lock(tmp_path / "s.zarr"):  # released on exit
-        pass
+        assert_refused(tmp_path / "s.zarr")
+    with store_lock(tmp_path / "s.zarr"):  # released on exit: a new holder gets it, and holds it
+        assert_refused(tmp_path / "s.zarr")
 
 
 def test_the_lock_file_stays_in_place_and_empty_across_holds(tmp_path):
