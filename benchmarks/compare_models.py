@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ctmodel.compare import COLUMNS, compare, side_by_side
+from ctmodel.compare_stats import markdown_table
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.evaluate import EvaluateConfig
 from ctmodel.train import train
@@ -97,18 +98,18 @@ def copy_curves(runs: list[Path], img_dir: Path) -> list[Path]:
     return copied
 
 
-def markdown_table(columns: list[str], rows: list[tuple]) -> str:
-    """A GitHub table; floats to 3 decimals, large numbers with thousands separators."""
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
+def cell(value: object) -> str:
+    """A table cell: floats to 3 decimals, large numbers with thousands separators."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+
+def results_table(columns: list[str], rows: list[tuple]) -> str:
+    """A GitHub table of the results, cells formatted by ``cell``."""
+    return markdown_table(columns, [[cell(v) for v in row] for row in rows])
 
 
 def device_text(device: str) -> str:
@@ -186,7 +187,7 @@ on {device_text(args.device)}, {datetime.date.today().isoformat()}.
 
 ## Test split
 
-{markdown_table(columns, rows)}
+{results_table(columns, rows)}
 
 IoU/Dice (3-D) are per case over the whole volume, averaged over test patients; the slice columns are the
 study's slice-level means, with the two conventions for slices empty in truth and prediction

@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ctmodel.compare_stats import markdown_table
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.evaluate import EvaluateConfig, evaluate
 from ctmodel.train import train
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     baseline = results["consensus"][1]
     rows = [table_row(t, summary, seconds, baseline) for t, (summary, seconds) in results.items()]
     print_table(f"training targets, {args.raters} raters, test split (native grid)", list(COLUMNS), rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    write_text(args.out / "raters.md", "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
+    write_text(args.out / "raters.md", markdown_table(COLUMNS, rows) + "\n")
     print(f"options {vars(args)}; wall time {(time.perf_counter() - start) / 60:.1f} min")
     return rows
 

@@ -22,13 +22,13 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ctmodel.compare import RunComparison, compare
-from ctmodel.compare_stats import StatsConfig, compare_stats, group_runs, write_outputs
+from ctmodel.compare_stats import StatsConfig, compare_stats, group_runs, markdown_table, write_outputs
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.evaluate import EvaluateConfig
 from ctmodel.runfolder import SUMMARY_FILE
@@ -262,12 +262,6 @@ def _num(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def _md(columns: tuple[str, ...], rows: list[list[object]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
-
-
 def write_study(tables: list[StudyTable], args: argparse.Namespace, seconds: float) -> tuple[Path, Path]:
     """OUT/study.md (every table) and OUT/study.csv (the same rows, tidy)."""
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -275,10 +269,10 @@ def write_study(tables: list[StudyTable], args: argparse.Namespace, seconds: flo
              f"Options: `{json.dumps(options)}`; this invocation took {seconds / 60:.1f} min.", ""]
     frames = []
     for t in tables:
-        parts += [f"## {t.title}", "", _md(t.ROW_COLUMNS, t.rows), ""]
+        parts += [f"## {t.title}", "", markdown_table(t.ROW_COLUMNS, t.rows), ""]
         if t.differences:
             parts += ["Per-case paired differences against the reference (bootstrap 95 % CI, Wilcoxon signed-rank p):",
-                      "", _md(t.DIFFERENCE_COLUMNS, t.differences), ""]
+                      "", markdown_table(t.DIFFERENCE_COLUMNS, t.differences), ""]
         frames.append(pd.DataFrame(t.rows, columns=list(t.ROW_COLUMNS)).assign(section="configuration"))
         frames.append(pd.DataFrame(t.differences, columns=list(t.DIFFERENCE_COLUMNS)).assign(section="difference"))
         for frame in frames[-2:]:

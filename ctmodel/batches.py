@@ -73,9 +73,8 @@ class ResidentVolumes:
         """(B, C, K, S, S) float32 targets of slices (B, K) of each sample's case, built on the device from the
         rater tensor: union (any rater), intersection (every rater), soft (fraction of raters), random-rater (one
         rater per sample drawn from ``generator``), ugs (consensus, intersection, union)."""
-        consensus = self._take(self.masks, self.starts[case_pos, None] + slice_index).float()[:, None]
         if self.target == "consensus":
-            return consensus
+            return self._consensus(case_pos, slice_index)
         if self.target == "random-rater":
             return self._rater_slices(case_pos, self._draw_raters(case_pos, generator)[:, None], slice_index)
         picked, valid = self._all_raters(case_pos, slice_index)  # (B, R, K, S, S) uint8, (B, R, 1, 1, 1) bool
@@ -88,7 +87,11 @@ class ResidentVolumes:
         if self.target == "soft":
             count = self.n_raters[case_pos].float()[:, None, None, None, None]
             return (picked & valid).sum(1, keepdim=True, dtype=torch.float32) / count
-        return torch.cat([consensus, intersection, union], dim=1)  # ugs: ctmodel.heads.UGS_CHANNELS
+        return torch.cat([self._consensus(case_pos, slice_index), intersection, union], dim=1)  # ugs: UGS_CHANNELS
+
+    def _consensus(self, case_pos: torch.Tensor, slice_index: torch.Tensor) -> torch.Tensor:
+        """(B, 1, K, S, S) float32 stored masks (the consensus) of slices (B, K)."""
+        return self._take(self.masks, self.starts[case_pos, None] + slice_index).float()[:, None]
 
     def _draw_raters(self, case_pos: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B,) one rater per sample, uniform over its case's raters, from ``generator`` (where it lives)."""

@@ -159,10 +159,10 @@ class CompareStats:
 
     def markdown(self, title: str) -> str:
         """Both tables as GitHub Markdown under ``title``."""
-        parts = [f"## {title}", "", "Per configuration: mean ± sd over runs.", "", _md(*self.group_rows())]
+        parts = [f"## {title}", "", "Per configuration: mean ± sd over runs.", "", markdown_table(*self.group_rows())]
         if self.differences:
             parts += ["", "Per-case paired differences (B - A), bootstrap CI of the mean, two-sided Wilcoxon "
-                          "signed-rank p.", "", _md(*self.difference_rows())]
+                          "signed-rank p.", "", markdown_table(*self.difference_rows())]
         return "\n".join(parts) + "\n"
 
     def frame(self) -> pd.DataFrame:
@@ -250,7 +250,7 @@ def _num(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def _md(columns: list[str], rows: list[list[object]]) -> str:
-    """A GitHub Markdown table."""
+def markdown_table(columns: list[str] | tuple[str, ...], rows: list[list[object]]) -> str:
+    """A GitHub Markdown table (compare's --out .md, benchmarks/study.py, benchmarks/raters.py)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])

@@ -156,18 +156,17 @@ def source_raters(store: SliceStore, case_id: str, geom: CaseGeometry) -> dict[s
     """
     from ctprep.nifti import NiftiVolume, read_mask
 
-    source = store.case_attrs(case_id).get("source") or {}
+    attrs = store.case_attrs(case_id)  # read once: the source record and the rater order
+    source = attrs.get("source") or {}
     entries = source.get("raters") or {}
     if not entries and isinstance(source.get("mask"), dict):
         entries = {"1": source["mask"]}  # a store written before raters were recorded: its one mask
     if not entries or not all(isinstance(e, dict) and e.get("path") for e in entries.values()):
         raise CaseError(f"{store.path}: expected a source mask path recorded for case {case_id}, found none; "
                         "re-convert with this ctstack to score it on the native grid")
-    order = store.rater_ids(case_id) or list(entries)
-    paths = store.source_rater_paths(case_id) or {rater: Path(e["path"]) for rater, e in entries.items()}
     masks = {}
-    for rater in order:
-        path = paths[rater]
+    for rater in attrs.get("rater_ids") or list(entries):
+        path = Path(entries[rater]["path"])
         check_unchanged(path, entries[rater])
         grid = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine), path)
         masks[rater] = read_mask(path, grid)  # shape and affine checked against the recorded source geometry
@@ -229,9 +228,10 @@ def evaluate_case(store: SliceStore, case_id: str, predictor: Predictor, toleran
                              reliability=reliability(source_probs, np.stack(list(raters.values())), threshold)
                              if calibration else None)
     metrics = case_metrics(pred, truth, geom.stored_spacing_mm, tolerance_mm)
-    stored = store.read_raters(case_id) if calibration or len(store.rater_ids(case_id)) >= 2 else None
-    scores = None if stored is None else rater_scores(pred, dict(zip(store.rater_ids(case_id), stored)),
-                                                      geom.stored_spacing_mm, tolerance_mm)
+    rater_ids = store.rater_ids(case_id)
+    stored = store.read_raters(case_id) if calibration or len(rater_ids) >= 2 else None
+    scores = None if stored is None else rater_scores(pred, dict(zip(rater_ids, stored)), geom.stored_spacing_mm,
+                                                      tolerance_mm)
     return CaseScore(case_id, metrics, seconds, z, pred[z].copy(), "store", warning, scores,
                      reliability(probs, stored, threshold) if calibration else None)
 

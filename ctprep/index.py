@@ -14,6 +14,7 @@ from pyarrow.lib import ArrowException
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
+from ctprep.splits import NO_FOLD, FoldConfig, assign_folds
 
 if TYPE_CHECKING:
     from ctprep.store import SliceStore
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 INDEX_FILE = "index.parquet"
 COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split",
            "fold", "n_raters", "raters_with_lesion", "agreement")
-NO_FOLD = -1  # the ``fold`` of a case outside the cross-validation folds (test, unlabeled, or no folds made)
 
 
 def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
@@ -61,7 +61,6 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
 def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
     """Index of every complete case of ``store``, split per ``splits`` (case_id -> split), folds per the store's
     recorded ``fold_config`` (so a convert that adds cases deals them into the folds without moving others)."""
-    from ctprep.splits import FoldConfig, assign_folds
 
     attrs = {case_id: store.case_attrs(case_id) for case_id in store.case_ids()}
     unlabeled = {case_id for case_id, a in attrs.items() if a.get("lesion_pixels") is None}

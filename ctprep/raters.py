@@ -97,8 +97,8 @@ def label_case(masks: dict[str, np.ndarray], geom: CaseGeometry, rule: str) -> L
 
     ids = sorted_raters(masks)
     truth = consensus([masks[r] for r in ids], rule)
-    stored = preprocess_mask(truth, geom)
     raters = np.stack([preprocess_mask(masks[r], geom) for r in ids])
+    stored = raters[0] if len(ids) == 1 else preprocess_mask(truth, geom)  # one rater: the consensus is that mask
     with_lesion, agreement = slice_stats(raters)
     attrs = {"lesion_pixels": lesion_pixels(stored), "source_lesion_voxels": source_lesion_voxels(truth, geom),
              "rater_ids": ids, "raters_with_lesion": with_lesion,
