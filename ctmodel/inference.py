@@ -120,25 +120,25 @@ def batched_logits(model: torch.nn.Module, volume: torch.Tensor, batch_size: int
 def predict_volume(model: torch.nn.Module, volume: torch.Tensor, batch_size: int = 32,
                    precision: str = "bf16") -> torch.Tensor:
     """Probabilities (Z, S, S) float32 for a (Z, S, S) [0, 1] volume already on the model's device."""
-    was_training = model.training
-    model.eval()
-    probs = torch.empty(volume.shape, dtype=torch.float32, device=volume.device)
-    for centres, logits in batched_logits(model, volume, batch_size, precision):
-        probs[centres] = torch.sigmoid(logits)[:, 0]
-    model.train(was_training)
-    return probs
+    return _probabilities(model, volume, batch_size, precision, heads=False)[0]
 
 
 @torch.no_grad()
 def predict_heads(model: torch.nn.Module, volume: torch.Tensor, batch_size: int = 32,
                   precision: str = "bf16") -> torch.Tensor:
     """Probabilities (C, Z, S, S) float32 of every output head (a UGS model: consensus, intersection, union)."""
+    return _probabilities(model, volume, batch_size, precision, heads=True)
+
+
+def _probabilities(model: torch.nn.Module, volume: torch.Tensor, batch_size: int, precision: str,
+                   heads: bool) -> torch.Tensor:
+    """(C, Z, S, S) sigmoid probabilities in eval mode (C = 1 unless ``heads``); the model's mode is restored."""
     was_training = model.training
     model.eval()
-    parts = [(centres, torch.sigmoid(logits)) for centres, logits in
-             batched_logits(model, volume, batch_size, precision, heads=True)]
-    probs = torch.empty((parts[0][1].shape[1], *volume.shape), dtype=torch.float32, device=volume.device)
-    for centres, part in parts:
-        probs[:, centres] = part.transpose(0, 1)
+    probs = None
+    for centres, logits in batched_logits(model, volume, batch_size, precision, heads=heads):
+        if probs is None:
+            probs = torch.empty((logits.shape[1], *volume.shape), dtype=torch.float32, device=volume.device)
+        probs[:, centres] = torch.sigmoid(logits).transpose(0, 1)
     model.train(was_training)
-    return probs
+    return probs if probs is not None else torch.empty((1, *volume.shape), device=volume.device)  # no slices
