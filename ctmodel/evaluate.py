@@ -280,8 +280,12 @@ def calibration_block(results: list[CaseScore]) -> dict:
     calibrated = [r for r in results if r.reliability is not None]
     if not calibrated:
         return {}
-    total = sum((r.reliability for r in calibrated), EMPTY)
-    return {"calibration": calibration_summary(total, grid_label(calibrated))}
+    return {"calibration": calibration_summary(pooled_reliability(calibrated), grid_label(calibrated))}
+
+
+def pooled_reliability(results: list[CaseScore]) -> Reliability:
+    """The calibration bin sums of every case that has them, pooled (voxel-weighted)."""
+    return sum((r.reliability for r in results if r.reliability is not None), EMPTY)
 
 
 def _summary(results: list[CaseScore]) -> dict:
@@ -402,8 +406,7 @@ def evaluate(run_dir: Path, store_path: Path, cfg: EvaluateConfig = EvaluateConf
     if calibrate:
         from ctmodel.calibration import write_reliability
 
-        total = sum((r.reliability for r in results), EMPTY)
-        png = write_reliability(total, reliability_png(csv_path), f"{Path(run_dir).name} on {cfg.split}")
+        png = write_reliability(pooled_reliability(results), reliability_png(csv_path), f"{Path(run_dir).name} on {cfg.split}")
     return Evaluation(results, summary, csv_path, json_path, written, png)
 
 
