@@ -113,6 +113,19 @@ def verify(
 
 
 @prep_app.command(cls=Command)
+def upgrade(ctx: typer.Context, store: StoreArgument) -> None:
+    """Upgrade a store of the previous format version in place (format 3 -> 4: empty pseudo-label columns).
+
+    Example: ctprep upgrade store.zarr
+    """
+    from ctprep.upgrade import upgrade_store
+
+    with errors(ctx, stores=(store,)):
+        old, new = upgrade_store(store)
+    print(f"{store}: format version {old} -> {new}" if old != new else f"{store}: already format version {new}")
+
+
+@prep_app.command(cls=Command)
 def demo(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write the demo set into.")],

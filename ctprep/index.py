@@ -21,19 +21,24 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "index.parquet"
 COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "lesion_pixels", "source_lesion_voxels", "split",
-           "fold", "n_raters", "raters_with_lesion", "agreement")
+           "fold", "n_raters", "raters_with_lesion", "agreement", "pseudo_has_lesion", "pseudo_lesion_pixels",
+           "pseudo_confidence")
+PSEUDO_COLUMNS = COLUMNS[-3:]  # format 4: an unlabeled case's pseudo-label (False, 0, NaN where it has none)
 
 
 def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, split: str,
               source_voxels: list[int] | None = None, fold: int = NO_FOLD, n_raters: int | None = None,
-              raters_with_lesion: list[int] | None = None, agreement: list[float | None] | None = None
-              ) -> pd.DataFrame:
+              raters_with_lesion: list[int] | None = None, agreement: list[float | None] | None = None,
+              pseudo: dict | None = None) -> pd.DataFrame:
     """Index rows of one case; ``lesion_pixels`` per slice at stored resolution and ``source_voxels`` per slice
     on the source grid (of the consensus), both None if unlabeled; ``fold`` its cross-validation fold (-1: none).
 
     Raters (docs/raters.md): ``n_raters`` (default: 1 if labeled, else 0), ``raters_with_lesion`` per slice
     (default: 1 where the mask has lesion) and ``agreement`` per slice (mean pairwise Dice, None/NaN where every
-    rater's slice is empty; default: 1.0 where the mask has lesion)."""
+    rater's slice is empty; default: 1.0 where the mask has lesion).
+
+    ``pseudo`` is an unlabeled case's pseudo-label record (``ctprep.pseudo``): its per-slice lesion_pixels and
+    confidence fill the pseudo columns (False, 0 and NaN without one)."""
     labeled = lesion_pixels is not None
     pixels = np.asarray(lesion_pixels if labeled else np.zeros(n_slices), dtype=np.int64)
     voxels = np.asarray(source_voxels if source_voxels is not None else np.zeros(n_slices), dtype=np.int64)
@@ -42,6 +47,8 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
     if agreement is None:
         agreement = np.where(pixels > 0, 1.0, np.nan)
     agree = np.array([np.nan if a is None else a for a in agreement], dtype=np.float32)
+    pseudo_pixels = np.asarray((pseudo or {}).get("lesion_pixels") or np.zeros(n_slices), dtype=np.int64)
+    confidence = (pseudo or {}).get("confidence")
     return pd.DataFrame({
         "case_id": pd.Series([case_id] * n_slices, dtype="string"),
         "slice": np.arange(n_slices, dtype=np.int32),
@@ -55,6 +62,10 @@ def case_rows(case_id: str, n_slices: int, lesion_pixels: list[int] | None, spli
         "n_raters": np.full(n_slices, n_raters, dtype=np.int16),
         "raters_with_lesion": marked.astype(np.int16) if labeled else np.zeros(n_slices, dtype=np.int16),
         "agreement": agree if labeled else np.full(n_slices, np.nan, dtype=np.float32),
+        "pseudo_has_lesion": pseudo_pixels > 0,
+        "pseudo_lesion_pixels": pseudo_pixels,
+        "pseudo_confidence": (np.asarray(confidence, dtype=np.float32) if confidence is not None
+                              else np.full(n_slices, np.nan, dtype=np.float32)),
     })
 
 
@@ -77,7 +88,8 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
                                        f"ctstack); {reconvert_hint(store.path)}")
         n_raters = len(case["rater_ids"]) if pixels is not None else 0
         frames.append(case_rows(case_id, int(case["n_slices"]), pixels, splits[case_id], voxels, folds[case_id],
-                                n_raters, case.get("raters_with_lesion"), case.get("agreement")))
+                                n_raters, case.get("raters_with_lesion"), case.get("agreement"),
+                                case.get("pseudo")))
     if not frames:
         return case_rows("", 0, [], "train")
     return pd.concat(frames, ignore_index=True)

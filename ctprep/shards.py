@@ -94,6 +94,10 @@ def case_faults(store_path: Path, case_id: str, size: int, index_slices: int | N
     if is_labeled(attrs) and rater_ids is not None:  # format v3: every labeled case has its rater masks
         faults += array_faults(folder / "raters", (len(rater_ids), n_slices, size, size), records.get("raters"),
                                any(attrs.get("raters_with_lesion") or []))
+    pseudo = attrs.get("pseudo")
+    if pseudo is not None and not is_labeled(attrs):  # format v4: an unlabeled case's pseudo-label
+        faults += array_faults(folder / "pseudo", (n_slices, size, size), records.get("pseudo"),
+                               any(pseudo.get("lesion_pixels") or []))
     return faults
 
 

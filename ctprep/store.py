@@ -1,5 +1,5 @@
-"""The slice store, format version 3: a Zarr v3 group of per-case (Z, S, S) arrays (and (R, Z, S, S) rater masks)
-plus index.parquet.
+"""The slice store, format version 4: a Zarr v3 group of per-case (Z, S, S) arrays (and (R, Z, S, S) rater masks,
+and for unlabeled cases an optional (Z, S, S) pseudo-label) plus index.parquet.
 
 Writing is crash- and power-loss-safe: a case is built under ``.partial/``, fsynced, and renamed into ``cases/``
 only when complete (``ctprep.atomic.publish``).
@@ -23,15 +23,19 @@ from ctprep.atomic import publish, write_bytes
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
+from ctprep.pseudo import PSEUDO
 from ctprep.raters import DEFAULT_CONSENSUS, check_consensus
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
 
 FORMAT_NAME = "ctstack-slice-store"
-FORMAT_VERSION = 3  # 3: per-rater masks; 2: index column and case attribute source_lesion_voxels
+FORMAT_VERSION = 4  # 4: pseudo-labels; 3: per-rater masks; 2: index column and case attribute source_lesion_voxels
 FORMAT_CHANGES = {2: "new index column source_lesion_voxels",
                   3: "per-rater masks (cases/<id>/raters) and index columns n_raters, raters_with_lesion, "
-                     "agreement"}  # what each version added, for the upgrade message
+                     "agreement",
+                  4: "pseudo-labels (cases/<id>/pseudo) and index columns pseudo_has_lesion, pseudo_lesion_pixels, "
+                     "pseudo_confidence"}  # what each version added, for the upgrade message
+UPGRADABLE = 3  # the oldest version `ctprep upgrade` brings up to date in place (the change is index columns only)
 CASES = "cases"
 PARTIAL = ".partial"
 RATERS = "raters"  # per-case (R, Z, S, S) array of the rater masks; its attribute rater_ids names them
@@ -215,8 +219,8 @@ def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:
 
 
 class SliceStore:
-    """Read access to a format-v3 store: layout, consensus rule, cases, per-case attributes, images, masks, rater
-    masks, index."""
+    """Read access to a format-v4 store: layout, consensus rule, cases, per-case attributes, images, masks, rater
+    masks, pseudo-labels, index."""
 
     def __init__(self, path: Path, root_attrs: dict) -> None:
         self.path = Path(path)
@@ -291,6 +295,17 @@ class SliceStore:
             return None
         return self._read_checked(case_id, RATERS, slices)
 
+    def pseudo_record(self, case_id: str) -> dict | None:
+        """The case's pseudo-label record (run, checkpoint_sha256, threshold, per-slice lesion_pixels and
+        confidence, ...), or None when it has no pseudo-label (docs/semi-supervised.md)."""
+        return self.case_attrs(case_id).get(PSEUDO)
+
+    def read_pseudo(self, case_id: str, slices: slice | np.ndarray | None = None) -> np.ndarray | None:
+        """Pseudo-label slices as uint8 {0, 1} of shape (n, S, S), or None when the case has none."""
+        if self.pseudo_record(case_id) is None:
+            return None
+        return self._read_checked(case_id, PSEUDO, slices)
+
     def source_rater_paths(self, case_id: str) -> dict[str, Path]:
         """Rater id -> the source mask file recorded at convert time (check it against the recorded fingerprint,
         ``case_attrs(case_id)["source"]["raters"][rater]``, before trusting it); {} for an unlabeled case."""
@@ -351,6 +366,10 @@ def check_format_version(path: Path, attrs: dict) -> None:
     found = attrs.get("format_version")
     if found == FORMAT_VERSION:
         return
+    if found == UPGRADABLE:
+        raise StoreFormatError(f"{path}: store format version {found}, this ctstack needs version {FORMAT_VERSION} "
+                               f"({FORMAT_CHANGES[FORMAT_VERSION]}); upgrade it in place with "
+                               f"`ctprep upgrade {path}`")
     if isinstance(found, int) and found < FORMAT_VERSION:
         added = ", ".join(FORMAT_CHANGES[v] for v in range(found + 1, FORMAT_VERSION + 1) if v in FORMAT_CHANGES)
         raise StoreFormatError(f"{path}: store format version {found}, this ctstack needs version {FORMAT_VERSION} "

@@ -116,6 +116,10 @@ def _index_faults(index_path: Path, case_id: str, attrs: dict, rows) -> list[Dam
     if list(rows.sort_values("slice")["lesion_pixels"]) != list(recorded):
         return [Damage(case_id, f"{index_path}: case {case_id!r} lesion_pixels differ from the case's record",
                        arrays=False)]
+    pseudo = (attrs.get("pseudo") or {}).get("lesion_pixels") or [0] * n_slices
+    if list(rows.sort_values("slice")["pseudo_lesion_pixels"]) != list(pseudo):
+        return [Damage(case_id, f"{index_path}: case {case_id!r} pseudo_lesion_pixels differ from the case's "
+                                "pseudo-label record", arrays=False)]
     return []
 
 
@@ -138,17 +142,27 @@ def _content_faults(store: SliceStore, case_id: str, attrs: dict, rows) -> list[
         mask = store.read_mask(case_id)
         if attrs.get("rater_ids") is not None:
             store.read_raters(case_id)
+        pseudo = store.read_pseudo(case_id)
     except StoreFormatError as err:
         return [Damage(case_id, str(err).split("; ")[0])]
+    if pseudo is not None:
+        return [Damage(case_id, fault) for fault in _pixel_faults(store.path / CASES / case_id / "pseudo", pseudo,
+                                                                 attrs["pseudo"].get("lesion_pixels"))]
     if mask is None:
         return []
+    return [Damage(case_id, fault) for fault in _pixel_faults(store.path / CASES / case_id / "mask", mask,
+                                                             attrs.get("lesion_pixels"))]
+
+
+def _pixel_faults(array_dir: Path, mask: np.ndarray, recorded: list[int] | None) -> list[str]:
+    """The one fault of a mask whose lesion pixels per slice differ from the recorded ones ([] when equal)."""
     found = mask.reshape(mask.shape[0], -1).astype(bool).sum(axis=1)
-    recorded = np.asarray(attrs.get("lesion_pixels") or [], dtype=np.int64)
-    if found.shape != recorded.shape or (found != recorded).any():
-        bad = int((found != recorded).sum()) if found.shape == recorded.shape else len(found)
-        return [Damage(case_id, f"{store.path / CASES / case_id / 'mask'}: lesion pixels differ on {bad} slices "
-                                f"(expected {int(recorded.sum())} in all, found {int(found.sum())})")]
-    return []
+    recorded = np.asarray(recorded or [], dtype=np.int64)
+    if found.shape == recorded.shape and (found == recorded).all():
+        return []
+    bad = int((found != recorded).sum()) if found.shape == recorded.shape else len(found)
+    return [f"{array_dir}: lesion pixels differ on {bad} slices (expected {int(recorded.sum())} in all, found "
+            f"{int(found.sum())})"]
 
 
 def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bool = True) -> RepairReport:

@@ -139,3 +139,20 @@ def sorted_with_unlabeled(cases, flags) -> tuple[list[str], set[str]]:
     """Case ids sorted, and the set of those whose flag (in sorted order) marks them unlabeled."""
     cases = sorted(cases)
     return cases, {case for case, flag in zip(cases, flags) if flag}
+
+
+def add_pseudo(store_path: Path, case_id: str, mask: np.ndarray, confidence: list[float] | None = None,
+               run: str = "runs/test") -> None:
+    """Give an unlabeled case of a store the pseudo-label ``mask`` (stored grid, (Z, S, S) {0, 1}) and rebuild the
+    index, as `ctmodel pseudo-label` does (confidence defaults to 1.0 per slice)."""
+    from ctprep.index import build_index, read_index, write_index
+    from ctprep.pseudo import write_pseudo
+    from ctprep.store import SliceStore
+
+    mask = np.asarray(mask, dtype=np.uint8)
+    record = {"run": run, "checkpoint_sha256": "0" * 64, "threshold": 0.5,
+              "lesion_pixels": [int(n) for n in mask.reshape(mask.shape[0], -1).sum(axis=1)],
+              "confidence": list(confidence) if confidence is not None else [1.0] * mask.shape[0]}
+    write_pseudo(store_path, case_id, mask, record)
+    splits = read_index(store_path, check=False).groupby("case_id")["split"].first().astype(str).to_dict()
+    write_index(store_path, build_index(SliceStore.open(store_path), splits))

@@ -138,9 +138,9 @@ def test_cli_bad_input_is_one_line(tiny_store, tmp_path):
     zero = runner.invoke(model_app, ["train", str(tiny_store), "--batch-size", "0"])
     assert zero.exit_code == 2 and "--batch-size 0" in one_line_error(zero)
     meta = tiny_store / "zarr.json"
-    meta.write_text(meta.read_text().replace('"format_version": 3', '"format_version": 4'))
+    meta.write_text(meta.read_text().replace('"format_version": 4', '"format_version": 5'))
     future = runner.invoke(model_app, ["train", str(tiny_store), "--device", "cpu"])
-    assert future.exit_code == 1 and "format version 4" in one_line_error(future)
+    assert future.exit_code == 1 and "format version 5" in one_line_error(future)
 
 
 def test_cli_trains_and_lists_the_artifacts(tiny_store, tmp_path):

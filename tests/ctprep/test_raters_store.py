@@ -192,11 +192,12 @@ def test_a_v2_store_is_refused_with_the_command_to_reconvert(tmp_path):
     zarr.open_group(str(tmp_path / "s.zarr"), mode="r+").attrs["format_version"] = 2
     with pytest.raises(StoreFormatError) as caught:
         SliceStore.open(tmp_path / "s.zarr")
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     assert str(caught.value) == (
-        f"{tmp_path / 's.zarr'}: store format version 2, this ctstack needs version 3 (per-rater masks "
-        "(cases/<id>/raters) and index columns n_raters, raters_with_lesion, agreement); re-convert into a new "
-        f"store with `ctprep convert RAW NEW_STORE` (or delete {tmp_path / 's.zarr'} first)")
+        f"{tmp_path / 's.zarr'}: store format version 2, this ctstack needs version 4 (per-rater masks "
+        "(cases/<id>/raters) and index columns n_raters, raters_with_lesion, agreement, pseudo-labels "
+        "(cases/<id>/pseudo) and index columns pseudo_has_lesion, pseudo_lesion_pixels, pseudo_confidence); "
+        f"re-convert into a new store with `ctprep convert RAW NEW_STORE` (or delete {tmp_path / 's.zarr'} first)")
 
 
 def test_info_reports_raters_consensus_and_disagreement(tmp_path):

@@ -63,7 +63,9 @@ def test_a_v1_store_is_refused_in_one_line_with_the_command_to_reconvert(tmp_pat
     downgrade_to_v1(store)
     expected = f"store format version 1, this ctstack needs version {FORMAT_VERSION} (new index column " \
                "source_lesion_voxels, per-rater masks (cases/<id>/raters) and index columns n_raters, " \
-               "raters_with_lesion, agreement); re-convert into a new store with `ctprep convert RAW NEW_STORE`"
+               "raters_with_lesion, agreement, pseudo-labels (cases/<id>/pseudo) and index columns pseudo_has_lesion, " \
+               "pseudo_lesion_pixels, pseudo_confidence); re-convert into a new store with " \
+               "`ctprep convert RAW NEW_STORE`"
     for open_it in (SliceStore.open, read_index):
         with pytest.raises(StoreFormatError, match="store format version 1") as caught:
             open_it(store)
