@@ -19,9 +19,10 @@ from ctmodel.batches import ResidentVolumes, load_resident, resident_bytes
 from ctmodel.checkpoint import load_run
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.semi import (MeanTeacher, balanced_slices, consistency_loss, ema_alpha, ema_update, make_teacher,
-                          rampup_weight, weak_and_strong)
+                          rampup_weight, unlabeled_train_cases, weak_and_strong)
 from ctmodel.train import train
 from ctprep.errors import PlanError, UsageError
+from ctprep.splits import fold_view
 from ctprep.store import SliceStore
 
 torch.set_num_threads(1)
@@ -242,3 +243,22 @@ def test_cli_trains_a_mean_teacher_and_resume_refuses_a_changed_option(semi_stor
     changed = CliRunner().invoke(model_app, ["train", str(semi_store), "--out", str(out), "--resume",
                                              "--semi", "mean-teacher", "--ema", "0.5"])
     assert changed.exit_code == 1 and "ema=0.9, not 0.5" in one_line_error(changed)
+
+
+def test_under_a_fold_only_the_train_side_unlabeled_cases_are_drawn(semi_store):
+    index = SliceStore.open(semi_store).index()
+    folds = {"case0": 0, "case1": 1, "case2": 1, "case5": 0, "case6": 1}  # val and test cases keep no fold
+    index["fold"] = index["case_id"].map(folds).fillna(-1).astype(index["fold"].dtype)
+    assert unlabeled_train_cases(fold_view(index, 0, semi_store), semi_store, 0) == ["case6"]
+    assert unlabeled_train_cases(fold_view(index, 1, semi_store), semi_store, 1) == ["case5"]
+    assert unlabeled_train_cases(index, semi_store) == ["case5", "case6"]  # never the unlabeled test case7
+    index.loc[index["case_id"] == "case6", "fold"] = 0
+    with pytest.raises(UsageError, match="fold 0's train side, found none"):
+        unlabeled_train_cases(fold_view(index, 0, semi_store), semi_store, 0)
+
+
+def test_unet2d_with_a_rater_target_trains_with_a_teacher(semi_store, tmp_path):
+    result = train(semi_store, ModelConfig(name="unet2d", width=4, depth=2, context=3),
+                   replace(MT, epochs=1, target="union"), out=tmp_path / "u")
+    assert result.rows[0]["consistency_loss"] > 0 and "teacher" in torch.load(tmp_path / "u" / "last.pt",
+                                                                             weights_only=True)
