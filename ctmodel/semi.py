@@ -109,7 +109,8 @@ def balanced_slices(flags: list[np.ndarray], ratio: float | None, neighbours: in
     picked = []
     for lesion in flags:
         z, lesion_z = np.arange(len(lesion)), np.flatnonzero(lesion)
-        gap = np.abs(z[:, None] - lesion_z[None, :]).min(1) if lesion_z.size else np.full(len(z), len(z) + 1)
+        gap = (np.abs(z[:, None] - lesion_z[None, :]).min(1) if lesion_z.size
+               else np.full(len(z), np.iinfo(np.int64).max))  # no lesion: no slice is anyone's neighbour
         near, far = z[~lesion & (gap <= neighbours)], z[gap > neighbours]
         target = (math.floor(ratio * lesion_z.size + 0.5) if lesion_z.size
                   else math.ceil(lesion_free * len(lesion) - 1e-9))

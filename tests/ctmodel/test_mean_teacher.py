@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
@@ -118,6 +120,25 @@ def test_balanced_draw_takes_lesions_neighbours_and_a_ratio_fill_per_case():
     for flags, ratio in (([empty, empty], 1.75), ([lesion, empty], None)):  # no lesion predicted / natural ratio
         assert [p.tolist() for p in balanced_slices(flags, ratio, 1, 0.1, np.random.default_rng(0))] == \
             [p.tolist() for p in everything]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=30), min_size=1, max_size=4),
+       st.floats(0.0, 4.0), st.integers(0, 3), st.floats(0.0, 1.0), st.integers(0, 2**31))
+def test_balanced_draw_keeps_every_lesion_and_neighbour_and_meets_the_target(cases, ratio, neighbours, share, seed):
+    flags = [np.asarray(c) for c in cases]
+    picked = balanced_slices(flags, ratio, neighbours, share, np.random.default_rng(seed))
+    if not any(f.any() for f in flags):  # no predicted lesion anywhere: uniform over every slice
+        assert all(p.tolist() == list(range(len(f))) for p, f in zip(picked, flags))
+        return
+    for lesion, chosen in zip(flags, picked):
+        z = np.arange(len(lesion))
+        lesion_z = np.flatnonzero(lesion)
+        near = [i for i in z if not lesion[i] and lesion_z.size and np.abs(lesion_z - i).min() <= neighbours]
+        assert np.all(np.diff(chosen) > 0) and set(lesion_z) | set(near) <= set(chosen.tolist())
+        target = math.floor(ratio * lesion_z.size + 0.5) if lesion_z.size else math.ceil(share * len(z) - 1e-9)
+        empty = len(chosen) - lesion_z.size
+        assert empty == min(max(target, len(near)), len(z) - lesion_z.size)
 
 
 class Bright(nn.Module):
