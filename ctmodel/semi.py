@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctmodel.augment import random_affines, uniform, AugmentConfig
+from ctmodel.augment import AugmentConfig, random_affines, uniform
 from ctmodel.checkpoint import unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.device import autocast
@@ -26,6 +26,8 @@ from ctmodel.heads import main_logits
 from ctprep.errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
     from ctmodel.batches import ResidentVolumes
@@ -87,7 +89,7 @@ def check_semi_model(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
                          "mean teacher draws slice stacks, not 3-D patches; use another --model or drop --semi")
 
 
-def unlabeled_train_cases(index: pd.DataFrame, store_path: object, fold: int | None = None) -> list[str]:
+def unlabeled_train_cases(index: pd.DataFrame, store_path: Path, fold: int | None = None) -> list[str]:
     """Sorted ids of the unlabeled cases in ``index``'s train split (a fold view's train side under --fold);
     UsageError naming the store when there are none."""
     rows = index[(index["split"] == "train") & ~index["labeled"].astype(bool)]
@@ -144,7 +146,7 @@ class EpochDraw:
     lesion_slices: int  # slices the teacher predicted as lesion slices at the start of the epoch
     views: torch.Generator  # the weak/strong augmentation draws
     taken: int = 0
-    loss_sum: float = 0.0
+    loss_sum: torch.Tensor | None = None  # sum of per-sample consistency on the device (no sync per step)
 
     def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``n`` (case position, slice) pairs."""
@@ -189,7 +191,7 @@ class MeanTeacher:
             loss = consistency_loss(main_logits(student(strong)), target)
         scale = weight * self.cfg.consistency * rampup_weight(progress_epochs, self.cfg.rampup)
         (loss * scale).backward()
-        draw.loss_sum += float(loss.detach()) * n
+        draw.loss_sum = loss.detach() * n + (0.0 if draw.loss_sum is None else draw.loss_sum)
 
     def update(self, student: nn.Module) -> None:
         """The EMA step after an optimizer step."""
@@ -199,7 +201,8 @@ class MeanTeacher:
     def epoch_metrics(self) -> dict:
         """metrics.csv's extra columns: mean consistency loss per unlabeled sample, predicted lesion slices."""
         draw = self.draw
-        return {"consistency_loss": draw.loss_sum / max(draw.taken, 1), "unlabeled_lesion_slices": draw.lesion_slices}
+        total = 0.0 if draw.loss_sum is None else float(draw.loss_sum)
+        return {"consistency_loss": total / max(draw.taken, 1), "unlabeled_lesion_slices": draw.lesion_slices}
 
     def state(self) -> dict:
         """What a checkpoint holds of the mean teacher."""

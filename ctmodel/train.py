@@ -27,11 +27,11 @@ from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_m
 from ctmodel.device import autocast, inference_batch, resolve_device
 from ctmodel.losses import DiceBCELoss, UGSLoss, consensus_loss
 from ctmodel.nets import build_model, count_parameters
-from ctmodel.semi import MeanTeacher, check_semi_model, make_teacher, unlabeled_train_cases
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
                                SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
                                read_config, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
                                with_plan_rule, write_config, write_summary)
+from ctmodel.semi import MeanTeacher, check_semi_model, make_teacher, unlabeled_train_cases
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
@@ -277,8 +277,8 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
         batch_size = patches_per_step(cfg.batch_size, patch[0])
     groups = accumulation_weights(len(samples), batch_size, cfg.accumulate)
     if session.semi is not None:
-        session.semi.begin_epoch(session.data, epoch, len(samples), inference_batch(session.device),
-                                 cfg.precision)
+        session.semi.begin_epoch(session.data, epoch, len(samples),
+                                 inference_batch(session.device, cfg.val_batch_size), cfg.precision)
     loss_sum = torch.zeros((), device=session.device)
     seen, step = 0, 0
     model.train()

@@ -200,7 +200,8 @@ def test_mean_teacher_run_writes_both_networks_and_its_metrics(semi_store, tmp_p
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert list(metrics.columns[-2:]) == ["consistency_loss", "unlabeled_lesion_slices"]
     n_unlabeled = sum(SliceStore.open(semi_store).read_image(c).shape[0] for c in UNLABELED)
-    assert (metrics["unlabeled_lesion_slices"].between(0, n_unlabeled)).all() and (metrics["consistency_loss"] > 0).all()
+    assert metrics["unlabeled_lesion_slices"].between(0, n_unlabeled).all()
+    assert (metrics["consistency_loss"] > 0).all()
     loaded = load_run(tmp_path / "run", "last")  # evaluate/predict load the student as before
     assert all(torch.equal(loaded.model.state_dict()[k], student[k]) for k in student)
     assert result.summary["epochs"] == 2
