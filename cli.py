@@ -314,6 +314,13 @@ def train(
     resident: Annotated[str, typer.Option(help="Where the data lives: auto, device (GPU) or host.")] = "auto",
     fold: Annotated[Optional[int], typer.Option(min=0, help="Cross-validation: validate on fold k of `ctsample "
                                                             "split --folds`, train on the other folds.")] = None,
+    semi: Annotated[str, typer.Option(help="Learn from the train split's unlabeled cases too: none, or mean-teacher "
+                                           "(EMA teacher, consistency loss; docs/semi-supervised.md).")] = "none",
+    ema: Annotated[float, typer.Option(help="Mean teacher: EMA decay of the teacher's weights.")] = 0.99,
+    consistency: Annotated[float, typer.Option(help="Mean teacher: weight of the consistency loss after the "
+                                                    "ramp-up.")] = 1.0,
+    rampup: Annotated[int, typer.Option(help="Mean teacher: epochs of the sigmoid ramp-up of the consistency "
+                                             "weight (0: none).")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/MODEL-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the killed run in --out from last.pt.")]
     = False,

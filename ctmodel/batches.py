@@ -212,10 +212,20 @@ def gpu_free_text(device: torch.device) -> str:
     return f"{torch.cuda.mem_get_info(device)[0] / 2**30:.2f} GiB"
 
 
+UNLABELED = ("refuse", "empty")  # load_resident: an unlabeled case raises PlanError, or loads with an all-zero mask
+
+
 def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
-                  resident: str = "auto", show_progress: bool = True, target: str = "consensus") -> ResidentVolumes:
+                  resident: str = "auto", show_progress: bool = True, target: str = "consensus",
+                  unlabeled: str = "refuse") -> ResidentVolumes:
     """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array; any ``target``
-    but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within)."""
+    but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within).
+
+    ``unlabeled``: "refuse" raises PlanError on a case without a mask; "empty" loads its image with an all-zero
+    mask (and no rater rows), for the mean teacher, which never uses those rows as targets. Their slices count in
+    the residency decision like any other case's."""
+    if unlabeled not in UNLABELED:
+        raise ValueError(f"unlabeled={unlabeled!r}: expected one of {UNLABELED}")
     index = store.index()
     per_case = index.groupby("case_id")[["n_slices", "n_raters"]].first()
     counts = per_case["n_slices"].reindex(case_ids)
@@ -231,7 +241,7 @@ def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
     images, masks = _allocate(store, int(n_slices.sum()), home)
     cases = track(case_ids, "loading cases", unit="case") if show_progress else case_ids
     for case_id, start, count in zip(cases, starts, n_slices):
-        _copy_case(store, case_id, images[start:start + count], masks[start:start + count])
+        _copy_case(store, case_id, images[start:start + count], masks[start:start + count], unlabeled)
     data = ResidentVolumes(images=images, masks=masks, case_ids=list(case_ids),
                            starts=torch.as_tensor(starts, device=device),
                            n_slices=torch.as_tensor(n_slices, device=device), device=device, target=target)
@@ -247,7 +257,9 @@ def _with_raters(data: ResidentVolumes, store: SliceStore, n_raters: np.ndarray,
     pin = home.type == "cpu" and torch.cuda.is_available()
     raters = torch.empty((int(sizes.sum()), side, side), dtype=torch.uint8, device=home, pin_memory=pin)
     for case_id, start, size in zip(data.case_ids, rater_starts, sizes):
-        stored = store.read_raters(case_id)  # (R, Z, S, S); None only for unlabeled cases, refused above
+        if size == 0:  # an unlabeled case loaded with unlabeled="empty": no raters
+            continue
+        stored = store.read_raters(case_id)  # (R, Z, S, S); None only for unlabeled cases (size 0 above)
         raters[start:start + size].copy_(torch.from_numpy(np.ascontiguousarray(stored).reshape(-1, side, side)))
     data.raters, data.max_raters = raters, int(n_raters.max())
     data.rater_starts = torch.as_tensor(rater_starts, device=data.device)
@@ -264,14 +276,19 @@ def _allocate(store: SliceStore, n_rows: int, home: torch.device) -> tuple[torch
             torch.empty((n_rows, size, size), dtype=torch.uint8, device=home, pin_memory=pin))
 
 
-def _copy_case(store: SliceStore, case_id: str, images: torch.Tensor, masks: torch.Tensor) -> None:
-    """Copy one case (stored dtype) into its rows; an unlabeled case cannot be trained on."""
+def _copy_case(store: SliceStore, case_id: str, images: torch.Tensor, masks: torch.Tensor,
+               unlabeled: str = "refuse") -> None:
+    """Copy one case (stored dtype) into its rows; an unlabeled case is refused, or with ``unlabeled`` "empty"
+    gets an all-zero mask."""
     mask = store.read_mask(case_id)
-    if mask is None:
+    if mask is None and unlabeled != "empty":
         raise PlanError(f"{store.path}: case {case_id!r} is unlabeled (no mask); plans and validation "
                         "use labeled cases only")
     images.copy_(torch.from_numpy(store.read_image_raw(case_id)))
-    masks.copy_(torch.from_numpy(mask))
+    if mask is None:
+        masks.zero_()
+    else:
+        masks.copy_(torch.from_numpy(mask))
 
 
 @dataclass

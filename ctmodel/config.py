@@ -16,6 +16,8 @@ RESIDENCY = ("auto", "device", "host")
 TARGETS = ("consensus", "union", "intersection", "soft", "random-rater", "ugs")  # docs/raters.md, "Training targets"
 HEADS = ("consensus", "ugs")  # output heads: the one consensus logit, or UGS-Net's (consensus, intersection, union)
 LESION_BY = ("consensus", "any", "all")  # as ctsample.plan.LESION_BY (ctmodel does not import ctsample at load)
+SEMI = ("none", "mean-teacher")  # learning from the unlabeled train cases (docs/semi-supervised.md)
+SEMI_OPTIONS = ("ema", "consistency", "rampup")  # TrainConfig fields only --semi mean-teacher uses
 
 
 def check_positive(name: str, value: float) -> None:
@@ -137,6 +139,10 @@ class TrainConfig:
     fold: int | None = None  # cross-validation: validate on this fold, train on the others (None: the val split)
     lesion_by: str = "consensus"  # plan: lesion slices by the consensus, any rater or all raters
     target: str = "consensus"  # what the network learns: the stored mask, or one of TARGETS built from the raters
+    semi: str = "none"  # "mean-teacher": an EMA teacher on the unlabeled train cases (docs/semi-supervised.md)
+    ema: float = 0.99  # mean teacher: the teacher's EMA decay (Tarvainen & Valpola's and UA-MT's 0.99)
+    consistency: float = 1.0  # mean teacher: weight of the consistency loss after the ramp-up
+    rampup: int = 5  # mean teacher: epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) (0: full weight at once)
 
     def __post_init__(self) -> None:
         if self.fold is not None and self.fold < 0:
@@ -160,6 +166,23 @@ class TrainConfig:
         check_choice("resident", self.resident, RESIDENCY)
         check_choice("lesion_by", self.lesion_by, LESION_BY)
         check_choice("target", self.target, TARGETS)
+        self._check_semi()
+
+    def _check_semi(self) -> None:
+        """--semi and the options only the mean teacher has (refused, like unet3d's, without it)."""
+        check_choice("semi", self.semi, SEMI)
+        if not 0.0 <= self.ema < 1.0:
+            raise UsageError(f"--ema {self.ema}: expected a decay in [0, 1) (e.g. 0.99)")
+        if not (math.isfinite(self.consistency) and self.consistency >= 0):
+            raise UsageError(f"--consistency {self.consistency}: expected a weight >= 0")
+        if self.rampup < 0:
+            raise UsageError(f"--rampup {self.rampup}: expected 0 or more epochs")
+        if self.semi == "none":
+            default = TrainConfig.__dataclass_fields__
+            for name in SEMI_OPTIONS:
+                if getattr(self, name) != default[name].default:
+                    raise UsageError(f"--{name} {getattr(self, name)}: expected --semi mean-teacher (the only "
+                                     "mode with a teacher); add it or drop the option")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

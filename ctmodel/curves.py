@@ -15,13 +15,15 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice_3d", "val_dice_sl
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    """Append one epoch's row (header written first when the file is new)."""
+    """Append one epoch's row (header written first when the file is new): METRIC_COLUMNS, then any extra keys of
+    ``row`` in its order (e.g. the mean teacher's consistency_loss, unlabeled_lesion_slices)."""
     new = not path.exists()
+    columns = [*METRIC_COLUMNS, *(k for k in row if k not in METRIC_COLUMNS)]
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
-        writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+        writer.writerow({k: _fmt(row[k]) for k in columns})
         f.flush()
 
 

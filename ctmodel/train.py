@@ -31,6 +31,7 @@ from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRI
                                SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
                                read_config, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
                                with_plan_rule, write_config, write_summary)
+from ctmodel.semi import MeanTeacher, check_semi_model, make_teacher, unlabeled_train_cases
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
@@ -64,6 +65,7 @@ class Session:
     start_epoch: int = 1
     best: tuple[int, float] = (0, -math.inf)  # (epoch, val Dice 3-D)
     rows: list[dict] = field(default_factory=list)
+    semi: MeanTeacher | None = None  # --semi mean-teacher: the teacher and its unlabeled cases
 
 
 @dataclass
@@ -190,7 +192,10 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
 
 def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, slices: pd.DataFrame,
                  val_ids: list[str], console: Console) -> Session:
-    """Seeded model, AdamW, StepLR, loss, and every needed case resident (train plan cases + val cases)."""
+    """Seeded model, AdamW, StepLR, loss, and every needed case resident (train plan cases + val cases, and with
+    --semi the train split's unlabeled cases after them)."""
+    check_semi_model(model_cfg, cfg)
+    unlabeled = [] if cfg.semi == "none" else unlabeled_train_cases(training_index(store, cfg), store.path, cfg.fold)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
@@ -199,13 +204,17 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
-    data = load_resident(store, cases, device, cfg.resident, target=cfg.target)
+    data = load_resident(store, cases + unlabeled, device, cfg.resident, target=cfg.target,
+                         unlabeled="empty" if unlabeled else "refuse")
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
-                  f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)")
+                  f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
+                  + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
     return Session(model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
                    scheduler=scheduler, loss_fn=training_loss(cfg), data=data,
                    plan=plan_epochs(slices), val_ids=list(val_ids), device=device, model_cfg=model_cfg,
-                   cfg=cfg, run_dir=run_dir, layout=store.layout)
+                   cfg=cfg, run_dir=run_dir, layout=store.layout,
+                   semi=MeanTeacher(make_teacher(model), list(range(len(cases), len(data.case_ids))), cfg)
+                   if unlabeled else None)
 
 
 def training_loss(cfg: TrainConfig) -> DiceBCELoss | UGSLoss:
@@ -224,6 +233,8 @@ def restore_state(session: Session, payload: dict) -> None:
         torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu(), session.device)
     session.best = (int(payload["best_epoch"]), float(payload["best_val_dice_3d"]))
     session.start_epoch = int(payload["epoch"]) + 1
+    if session.semi is not None:
+        session.semi.load_state(payload)
 
 
 def epoch_generators(cfg: TrainConfig, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
@@ -245,6 +256,8 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
            "seconds": time.perf_counter() - start, "samples_per_s": samples / train_seconds,
            "peak_mem_mb": peak_memory_mb(session.device)}
+    if session.semi is not None:
+        row.update(session.semi.epoch_metrics())
     record_epoch(session, epoch, row, val)
     console.print(f"epoch {epoch}/{session.cfg.epochs}  loss {train_loss:.4f}  val loss {val.loss:.4f}  "
                   f"val Dice 3-D {val.dice_3d:.4f}  slice Dice {val.dice_slice:.4f}  IoU {val.iou_slice:.4f}  "
@@ -263,6 +276,9 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
         samples = volumetric_subset(samples, cfg.batch_size, patch[0], shuffle)
         batch_size = patches_per_step(cfg.batch_size, patch[0])
     groups = accumulation_weights(len(samples), batch_size, cfg.accumulate)
+    if session.semi is not None:
+        session.semi.begin_epoch(session.data, epoch, len(samples),
+                                 inference_batch(session.device, cfg.val_batch_size), cfg.precision)
     loss_sum = torch.zeros((), device=session.device)
     seen, step = 0, 0
     model.train()
@@ -270,14 +286,19 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
         batches = iterate_batches(session.data, samples, batch_size, shuffle, patch=patch)
-        for (x, y), (weight, first, last) in zip(batches, groups):
+        for micro, ((x, y), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
             loss_sum += forward_backward(session, x, y, aug, weight).detach() * x.shape[0]
+            if session.semi is not None:  # the unlabeled micro-batch of the same size: consistency backward
+                session.semi.backward(model, session.data, x.shape[0], weight, epoch - 1 + micro / len(groups),
+                                      cfg.augment, session.device)
             seen += x.shape[0]
             if not last:
                 continue
             session.optimizer.step()
+            if session.semi is not None:
+                session.semi.update(model)
             step += 1
             if on_step is not None:
                 on_step(epoch, step)
@@ -354,7 +375,8 @@ def training_state(session: Session) -> dict:
     cuda_rng = torch.cuda.get_rng_state(session.device) if session.device.type == "cuda" else None
     return {"optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng}, "train_config": asdict(session.cfg),
-            "best_epoch": session.best[0], "best_val_dice_3d": session.best[1]}
+            "best_epoch": session.best[0], "best_val_dice_3d": session.best[1],
+            **(session.semi.state() if session.semi is not None else {})}
 
 
 def finish(session: Session) -> dict:
