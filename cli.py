@@ -453,5 +453,40 @@ def predict(
         raise typer.Exit(1)
 
 
+@model_app.command(cls=Command)
+def pseudo_label(
+    ctx: typer.Context,
+    run: RunArgument,
+    store: Annotated[Path, typer.Argument(help="Slice store with the run's layout; its unlabeled train cases get "
+                                               "pseudo-labels.")],
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the pseudo mask.")]
+    = 0.5,
+    min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out (and strip) cases whose mean "
+                                                                         "slice confidence is below it.")] = 0.0,
+    cases: Annotated[str, typer.Option(help="unlabeled (those not yet done by this checkpoint and threshold) or "
+                                            "all-unlabeled-in-split (every unlabeled train case, afresh).")]
+    = "unlabeled",
+    checkpoint: CheckpointOption = "best",
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = None,
+) -> None:
+    """Pseudo-label a store's unlabeled train cases with a run's predictions (mask, per-slice confidence, record).
+
+    Val and test cases are never pseudo-labelled; a re-run with another run replaces the labels atomically.
+
+    Example: ctmodel pseudo-label runs/dual store.zarr --min-confidence 0.9
+    """
+    from ctmodel.pseudolabel import PseudoLabelConfig, pseudo_label as run_pseudo_label
+    from ctprep.console import print_table
+
+    with errors(ctx, inputs=(run,), stores=(store,)):
+        cfg = PseudoLabelConfig(threshold=threshold, min_confidence=min_confidence, cases=cases,
+                                checkpoint=checkpoint, device=device, batch_size=batch_size)
+        report = run_pseudo_label(run, store, cfg)
+    if left_out := report.left_out_rows():
+        print_table(f"left out (confidence < {min_confidence})", ["case", "confidence"], left_out)
+    print_table(f"ctmodel pseudo-label {run} -> {store}", ["", "value"], report.summary_rows())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(prep_app())
