@@ -142,6 +142,9 @@ def demo(
     raters: Annotated[int, typer.Option(min=1, max=8, help="Annotators per labeled case: R > 1 writes NAME_seg_r1.."
                                                            "rR (labelsTr/NAME_r1..) that differ like real "
                                                            "radiologists; 1 writes the truth.")] = 1,
+    unlabeled: Annotated[int, typer.Option(min=0, max=10_000, help="Extra scans without masks, numbered after "
+                                                                   "the labeled ones (no NAME_seg; imagesTr "
+                                                                   "without labelsTr).")] = 0,
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -157,9 +160,9 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty, raters=raters)
+                         difficulty=difficulty, raters=raters, unlabeled=unlabeled)
         start = time.perf_counter()
-        rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
+        rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.total, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))
 
 
