@@ -113,8 +113,8 @@ def case_confidence(record: dict) -> float:
     return float(np.mean(record["confidence"])) if record["confidence"] else 1.0
 
 
-def predict_case(store: SliceStore, case_id: str, model, device, cfg: PseudoLabelConfig) -> tuple[np.ndarray,
-                                                                                                   np.ndarray]:
+def predict_case(store: SliceStore, case_id: str, model, device,
+                 cfg: PseudoLabelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(pseudo mask (Z, S, S) uint8, per-slice confidence (Z,)) of one stored case."""
     import torch
 
@@ -124,8 +124,8 @@ def predict_case(store: SliceStore, case_id: str, model, device, cfg: PseudoLabe
     image = store.read_image(case_id)
     tensor = torch.from_numpy(image).to(device)
     probs = predict_volume(model, tensor, inference_batch(tensor.device, cfg.batch_size), cfg.precision).cpu().numpy()
-    field_ = lung_field(image, probs, cfg.threshold, store.layout.window_hu)
-    return (probs >= cfg.threshold).astype(np.uint8), slice_confidence(probs, field_)
+    lung = lung_field(image, probs, cfg.threshold, store.layout.window_hu)
+    return (probs >= cfg.threshold).astype(np.uint8), slice_confidence(probs, lung)
 
 
 def make_record(provenance: dict, mask: np.ndarray, confidence: np.ndarray) -> dict:
@@ -162,13 +162,11 @@ def pseudo_label(run_dir: Path, store_path: Path, cfg: PseudoLabelConfig = Pseud
                   "checkpoint_sha256": file_sha256(run.path), "threshold": cfg.threshold}
     report = PseudoLabelReport()
     with store_lock(store.path):
-        cases, completed = candidate_cases(store), False
+        cases = candidate_cases(store)
         try:
             label_cases(store, cases, run.model, device, cfg, provenance, report, progress)
-            completed = True
-        finally:  # the index matches the cases even after an interruption; untouched when nothing changed
-            if not completed or report.labelled or report.left_out:
-                rebuild_index(store)
+        finally:  # the index matches the cases even after an interruption (same bytes: the file is not rewritten)
+            rebuild_index(store)
     report.seconds = time.perf_counter() - start
     return report
 

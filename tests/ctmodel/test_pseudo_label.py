@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli import model_app
 from ctmodel.checkpoint import atomic_save, load_run, read_checkpoint
 from ctmodel.inference import predict_volume
-from ctmodel.pseudolabel import (LUNG_FIELD_HU, PseudoLabelConfig, lung_field, pseudo_label, slice_confidence)
+from ctmodel.pseudolabel import LUNG_FIELD_HU, PseudoLabelConfig, lung_field, pseudo_label, slice_confidence
 from ctprep.errors import RunError, UsageError
 from ctprep.index import read_index
 from ctprep.store import SliceStore, StoreLayout
@@ -122,9 +122,12 @@ def test_confidence_is_the_mean_of_max_p_one_minus_p_over_the_field_or_the_whole
 def test_a_rerun_skips_what_this_checkpoint_did_and_another_run_replaces_it(store, run, tmp_path):
     pseudo_label(run, store, CPU, progress=False)
     before = {case: case_digests(store, case) for case in UNLABELED_TRAIN}
+    index_before = (store / "index.parquet").stat()
     again = pseudo_label(run, store, CPU, progress=False)
     assert again.skipped == UNLABELED_TRAIN and not again.labelled
     assert {case: case_digests(store, case) for case in UNLABELED_TRAIN} == before
+    index_after = (store / "index.parquet").stat()
+    assert (index_after.st_ino, index_after.st_mtime_ns) == (index_before.st_ino, index_before.st_mtime_ns)
     forced = pseudo_label(run, store, PseudoLabelConfig(device="cpu", cases="all-unlabeled-in-split"),
                           progress=False)
     assert sorted(forced.labelled) == UNLABELED_TRAIN and not forced.skipped
@@ -224,3 +227,22 @@ def test_cli_errors_are_one_line(store, run, tmp_path):
     assert bad.exit_code == 2 and "--cases all" in one_line_error(bad)
     missing = runner.invoke(model_app, ["pseudo-label", str(tmp_path / "nope"), str(store)])
     assert missing.exit_code == 2 and "nope" in one_line_error(missing)
+
+
+def test_a_run_stopped_half_way_leaves_an_index_that_agrees_with_the_cases(store, run, monkeypatch):
+    import ctprep.pseudo
+
+    real, calls = ctprep.pseudo.write_pseudo, []
+
+    def write_once(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(ctprep.pseudo, "write_pseudo", write_once)
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label(run, store, CPU, progress=False)
+    index = read_index(store)
+    assert index.loc[index["case_id"] == calls[0], "pseudo_confidence"].notna().all()
+    assert not verify(store).damaged

@@ -84,7 +84,8 @@ def test_cli_writes_the_extras_and_counts_them_in_the_summary(tmp_path):
                                            "--size", "32", "--max-slices", "4", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "3 (2 labeled)" in result.output
-    assert (tmp_path / "raw" / "demo_002_ct.nii.gz").exists() and not (tmp_path / "raw" / "demo_002_seg.nii.gz").exists()
+    raw = tmp_path / "raw"
+    assert (raw / "demo_002_ct.nii.gz").exists() and not (raw / "demo_002_seg.nii.gz").exists()
 
 
 def test_cli_negative_unlabeled_is_one_line_usage_error(tmp_path):
