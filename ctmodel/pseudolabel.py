@@ -54,8 +54,9 @@ class PseudoLabelReport:
     seconds: float = 0.0
 
     def summary_rows(self) -> list[tuple[str, object]]:
-        """The closing table: cases labelled, left out and skipped, lesion slices, mean confidence, seconds."""
-        confidence = float(np.mean(list(self.labelled.values()))) if self.labelled else float("nan")
+        """The closing table: cases labelled, left out and skipped, lesion slices, mean confidence of the cases
+        labelled in this run ("-" when none), seconds."""
+        confidence = float(np.mean(list(self.labelled.values()))) if self.labelled else "-"  # none labelled
         return [("cases pseudo-labelled", len(self.labelled)), ("left out by confidence", len(self.left_out)),
                 ("skipped as already done", len(self.skipped)), ("lesion slices found", self.lesion_slices),
                 ("mean confidence", confidence), ("seconds", self.seconds)]

@@ -246,3 +246,37 @@ def test_a_run_stopped_half_way_leaves_an_index_that_agrees_with_the_cases(store
     index = read_index(store)
     assert index.loc[index["case_id"] == calls[0], "pseudo_confidence"].notna().all()
     assert not verify(store).damaged
+
+
+def test_a_unet3d_run_pseudo_labels_with_its_sliding_window_predictions(store, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from ctmodel.checkpoint import checkpoint_payload
+    from ctmodel.config import ModelConfig
+    from ctmodel.nets import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="unet3d", width=4, depth=2, patch_depth=4, patch_size=16)  # windows smaller than a case
+    run_dir = tmp_path / "run3d"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"model": asdict(cfg)}))
+    atomic_save(checkpoint_payload(build_model(cfg), cfg, LAYOUT, epoch=1, state={}), run_dir / "best.pt")
+    report = pseudo_label(run_dir, store, CPU, progress=False)
+    assert sorted(report.labelled) == UNLABELED_TRAIN
+    opened = SliceStore.open(store)
+    for case, mask in predicted_masks(run_dir, store).items():
+        np.testing.assert_array_equal(opened.read_pseudo(case), mask)
+
+
+def test_summary_counts_each_outcome_and_shows_no_mean_without_labelled_cases():
+    from ctmodel.pseudolabel import PseudoLabelReport
+
+    report = PseudoLabelReport(labelled={"a": 0.8, "b": 0.9}, left_out={"c": 0.6}, skipped=["d"], lesion_slices=5,
+                               seconds=1.5)
+    rows = dict(report.summary_rows())
+    assert rows["cases pseudo-labelled"] == 2 and rows["left out by confidence"] == 1
+    assert rows["skipped as already done"] == 1 and rows["lesion slices found"] == 5
+    assert rows["mean confidence"] == pytest.approx(0.85)
+    assert dict(PseudoLabelReport(left_out={"c": 0.6}).summary_rows())["mean confidence"] == "-"
+    assert report.left_out_rows() == [("c", 0.6)]
