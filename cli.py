@@ -142,6 +142,9 @@ def demo(
     raters: Annotated[int, typer.Option(min=1, max=8, help="Annotators per labeled case: R > 1 writes NAME_seg_r1.."
                                                            "rR (labelsTr/NAME_r1..) that differ like real "
                                                            "radiologists; 1 writes the truth.")] = 1,
+    unlabeled: Annotated[int, typer.Option(min=0, max=10_000, help="Extra scans without masks, numbered after "
+                                                                   "the labeled ones (no NAME_seg; imagesTr "
+                                                                   "without labelsTr).")] = 0,
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
@@ -157,9 +160,9 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty, raters=raters)
+                         difficulty=difficulty, raters=raters, unlabeled=unlabeled)
         start = time.perf_counter()
-        rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.cases, unit="cases"))
+        rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.total, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))
 
 
@@ -458,6 +461,41 @@ def predict(
     print_table(f"ctmodel predict -> {output}", ["", "value"], report.summary_rows())
     if report.failed:
         raise typer.Exit(1)
+
+
+@model_app.command(cls=Command)
+def pseudo_label(
+    ctx: typer.Context,
+    run: RunArgument,
+    store: Annotated[Path, typer.Argument(help="Slice store with the run's layout; its unlabeled train cases get "
+                                               "pseudo-labels.")],
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the pseudo mask.")]
+    = 0.5,
+    min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out (and strip) cases whose mean "
+                                                                         "slice confidence is below it.")] = 0.0,
+    cases: Annotated[str, typer.Option(help="unlabeled (those not yet done by this checkpoint and threshold) or "
+                                            "all-unlabeled-in-split (every unlabeled train case, afresh).")]
+    = "unlabeled",
+    checkpoint: CheckpointOption = "best",
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = None,
+) -> None:
+    """Pseudo-label a store's unlabeled train cases with a run's predictions (mask, per-slice confidence, record).
+
+    Val and test cases are never pseudo-labelled; a re-run with another run replaces the labels atomically.
+
+    Example: ctmodel pseudo-label runs/dual store.zarr --min-confidence 0.9
+    """
+    from ctmodel.pseudolabel import PseudoLabelConfig, pseudo_label as run_pseudo_label
+    from ctprep.console import print_table
+
+    with errors(ctx, inputs=(run,), stores=(store,)):
+        cfg = PseudoLabelConfig(threshold=threshold, min_confidence=min_confidence, cases=cases,
+                                checkpoint=checkpoint, device=device, batch_size=batch_size)
+        report = run_pseudo_label(run, store, cfg)
+    if left_out := report.left_out_rows():
+        print_table(f"left out (confidence < {min_confidence})", ["case", "confidence"], left_out)
+    print_table(f"ctmodel pseudo-label {run} -> {store}", ["", "value"], report.summary_rows())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,6 +61,7 @@ class DemoConfig:
     workers: int | None = None  # processes; None = one per core (at most one per case), 1 = in-process
     difficulty: str = "easy"  # "realistic": faint soft lesions, look-alikes, artefacts (easy keeps its bytes)
     raters: int = 1  # annotators per labeled case; 1 writes the truth as the one mask (the bytes of before)
+    unlabeled: int = 0  # extra scans without masks, numbered after the ``cases`` (0: the set of before)
 
     def __post_init__(self) -> None:
         _check_range("cases", self.cases, 1, 10_000)
@@ -75,6 +76,12 @@ class DemoConfig:
         if self.workers is not None:
             _check_range("workers", self.workers, 1, 1024)
         _check_range("raters", self.raters, 1, MAX_RATERS)
+        _check_range("unlabeled", self.unlabeled, 0, 10_000)
+
+    @property
+    def total(self) -> int:
+        """Scans written: the ``cases`` and the ``unlabeled`` extras."""
+        return self.cases + self.unlabeled
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
@@ -94,10 +101,14 @@ def unlabeled_count(cfg: DemoConfig) -> int:
 
 
 def case_paths(out_dir: Path, cfg: DemoConfig, index: int) -> tuple[Path, Path | None]:
-    """Image and mask file of case ``index`` in the configured layout (mask None for unlabeled cases)."""
+    """Image and mask file of case ``index`` in the configured layout (mask None for unlabeled cases: the nnU-Net
+    layout's imagesTs cases, and the ``--unlabeled`` extras, which keep the train names without a mask file)."""
     name = case_id(index)
+    extra = index >= cfg.cases
     if cfg.layout == "covid19":
-        return out_dir / f"{name}_ct.nii.gz", out_dir / f"{name}_seg.nii.gz"
+        return out_dir / f"{name}_ct.nii.gz", None if extra else out_dir / f"{name}_seg.nii.gz"
+    if extra:
+        return out_dir / "imagesTr" / f"{name}_0000.nii.gz", None
     if index >= cfg.cases - unlabeled_count(cfg):
         return out_dir / "imagesTs" / f"{name}_0000.nii.gz", None
     return out_dir / "imagesTr" / f"{name}_0000.nii.gz", out_dir / "labelsTr" / f"{name}.nii.gz"
@@ -134,13 +145,13 @@ def iter_demo(out_dir: Path, cfg: DemoConfig) -> Iterator[dict]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"{out_dir}: cannot create the folder ({err.strerror}); choose a writable path") from err
-    workers = min(cfg.workers or os.cpu_count() or 1, cfg.cases)
+    workers = min(cfg.workers or os.cpu_count() or 1, cfg.total)
     if workers == 1:
-        for index in range(cfg.cases):
+        for index in range(cfg.total):
             yield write_demo_case(out_dir, cfg, index)
     else:
         with process_pool(workers) as pool:  # works from an unguarded script; workers die with this process
-            futures = [pool.submit(write_demo_case, out_dir, cfg, index) for index in range(cfg.cases)]
+            futures = [pool.submit(write_demo_case, out_dir, cfg, index) for index in range(cfg.total)]
             for future in as_completed(futures):
                 yield future.result()
     if cfg.layout == "nnunet":
