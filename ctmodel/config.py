@@ -137,6 +137,9 @@ class TrainConfig:
     fold: int | None = None  # cross-validation: validate on this fold, train on the others (None: the val split)
     lesion_by: str = "consensus"  # plan: lesion slices by the consensus, any rater or all raters
     target: str = "consensus"  # what the network learns: the stored mask, or one of TARGETS built from the raters
+    pseudo: bool = False  # plan: also the train split's pseudo-labelled patients (ctsample plan --pseudo)
+    pseudo_weight: float = 1.0  # loss weight of pseudo rows (1: exactly the labeled loss path, no weighting code)
+    min_confidence: float = 0.0  # plan: pseudo-labelled patients below this mean confidence are left out
 
     def __post_init__(self) -> None:
         if self.fold is not None and self.fold < 0:
@@ -160,6 +163,12 @@ class TrainConfig:
         check_choice("resident", self.resident, RESIDENCY)
         check_choice("lesion_by", self.lesion_by, LESION_BY)
         check_choice("target", self.target, TARGETS)
+        from ctsample.pseudo import check_pseudo_options  # light (numpy, pandas); ctsample is not imported at load
+
+        check_pseudo_options(self.pseudo, self.pseudo_weight, self.min_confidence)
+        if self.pseudo and self.target != "consensus":
+            raise UsageError(f"--pseudo --target {self.target}: a pseudo-label is one mask without raters (expected "
+                             "--target consensus); drop --target or --pseudo")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
