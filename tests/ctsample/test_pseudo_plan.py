@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import sample_app
@@ -147,6 +149,38 @@ def test_pseudo_without_any_pseudo_label_and_options_without_pseudo_are_refused(
         PlanConfig(pseudo=True, pseudo_weight=-1)
     with pytest.raises(UsageError, match=r"--min-confidence 1.5"):
         PlanConfig(pseudo=True, min_confidence=1.5)
+
+
+@st.composite
+def pseudo_indexes(draw) -> pd.DataFrame:
+    """A labeled train patient and 1-5 pseudo-labelled ones: 1-40 slices, random pseudo-lesion runs, random
+    per-slice confidence in [0.5, 1]."""
+    frames = [labeled("lab", range(2, 5), 12)]
+    for number in range(draw(st.integers(1, 5))):
+        n_slices = draw(st.integers(1, 40))
+        start, length = draw(st.integers(0, n_slices - 1)), draw(st.integers(0, 10))
+        confidence = draw(st.lists(st.floats(0.5, 1.0), min_size=n_slices, max_size=n_slices))
+        frames.append(pseudo(f"u{number}", range(start, start + length), n_slices, confidence))
+    return pd.concat(frames, ignore_index=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pseudo_indexes(), st.one_of(st.none(), st.floats(0, 4)), st.integers(0, 2), st.integers(1, 3),
+       st.sampled_from([0.0, 0.7, 0.9]))
+def test_every_pseudo_lesion_slice_of_a_kept_patient_is_in_every_epoch_and_no_cut_patient_is(index, ratio,
+                                                                                          neighbours, epochs, cut):
+    plan = make_plan(index, PlanConfig(ratio=ratio, neighbours=neighbours, epochs=epochs, pseudo=True,
+                                       min_confidence=cut))
+    unlabeled = index[~index["labeled"]]
+    confidence = unlabeled["pseudo_confidence"].astype(np.float64).groupby(unlabeled["case_id"]).mean()
+    kept = set(confidence.index[confidence >= cut])
+    lesion = unlabeled[unlabeled["pseudo_has_lesion"] & unlabeled["case_id"].isin(kept)]
+    for _, rows in plan.slices.groupby("epoch"):
+        pseudo_rows = rows[rows["role"] == "pseudo"]
+        assert set(zip(lesion["case_id"], lesion["slice"])) <= set(zip(pseudo_rows["case_id"], pseudo_rows["slice"]))
+        assert set(pseudo_rows["case_id"]) <= kept
+        assert not pseudo_rows.duplicated(["case_id", "slice"]).any()
+    check_for_store(plan.slices, plan.params, index, "p.parquet", "s.zarr")  # the plan's own checks pass
 
 
 # ---------------------------------------------------------------- on a store, through the CLI
