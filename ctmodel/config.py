@@ -165,7 +165,7 @@ class TrainConfig:
         check_choice("target", self.target, TARGETS)
         from ctsample.pseudo import check_pseudo_options  # light (numpy, pandas); ctsample is not imported at load
 
-        check_pseudo_options(self.pseudo, self.pseudo_weight, self.min_confidence)
+        check_pseudo_options(self.pseudo, self.pseudo_weight, self.min_confidence, alone=True)  # build_plan refuses
         if self.pseudo and self.target != "consensus":
             raise UsageError(f"--pseudo --target {self.target}: a pseudo-label is one mask without raters (expected "
                              "--target consensus); drop --target or --pseudo")

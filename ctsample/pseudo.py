@@ -65,15 +65,16 @@ def left_out_report(rows: pd.DataFrame, confidence: pd.Series, min_confidence: f
     })
 
 
-def check_pseudo_options(pseudo: bool, pseudo_weight: float, min_confidence: float) -> None:
-    """UsageError for a weight that is not a finite number >= 0, a cut outside [0, 1], or either without --pseudo."""
+def check_pseudo_options(pseudo: bool, pseudo_weight: float, min_confidence: float, alone: bool = False) -> None:
+    """UsageError for a weight that is not a finite number >= 0, a cut outside [0, 1], or (unless ``alone``, as
+    for `ctmodel train`, whose --plan FILE may set them) either without --pseudo."""
     if not (np.isfinite(pseudo_weight) and pseudo_weight >= 0):
         raise UsageError(f"--pseudo-weight {pseudo_weight}: expected a number >= 0 (1 = weigh pseudo rows like "
                          "labeled ones)")
     if not 0.0 <= min_confidence <= 1.0:
         raise UsageError(f"--min-confidence {min_confidence}: expected a confidence in [0, 1] (0 keeps every "
                          "pseudo-labelled patient)")
-    if not pseudo and (pseudo_weight != 1.0 or min_confidence != 0.0):
+    if not pseudo and not alone and (pseudo_weight != 1.0 or min_confidence != 0.0):
         raise UsageError("--pseudo-weight/--min-confidence: expected them with --pseudo, found them alone; add "
                          "--pseudo or drop them")
 

@@ -187,3 +187,9 @@ def test_cli_train_pseudo_errors_are_one_line(store, tmp_path):
     result = runner.invoke(model_app, ["train", str(bare), "--pseudo", "--epochs", "1", "--out",
                                        str(tmp_path / "r2")])
     assert result.exit_code == 1 and "ctmodel pseudo-label RUN STORE" in one_line_error(result)
+    result = runner.invoke(model_app, ["train", str(store), "--pseudo-weight", "2", "--out", str(tmp_path / "r3")])
+    assert result.exit_code == 2 and "expected them with --pseudo" in one_line_error(result)
+    _made, path = plan_store(store, PlanConfig(pseudo=True), tmp_path / "p.parquet")
+    result = runner.invoke(model_app, ["train", str(store), "--plan", str(path), "--pseudo-weight", "2", "--out",
+                                       str(tmp_path / "r4")])
+    assert result.exit_code == 2 and "--plan FILE already fixed them" in one_line_error(result)
