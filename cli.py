@@ -242,6 +242,12 @@ def plan(
                                                                       "taken per epoch (0 leaves them out).")] = 0.1,
     lesion_by: Annotated[str, typer.Option(help="Lesion slices: consensus (the stored mask), any (at least one "
                                                 "rater marked it) or all (every rater).")] = "consensus",
+    pseudo: Annotated[bool, typer.Option("--pseudo", help="Also plan the split's pseudo-labelled patients (`ctmodel "
+                                                          "pseudo-label`) by the same rule, role pseudo.")] = False,
+    pseudo_weight: Annotated[float, typer.Option(help="With --pseudo: loss weight of pseudo rows, recorded for "
+                                                      "`ctmodel train`.")] = 1.0,
+    min_confidence: Annotated[float, typer.Option(help="With --pseudo: leave out (and report) pseudo-labelled "
+                                                       "patients below this mean confidence.")] = 0.0,
     out: Annotated[Optional[Path], typer.Option(help="Plan file (default: STORE/plans/<rule>.parquet).")] = None,
 ) -> None:
     """Plan balanced slices: every lesion slice, its empty neighbours, random far empties up to --ratio.
@@ -254,7 +260,8 @@ def plan(
 
     with errors(ctx, stores=(store,)):
         cfg = PlanConfig(ratio=parse_ratio(ratio), neighbours=neighbours, split=split, epochs=epochs, seed=seed,
-                         strict=strict, lesion_free=lesion_free, lesion_by=lesion_by)
+                         strict=strict, lesion_free=lesion_free, lesion_by=lesion_by, pseudo=pseudo,
+                         pseudo_weight=pseudo_weight, min_confidence=min_confidence)
         made, path = plan_store(store, cfg, out)
     print_table(f"ctsample plan {store}: per epoch (target empty:lesion {cfg.ratio_name})", SUMMARY_HEADERS,
                 summary_rows(made))
@@ -278,6 +285,13 @@ def train(
                                                     "slices per epoch.")] = 0.1,
     lesion_by: Annotated[str, typer.Option(help="Without --plan: lesion slices by consensus, any rater or all "
                                                 "raters (as ctsample plan).")] = "consensus",
+    pseudo: Annotated[bool, typer.Option("--pseudo", help="Without --plan: also train on the train split's "
+                                                          "pseudo-labelled patients (as ctsample plan --pseudo).")]
+    = False,
+    pseudo_weight: Annotated[float, typer.Option(help="Without --plan: loss weight of pseudo rows (1: like "
+                                                      "labeled rows).")] = 1.0,
+    min_confidence: Annotated[float, typer.Option(help="Without --plan: leave out pseudo-labelled patients below "
+                                                       "this mean confidence.")] = 0.0,
     target: Annotated[str, typer.Option(help="Training target: consensus (the stored mask), union, intersection, "
                                              "soft (rater mean), random-rater, or ugs (UGS-Net heads).")] = "consensus",
     model: Annotated[str, typer.Option(help="dual-encoder (the study's model), unet2d (its baseline) or unet3d "

@@ -212,7 +212,8 @@ def gpu_free_text(device: torch.device) -> str:
     return f"{torch.cuda.mem_get_info(device)[0] / 2**30:.2f} GiB"
 
 
-UNLABELED = ("refuse", "empty")  # load_resident: an unlabeled case raises PlanError, or loads with an all-zero mask
+UNLABELED = ("refuse", "empty", "pseudo")  # load_resident: an unlabeled case raises PlanError, loads with an
+# all-zero mask (mean teacher), or loads its pseudo-label as its mask (pseudo rows)
 
 
 def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
@@ -222,10 +223,14 @@ def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
     but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within).
 
     ``unlabeled``: "refuse" raises PlanError on a case without a mask; "empty" loads its image with an all-zero
-    mask (and no rater rows), for the mean teacher, which never uses those rows as targets. Their slices count in
-    the residency decision like any other case's."""
+    mask (and no rater rows), for the mean teacher, which never uses those rows as targets; "pseudo" loads its
+    pseudo-label as its mask (consensus target only: a pseudo-label has no raters; PlanError when it has none).
+    Their slices count in the residency decision like any other case's."""
     if unlabeled not in UNLABELED:
         raise ValueError(f"unlabeled={unlabeled!r}: expected one of {UNLABELED}")
+    if unlabeled == "pseudo" and target != "consensus":
+        raise UsageError(f"--target {target}: a pseudo-labelled case has one mask and no raters (expected --target "
+                         "consensus with pseudo rows); train with --target consensus or plan without --pseudo")
     index = store.index()
     per_case = index.groupby("case_id")[["n_slices", "n_raters"]].first()
     counts = per_case["n_slices"].reindex(case_ids)
@@ -278,9 +283,14 @@ def _allocate(store: SliceStore, n_rows: int, home: torch.device) -> tuple[torch
 
 def _copy_case(store: SliceStore, case_id: str, images: torch.Tensor, masks: torch.Tensor,
                unlabeled: str = "refuse") -> None:
-    """Copy one case (stored dtype) into its rows; an unlabeled case is refused, or with ``unlabeled`` "empty"
-    gets an all-zero mask."""
+    """Copy one case (stored dtype) into its rows; an unlabeled case is refused, gets an all-zero mask
+    (``unlabeled`` "empty") or brings its pseudo-label ("pseudo")."""
     mask = store.read_mask(case_id)
+    if mask is None and unlabeled == "pseudo":
+        mask = store.read_pseudo(case_id)
+        if mask is None:
+            raise PlanError(f"{store.path}: case {case_id!r} is unlabeled and has no pseudo-label (expected one "
+                            f"for a pseudo row); run `ctmodel pseudo-label RUN {store.path}`, then re-plan")
     if mask is None and unlabeled != "empty":
         raise PlanError(f"{store.path}: case {case_id!r} is unlabeled (no mask); plans and validation "
                         "use labeled cases only")
@@ -297,15 +307,21 @@ class EpochSamples:
 
     case_pos: torch.Tensor  # (n,) int64
     slice_index: torch.Tensor  # (n,) int64
+    weight: torch.Tensor | None = None  # (n,) float32 per-sample loss weights; None: every sample weighs 1
 
     def __len__(self) -> int:
         return int(self.case_pos.shape[0])
 
 
-def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame) -> EpochSamples:
-    """Plan rows (case_id, slice) of one epoch -> device index tensors."""
+def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame, pseudo_weight: float = 1.0) -> EpochSamples:
+    """Plan rows (case_id, slice) of one epoch -> device index tensors; with ``pseudo_weight`` != 1 and rows of
+    role ``pseudo``, per-sample loss weights (``pseudo_weight`` for those rows, 1 for the others)."""
     slice_index = torch.as_tensor(rows["slice"].to_numpy(dtype=np.int64, copy=True), device=data.device)
-    return EpochSamples(case_pos=data.position(rows["case_id"].astype(str)), slice_index=slice_index)
+    samples = EpochSamples(case_pos=data.position(rows["case_id"].astype(str)), slice_index=slice_index)
+    if pseudo_weight != 1.0 and "role" in rows and (rows["role"] == "pseudo").any():
+        weight = np.where(rows["role"].to_numpy() == "pseudo", pseudo_weight, 1.0).astype(np.float32)
+        samples.weight = torch.as_tensor(weight, device=data.device)
+    return samples
 
 
 def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: int,
@@ -313,15 +329,17 @@ def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: in
                     patch: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled (x (B, 3, S, S), y (B, C, S, S)) batches of one epoch, or with ``patch`` = (depth, size) unet3d's
     (x (B, 1, depth, size, size), y (B, C, depth, size, size)) patches; C = 3 for ugs, else 1. The order, crops
-    and random-rater draws depend only on ``generator``."""
+    and random-rater draws depend only on ``generator``. Samples with weights yield (x, y, w (B,)): each
+    weight follows its sample through the shuffle."""
     order = torch.randperm(len(samples), generator=generator).to(data.device)
     for start in range(start_batch * batch_size, len(samples), batch_size):
         pick = order[start:start + batch_size]
         case_pos, slice_index = samples.case_pos[pick], samples.slice_index[pick]
         if patch is not None:
-            yield data.patches(case_pos, slice_index, *patch, generator)
+            batch = data.patches(case_pos, slice_index, *patch, generator)
         else:
-            yield data.stacks(case_pos, slice_index), data.centre_targets(case_pos, slice_index, generator)
+            batch = data.stacks(case_pos, slice_index), data.centre_targets(case_pos, slice_index, generator)
+        yield batch if samples.weight is None else (*batch, samples.weight[pick])
 
 
 def patches_per_step(batch_size: int, depth: int) -> int:
@@ -335,7 +353,8 @@ def volumetric_subset(samples: EpochSamples, batch_size: int, depth: int, genera
     holds in expectation) sized to give the 2.5D models' number of steps, ``n_batches(rows, batch_size)``."""
     keep = min(len(samples), n_batches(len(samples), batch_size) * patches_per_step(batch_size, depth))
     pick = torch.randperm(len(samples), generator=generator)[:keep].sort().values.to(samples.case_pos.device)
-    return EpochSamples(case_pos=samples.case_pos[pick], slice_index=samples.slice_index[pick])
+    return EpochSamples(case_pos=samples.case_pos[pick], slice_index=samples.slice_index[pick],
+                        weight=None if samples.weight is None else samples.weight[pick])
 
 
 def patch_shape(model_cfg: ModelConfig, size: int) -> tuple[int, int] | None:

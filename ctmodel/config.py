@@ -143,6 +143,9 @@ class TrainConfig:
     ema: float = 0.99  # mean teacher: the teacher's EMA decay (Tarvainen & Valpola's and UA-MT's 0.99)
     consistency: float = 1.0  # mean teacher: weight of the consistency loss after the ramp-up
     rampup: int = 5  # mean teacher: epochs of the sigmoid ramp-up exp(-5 (1 - t)^2) (0: full weight at once)
+    pseudo: bool = False  # plan: also the train split's pseudo-labelled patients (ctsample plan --pseudo)
+    pseudo_weight: float = 1.0  # loss weight of pseudo rows (1: exactly the labeled loss path, no weighting code)
+    min_confidence: float = 0.0  # plan: pseudo-labelled patients below this mean confidence are left out
 
     def __post_init__(self) -> None:
         if self.fold is not None and self.fold < 0:
@@ -167,6 +170,7 @@ class TrainConfig:
         check_choice("lesion_by", self.lesion_by, LESION_BY)
         check_choice("target", self.target, TARGETS)
         self._check_semi()
+        self._check_pseudo()
 
     def _check_semi(self) -> None:
         """--semi and the options only the mean teacher has (refused, like unet3d's, without it)."""
@@ -183,6 +187,18 @@ class TrainConfig:
                 if getattr(self, name) != default[name].default:
                     raise UsageError(f"--{name} {getattr(self, name)}: expected --semi mean-teacher (the only "
                                      "mode with a teacher); add it or drop the option")
+
+    def _check_pseudo(self) -> None:
+        """--pseudo and the options only a pseudo plan has."""
+        from ctsample.pseudo import check_pseudo_options  # light (numpy, pandas); ctsample is not imported at load
+
+        check_pseudo_options(self.pseudo, self.pseudo_weight, self.min_confidence, alone=True)  # build_plan refuses
+        if self.pseudo and self.target != "consensus":
+            raise UsageError(f"--pseudo --target {self.target}: a pseudo-label is one mask without raters (expected "
+                             "--target consensus); drop --target or --pseudo")
+        if self.pseudo and self.semi != "none":
+            raise UsageError(f"--pseudo --semi {self.semi}: the mean teacher uses the unlabeled cases without their "
+                             "pseudo-labels; train one or the other (drop --semi or --pseudo)")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

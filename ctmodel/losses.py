@@ -1,5 +1,6 @@
 """The training loss: dice_weight * soft Dice + bce_weight * BCE-with-logits (0.7 / 0.3 in the study); for
-``--target ugs`` UGS-Net's sum over its heads (UGSLoss). Targets may be soft (floats in [0, 1])."""
+``--target ugs`` UGS-Net's sum over its heads (UGSLoss). Targets may be soft (floats in [0, 1]). With per-sample
+weights (pseudo rows weighted by --pseudo-weight), the weighted forms of both terms (docs/model.md)."""
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,27 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = S
     return 1.0 - (2.0 * intersection + smooth) / (probs.sum() + target.sum() + smooth)
 
 
+def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                       smooth: float = SMOOTH) -> torch.Tensor:
+    """Batch-level soft Dice loss with per-sample weights w (B,): 1 - (2 sum_i w_i sum(p_i t_i) + smooth) /
+    (sum_i w_i sum(p_i) + sum_i w_i sum(t_i) + smooth). All w = 1 gives soft_dice_loss; w = 0 drops a sample."""
+    probs = torch.sigmoid(logits.float()).flatten(1)  # (B, pixels)
+    target, w = target.float().flatten(1), weight.float()
+    intersection = (w * (probs * target).sum(1)).sum()
+    return 1.0 - (2.0 * intersection + smooth) / ((w * probs.sum(1)).sum() + (w * target.sum(1)).sum() + smooth)
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits over pixels, each sample's pixels weighted by its w (B,): sum_i w_i sum(bce_i) /
+    (sum_i w_i * pixels per sample); 0 (with gradients of 0) when every weight is 0."""
+    per_sample = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1)
+    w = weight.float()
+    return (w * per_sample.sum(1)).sum() / torch.clamp(w.sum() * per_sample.shape[1], min=1e-12)
+
+
 class DiceBCELoss(torch.nn.Module):
-    """loss = dice_weight * soft_dice_loss + bce_weight * mean BCE-with-logits."""
+    """loss = dice_weight * soft_dice_loss + bce_weight * mean BCE-with-logits; with per-sample ``weight`` (B,)
+    their weighted forms (weighted_dice_loss, weighted_bce)."""
 
     def __init__(self, dice_weight: float = 0.7, bce_weight: float = 0.3, smooth: float = SMOOTH) -> None:
         super().__init__()
@@ -30,7 +50,10 @@ class DiceBCELoss(torch.nn.Module):
         self.bce_weight = bce_weight
         self.smooth = smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is not None:
+            return (self.dice_weight * weighted_dice_loss(logits, target, weight, self.smooth)
+                    + self.bce_weight * weighted_bce(logits, target, weight))
         dice = soft_dice_loss(logits, target, self.smooth)
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         return self.dice_weight * dice + self.bce_weight * bce

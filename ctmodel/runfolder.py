@@ -69,7 +69,8 @@ def plan_hash(slices: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-PLAN_RULE = ("ratio", "neighbours", "lesion_free", "lesion_by")  # TrainConfig fields that only shape the default plan
+PLAN_RULE = ("ratio", "neighbours", "lesion_free", "lesion_by", "pseudo", "pseudo_weight",
+             "min_confidence")  # TrainConfig fields that shape the default plan (pseudo_weight: recorded in it)
 
 
 def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple[pd.DataFrame, dict]:
@@ -83,13 +84,15 @@ def build_plan(index: pd.DataFrame, cfg: TrainConfig, store_path: Path) -> tuple
                         f"with `ctsample split {store_path} --test 0.2 --val 0.1`, or add their masks")
     plan = make_plan(index, PlanConfig(ratio=cfg.ratio, neighbours=cfg.neighbours, split="train",
                                        epochs=cfg.epochs, seed=cfg.seed, lesion_free=cfg.lesion_free,
-                                       lesion_by=cfg.lesion_by))
+                                       lesion_by=cfg.lesion_by, pseudo=cfg.pseudo, pseudo_weight=cfg.pseudo_weight,
+                                       min_confidence=cfg.min_confidence))
     return plan.slices, dict(plan.params)
 
 
 def with_plan_rule(cfg: TrainConfig, params: dict) -> TrainConfig:
-    """``cfg`` with ratio/neighbours/lesion_free taken from a plan file's parameters (those it records), so that
-    config.json states the rule the run really trained on."""
+    """``cfg`` with ratio/neighbours/lesion_free (and a --pseudo plan's pseudo options, its weight among them)
+    taken from a plan file's parameters (those it records), so that config.json states the rule the run really
+    trained on."""
     return replace(cfg, **{name: params[name] for name in PLAN_RULE if name in params})
 
 
@@ -116,6 +119,12 @@ def check_plan(slices: pd.DataFrame, params: dict, index: pd.DataFrame, store_pa
     leaked = sorted(set(slices.loc[slices["case_id"].astype(str).map(split) != "train", "case_id"].astype(str)))
     if leaked:
         raise PlanError(f"{source}: plan uses non-train cases {leaked[:3]}; plan the train split only")
+
+
+def unlabeled_policy(slices: pd.DataFrame) -> str:
+    """How the resident loader treats unlabeled cases for this plan: "pseudo" when it has pseudo rows, else
+    "refuse" (batches.load_resident)."""
+    return "pseudo" if "role" in slices and (slices["role"] == "pseudo").any() else "refuse"
 
 
 def plan_epochs(slices: pd.DataFrame) -> list[pd.DataFrame]:
@@ -166,7 +175,7 @@ def write_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         "model": asdict(model_cfg), "train": asdict(train_cfg), "parameters": parameters,
         "store": {"path": str(store.path.resolve()), "layout": store.layout.to_attrs(),
                   "format_version": store.attrs.get("format_version"),
-                  "index_fingerprint": index_fingerprint(index)},
+                  "index_fingerprint": index_fingerprint(index, pseudo=params.get("pseudo") is True)},
         "plan": {"source": plan_source, "file": PLAN_FILE, "hash": plan_hash(slices),
                  "params": json.loads(json.dumps(params, default=str)), "rows": int(len(slices))},
         "val_cases": val_cases(index), "versions": versions(), "git_commit": git_commit(),

@@ -29,8 +29,8 @@ from ctmodel.losses import DiceBCELoss, UGSLoss, consensus_loss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
                                SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
-                               read_config, read_plan_file, read_run_plan, resume_configs, run_lock, val_cases,
-                               with_plan_rule, write_config, write_summary)
+                               read_config, read_plan_file, read_run_plan, resume_configs, run_lock,
+                               unlabeled_policy, val_cases, with_plan_rule, write_config, write_summary)
 from ctmodel.semi import MeanTeacher, check_semi_model, make_teacher, unlabeled_train_cases
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
@@ -146,8 +146,9 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     """Check the inputs, write config.json + plan.parquet, load the data, build model and optimizer."""
     check_new_run_dir(run_dir)
     if plan_path is not None and explicit & set(PLAN_RULE):
-        raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free/--lesion-by build a plan, but --plan FILE "
-                         "already fixed them; drop them (the plan's own rule applies)")
+        raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free/--lesion-by/--pseudo/--pseudo-weight/"
+                         "--min-confidence build a plan, but --plan FILE already fixed them; drop them (the plan's "
+                         "own rule applies)")
     if plan_path is not None and cfg.fold is not None:
         raise UsageError(f"{plan_path}: --plan FILE was made for the store's train split, not for fold "
                          f"{cfg.fold}'s; drop --plan (ctmodel train builds the fold's plan)")
@@ -204,8 +205,12 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
+    policy = unlabeled_policy(slices)
+    if unlabeled and policy == "pseudo":
+        raise UsageError("--semi mean-teacher with pseudo rows in the plan: the mean teacher uses the unlabeled "
+                         "cases without their pseudo-labels; train one or the other (drop --semi or --pseudo)")
     data = load_resident(store, cases + unlabeled, device, cfg.resident, target=cfg.target,
-                         unlabeled="empty" if unlabeled else "refuse")
+                         unlabeled="empty" if unlabeled else policy)
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
                   f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
                   + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
@@ -269,7 +274,7 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step;
     returns (mean loss per sample, samples, seconds)."""
     cfg, model = session.cfg, session.model
-    samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)])
+    samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)], cfg.pseudo_weight)
     shuffle, aug = epoch_generators(cfg, epoch, session.device)
     patch, batch_size = patch_shape(session.model_cfg, session.layout.size), cfg.batch_size
     if patch is not None:  # unet3d: the 2.5D models' steps per epoch, about batch_size slices per step
@@ -286,10 +291,10 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
         batches = iterate_batches(session.data, samples, batch_size, shuffle, patch=patch)
-        for micro, ((x, y), (weight, first, last)) in enumerate(zip(batches, groups)):
+        for micro, ((x, y, *sample_weight), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
-            loss_sum += forward_backward(session, x, y, aug, weight).detach() * x.shape[0]
+            loss_sum += forward_backward(session, x, y, aug, weight, *sample_weight).detach() * x.shape[0]
             if session.semi is not None:  # the unlabeled micro-batch of the same size: consistency backward
                 session.semi.backward(model, session.data, x.shape[0], weight, epoch - 1 + micro / len(groups),
                                       cfg.augment, session.device)
@@ -325,9 +330,9 @@ def accumulation_weights(n_samples: int, batch_size: int, accumulate: int) -> li
 
 
 def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator,
-                     weight: float = 1.0) -> torch.Tensor:
-    """Augment, forward under autocast, loss, backward of ``weight`` x loss (gradients add up in .grad);
-    returns the unweighted loss (no GPU sync)."""
+                     weight: float = 1.0, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Augment, forward under autocast, loss (per-sample weighted when ``sample_weight`` (B,) is given), backward
+    of ``weight`` x loss (gradients add up in .grad); returns the unweighted loss (no GPU sync)."""
     if session.cfg.augment and x.ndim == 5:  # unet3d patches: one geometry for every slice of a sample
         x, flat = augment_batch(x[:, 0], y.flatten(1, 2), aug)  # targets (B, C * depth, S, S)
         x, y = x[:, None], flat.view(y.shape)
@@ -337,7 +342,7 @@ def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: to
         x = x.contiguous(memory_format=memory_format(session.model_cfg))
     with autocast(session.device, session.cfg.precision):
         logits = session.model(x)
-    loss = session.loss_fn(logits, y)
+    loss = session.loss_fn(logits, y) if sample_weight is None else session.loss_fn(logits, y, sample_weight)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss
 

@@ -166,16 +166,20 @@ def lost_to_resize(index: pd.DataFrame) -> tuple[int, int]:
 
 
 FINGERPRINT_COLUMNS = ("case_id", "slice", "n_slices", "labeled", "has_lesion", "split")  # what a plan depends on
+PSEUDO_FINGERPRINT_COLUMNS = ("pseudo_has_lesion", "pseudo_confidence")  # and what a --pseudo plan depends on too
 
 
-def index_fingerprint(index: pd.DataFrame) -> str:
-    """A short hash of what a plan depends on: per slice, case id, slice, n_slices, labeled, has_lesion and split.
+def index_fingerprint(index: pd.DataFrame, pseudo: bool = False) -> str:
+    """A short hash of what a plan depends on: per slice, case id, slice, n_slices, labeled, has_lesion and split;
+    with ``pseudo`` (plans made with `ctsample plan --pseudo`) also pseudo_has_lesion and pseudo_confidence.
 
-    Plans and runs record it to detect a plan made for another store, for this store before its masks or splits
-    changed, or by an older ctstack (whose fingerprint covered case ids and slice counts only).
+    Plans and runs record it to detect a plan made for another store, for this store before its masks, splits or
+    (``pseudo``) pseudo-labels changed, or by an older ctstack (whose fingerprint covered case ids and slice counts
+    only). Without ``pseudo`` the hash is exactly the format-3 one, so plans made without --pseudo stay valid.
     Order-independent (rows are sorted by case and slice first) and vectorised: one hash over the column bytes.
     """
-    rows = index.loc[:, list(FINGERPRINT_COLUMNS)].astype({"case_id": str, "split": str})
+    columns = list(FINGERPRINT_COLUMNS) + (list(PSEUDO_FINGERPRINT_COLUMNS) if pseudo else [])
+    rows = index.loc[:, columns].astype({"case_id": str, "split": str})
     rows = rows.sort_values(["case_id", "slice"], kind="stable")
     digest = hashlib.sha256(b"ctstack index fingerprint v2\n")
     for column in ("case_id", "split"):  # strings: codes into the sorted unique values, plus those values
@@ -184,4 +188,8 @@ def index_fingerprint(index: pd.DataFrame) -> str:
         digest.update(codes.astype("<i8").tobytes())
     for column, dtype in (("slice", "<i8"), ("n_slices", "<i8"), ("labeled", "u1"), ("has_lesion", "u1")):
         digest.update(rows[column].to_numpy().astype(dtype).tobytes())
+    if pseudo:  # NaN (no pseudo-label) hashes as one fixed value: -1 is never a confidence
+        digest.update(b"pseudo\n" + rows["pseudo_has_lesion"].to_numpy().astype("u1").tobytes())
+        confidence = rows["pseudo_confidence"].to_numpy(np.float64)
+        digest.update(np.where(np.isnan(confidence), -1.0, confidence).astype("<f4").tobytes())
     return digest.hexdigest()[:16]

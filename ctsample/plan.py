@@ -6,6 +6,8 @@ The rule (docs/sampling.md), per labeled patient of the split:
 3. random far empty slices (role ``fill``) until empty:lesion reaches ``ratio``, or the patient runs out.
 Lesion-free patients give ``lesion_free`` of their slices per epoch as fill. Fills (and, with ``strict``,
 neighbours) are drawn afresh every epoch from numpy's generator seeded with (seed, epoch).
+With ``pseudo``, the split's pseudo-labelled patients go through the same rule on their pseudo-label (role
+``pseudo``, fills drawn from (seed, epoch, 1)); those below ``min_confidence`` are left out and reported.
 
 Everything is vectorised over the index: no Python loop per slice or per patient.
 """
@@ -28,6 +30,8 @@ from ctprep.index import index_fingerprint, read_index
 from ctprep.outputs import check_output
 from ctprep.splits import check_split_choice
 from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
+from ctsample.pseudo import (PSEUDO_ROLE, check_pseudo_options, confidence_cut, left_out_report, pseudo_name,
+                             pseudo_rows)
 METADATA_KEY = b"ctstack.plan"
 PLANS_DIR = "plans"
 REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
@@ -37,6 +41,8 @@ SUMMARY_HEADERS = ("split", "patients", "lesion-free", "lesion", "neighbour", "f
 OFF_TARGET_HEADERS = ("case", "lesion", "neighbour", "fill", "target", "reason")  # of off_target_rows
 LESION_BY = ("consensus", "any", "all")  # which slices count as lesion slices (docs/raters.md, "Sampling")
 PARTIAL_ROW = "some raters only"  # the summary row of slices some but not all raters marked
+LEFT_OUT_ROW = "pseudo left out"  # the summary row of pseudo-labelled patients below --min-confidence
+PSEUDO_PARAMS = ("pseudo", "pseudo_weight", "min_confidence")  # recorded in a plan only when pseudo is on
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class PlanConfig:
     strict: bool = False  # sample neighbours down when they alone exceed the ratio
     lesion_free: float = 0.1  # fraction of a lesion-free patient's slices taken per epoch (0 = leave them out)
     lesion_by: str = "consensus"  # lesion slice = consensus marks it (has_lesion), any rater, or all raters
+    pseudo: bool = False  # also plan the split's pseudo-labelled patients (role "pseudo"); off = labeled only
+    pseudo_weight: float = 1.0  # loss weight of pseudo rows, recorded for `ctmodel train` (1 = like labeled ones)
+    min_confidence: float = 0.0  # pseudo patients whose mean slice confidence is below this are left out
 
     def __post_init__(self) -> None:
         if self.ratio is not None and not (np.isfinite(self.ratio) and self.ratio >= 0):
@@ -64,6 +73,7 @@ class PlanConfig:
             raise UsageError(f"--lesion-free {self.lesion_free}: expected a fraction in [0, 1]")
         if self.lesion_by not in LESION_BY:
             raise UsageError(f"--lesion-by {self.lesion_by}: expected one of {', '.join(LESION_BY)}")
+        check_pseudo_options(self.pseudo, self.pseudo_weight, self.min_confidence)
 
     @property
     def ratio_name(self) -> str:
@@ -105,13 +115,48 @@ def make_plan(index: pd.DataFrame, cfg: PlanConfig = PlanConfig()) -> Plan:
     slices = classify(rows, cfg.neighbours, cfg.lesion_by)
     counts = patient_counts(slices, cfg)
     epochs = [plan_epoch(slices, counts, cfg, epoch) for epoch in range(cfg.epochs)]
+    patients = patient_report(counts, cfg)
+    if cfg.pseudo:
+        pseudo_epochs, pseudo_patients = plan_pseudo(index, cfg)
+        if pseudo_epochs:  # none when the confidence cut left every pseudo-labelled patient out
+            epochs = [pd.concat([own, extra], ignore_index=True) for own, extra in zip(epochs, pseudo_epochs)]
+        patients = pd.concat([patients.assign(source="labeled", confidence=np.nan), pseudo_patients],
+                             ignore_index=True)
     planned = pd.concat(epochs, ignore_index=True)
-    params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index), "ctstack_version": __version__,
+    return Plan(slices=planned, params=plan_params(index, cfg), patients=patients,
+                partial=partial_counts(rows, slices, planned, cfg.epochs))
+
+
+def plan_params(index: pd.DataFrame, cfg: PlanConfig) -> dict:
+    """The parameters a plan file records: the rule, the index fingerprint, the version; lesion_by only when not
+    consensus and the pseudo options only with --pseudo, so plans of today's rule are byte-identical to before."""
+    params = {**asdict(cfg), "index_fingerprint": index_fingerprint(index, pseudo=cfg.pseudo),
+              "ctstack_version": __version__,
               "repeats": False}  # make_plan never plans a slice twice in an epoch; see planfile.check_rows
     if cfg.lesion_by == "consensus":  # today's rule: parameters (and so the file) exactly as before
         del params["lesion_by"]
-    return Plan(slices=planned, params=params, patients=patient_report(counts, cfg),
-                partial=partial_counts(rows, slices, planned, cfg.epochs))
+    if not cfg.pseudo:
+        for name in PSEUDO_PARAMS:
+            del params[name]
+    return params
+
+
+def plan_pseudo(index: pd.DataFrame, cfg: PlanConfig) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """The pseudo-labelled patients' rows per epoch (role ``pseudo``; [] when the cut leaves every one out) and
+    their report rows (source ``pseudo``, or ``left out`` below ``cfg.min_confidence``, with their confidence)."""
+    rows = pseudo_rows(index, cfg.split)
+    kept, confidence = confidence_cut(rows, cfg.min_confidence)
+    left_out = left_out_report(rows, confidence, cfg.min_confidence).assign(
+        source="left out", neighbour=0, fill=0, target_empty=0, planned=0)
+    if kept.empty:
+        return [], left_out
+    slices = classify(kept, cfg.neighbours)  # has_lesion is the pseudo-label's here
+    counts = patient_counts(slices, cfg)
+    epochs = [plan_epoch(slices, counts, cfg, epoch, stream=(1,)).assign(role=PSEUDO_ROLE)
+              for epoch in range(cfg.epochs)]
+    report = patient_report(counts, cfg).assign(source=PSEUDO_ROLE)
+    report["confidence"] = confidence.reindex(report["case_id"].astype(str)).to_numpy()
+    return epochs, pd.concat([report, left_out], ignore_index=True)
 
 
 def lesion_flags(rows: pd.DataFrame, lesion_by: str = "consensus") -> np.ndarray:
@@ -226,9 +271,11 @@ def shortfall_reasons(lesion, neighbour, fill, target, empty, cfg: PlanConfig) -
     return reasons
 
 
-def plan_epoch(slices: pd.DataFrame, counts: pd.DataFrame, cfg: PlanConfig, epoch: int) -> pd.DataFrame:
-    """One epoch's rows: lesion slices, neighbours (all, or a fresh sample when strict), a fresh far fill."""
-    rng = np.random.default_rng([cfg.seed, epoch])
+def plan_epoch(slices: pd.DataFrame, counts: pd.DataFrame, cfg: PlanConfig, epoch: int,
+               stream: tuple[int, ...] = ()) -> pd.DataFrame:
+    """One epoch's rows: lesion slices, neighbours (all, or a fresh sample when strict), a fresh far fill; the
+    generator is seeded with (seed, epoch, *stream) (pseudo patients draw from their own stream (1,))."""
+    rng = np.random.default_rng([cfg.seed, epoch, *stream])
     kind = slices["kind"].to_numpy()
     case = slices["case"].to_numpy()
     quota = np.zeros(len(slices), np.int64)
@@ -268,9 +315,13 @@ def patient_report(counts: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
 
 
 def summary(plan: Plan) -> pd.DataFrame:
-    """Per split and in total, per epoch: patients, lesion / neighbour / fill counts, ratio before and after."""
+    """Per split and in total, per epoch: patients, lesion / neighbour / fill counts, ratio before and after;
+    pseudo-labelled patients apart ("<split> (pseudo)"), those left out below the confidence cut in none."""
     patients = plan.patients
-    groups = [(split, rows) for split, rows in patients.groupby("split", sort=True)]
+    source = patients["source"] if "source" in patients else pd.Series("labeled", index=patients.index)
+    patients = patients[source != "left out"]
+    group = patients["split"].where(source[patients.index] != PSEUDO_ROLE, patients["split"] + " (pseudo)")
+    groups = [(name, rows) for name, rows in patients.groupby(group, sort=True)]
     if len(groups) > 1:
         groups.append(("total", patients))
     records = []
@@ -296,6 +347,10 @@ def summary_rows(plan: Plan) -> list[tuple]:
         p = plan.partial
         rows.append((PARTIAL_ROW, p["patients"], "-", p["lesion"], count_text(p["neighbour"]),
                      count_text(p["fill"]), p["empty_before"], "-", "-", "-"))
+    if "source" in plan.patients:  # a --pseudo plan: how many pseudo-labelled patients the cut left out
+        out = plan.patients[plan.patients["source"] == "left out"]
+        rows.append((LEFT_OUT_ROW, len(out), "-", int(out["lesion"].sum()), "-", "-", int(out["empty_before"].sum()),
+                     "-", "-", "-"))
     return rows
 
 
@@ -311,11 +366,13 @@ def off_target_rows(plan: Plan) -> list[tuple]:
 
 
 def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
-    """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict][-any|-all].parquet."""
+    """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict][-any|-all][-pseudo[-w<weight>]
+    [-c<cut>]].parquet (weight and cut only when not their defaults, 1 and 0)."""
     strict = "-strict" if cfg.strict else ""
     rule = "" if cfg.lesion_by == "consensus" else f"-{cfg.lesion_by}"
     return Path(store_path) / PLANS_DIR / (f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}"
-                                           f"-s{cfg.seed}{strict}{rule}.parquet")
+                                           f"-s{cfg.seed}{strict}{rule}{pseudo_name(cfg)}.parquet")
+
 
 
 def save_plan(plan: Plan, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Checks of a plan's rows before anything trusts them: hand-edited or foreign plan files fail here, in one line.
 
 ``check_rows`` needs the plan only (types, ranges, roles, repeats); ``check_cases`` also needs the store's index
-(the case exists, is labeled, and holds the slice). Every check is vectorised and names the first offending row,
+(the case exists, is labeled (or, for a ``pseudo`` row, holds a pseudo-label), and holds the slice). Every check is vectorised and names the first offending row,
 counted from 0 in file order (as pandas reads it). See docs/sampling.md "Plan files".
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 from ctprep.errors import PlanError
 from ctprep.index import index_fingerprint
 
-ROLES = ("lesion", "neighbour", "fill")
+ROLES = ("lesion", "neighbour", "fill", "pseudo")  # pseudo: any row of a pseudo-labelled patient (--pseudo)
 PLAN_COLUMNS = ("epoch", "case_id", "slice", "role")
 FINGERPRINT_KEYS = ("index_fingerprint", "store_fingerprint", "fingerprint")
 
@@ -115,19 +115,22 @@ def check_for_store(slices: pd.DataFrame, params: dict, index: pd.DataFrame, sou
 
 
 def check_fingerprint(params: dict, index: pd.DataFrame, source: str, store_path: object) -> None:
-    """PlanError when the plan records an index fingerprint other than the store's (a plan without one passes)."""
-    fingerprint = index_fingerprint(index)
+    """PlanError when the plan records an index fingerprint other than the store's (a plan without one passes);
+    a --pseudo plan's fingerprint also covers the pseudo-labels (``index_fingerprint(pseudo=True)``)."""
+    fingerprint = index_fingerprint(index, pseudo=params.get("pseudo") is True)
     planned = next((params[k] for k in FINGERPRINT_KEYS if k in params), fingerprint)
     if planned != fingerprint:
         raise PlanError(f"{source}: plan does not match {store_path} (expected index fingerprint {fingerprint}, "
-                        f"found {planned}): it was made from another store, from this one before its masks or "
-                        f"splits changed, or by an older ctstack; {replan_hint(store_path)}")
+                        f"found {planned}): it was made from another store, from this one before its masks, "
+                        f"splits or pseudo-labels changed, or by an older ctstack; {replan_hint(store_path)}")
 
 
 def check_cases(slices: pd.DataFrame, index: pd.DataFrame, source: str, store_path: object) -> None:
-    """PlanError unless every row's case is in ``index``, is labeled, and holds the slice (0 <= slice < n_slices)."""
-    per_case = index.groupby(index["case_id"].astype(str), sort=True).agg(n_slices=("n_slices", "first"),
-                                                                           labeled=("labeled", "first"))
+    """PlanError unless every row's case is in ``index``, is labeled (a ``pseudo`` row's: unlabeled with a
+    pseudo-label), and holds the slice (0 <= slice < n_slices)."""
+    has_pseudo = index["pseudo_confidence"].notna() if "pseudo_confidence" in index else False
+    per_case = index.assign(has_pseudo=has_pseudo).groupby(index["case_id"].astype(str), sort=True).agg(
+        n_slices=("n_slices", "first"), labeled=("labeled", "first"), has_pseudo=("has_pseudo", "max"))
     codes, cases = pd.factorize(slices["case_id"].astype(str))  # few distinct cases: look those up, not every row
     position = per_case.index.get_indexer(cases)[codes] if len(cases) else np.zeros(0, np.int64)
     unknown = position < 0
@@ -135,11 +138,7 @@ def check_cases(slices: pd.DataFrame, index: pd.DataFrame, source: str, store_pa
         row = int(np.flatnonzero(unknown)[0])
         raise PlanError(f"{source}: row {row} names case {slices['case_id'].iloc[row]!r}, which {store_path} does "
                         f"not hold (expected a case of the store's index); {replan_hint(store_path)}")
-    labeled = per_case["labeled"].to_numpy(bool)[position]
-    if not labeled.all():
-        row = int(np.flatnonzero(~labeled)[0])
-        raise PlanError(f"{source}: row {row} names case {slices['case_id'].iloc[row]!r}, which has no mask in "
-                        f"{store_path} (expected labeled cases only); {replan_hint(store_path)}")
+    check_case_kinds(slices, per_case, position, source, store_path)
     n_slices = per_case["n_slices"].to_numpy(np.int64)[position]
     slice_index = slices["slice"].to_numpy(np.int64)
     outside = (slice_index < 0) | (slice_index >= n_slices)
@@ -147,6 +146,25 @@ def check_cases(slices: pd.DataFrame, index: pd.DataFrame, source: str, store_pa
         row = int(np.flatnonzero(outside)[0])
         raise PlanError(f"{source}: row {row} ({describe(slices, row)}) is out of range (expected 0 <= slice < "
                         f"{n_slices[row]}, the case's slice count in {store_path}); {replan_hint(store_path)}")
+
+
+def check_case_kinds(slices: pd.DataFrame, per_case: pd.DataFrame, position: np.ndarray, source: str,
+                     store_path: object) -> None:
+    """A ``pseudo`` row names an unlabeled case with a pseudo-label; every other row a labeled case."""
+    labeled = per_case["labeled"].to_numpy(bool)[position]
+    pseudo = (slices["role"] == "pseudo").to_numpy()
+    bad = ~labeled & ~pseudo
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise PlanError(f"{source}: row {row} names case {slices['case_id'].iloc[row]!r}, which has no mask in "
+                        f"{store_path} (expected labeled cases only); {replan_hint(store_path)}")
+    unfit = pseudo & (labeled | ~per_case["has_pseudo"].to_numpy(bool)[position])
+    if unfit.any():
+        row = int(np.flatnonzero(unfit)[0])
+        found = "a labeled case" if labeled[row] else "an unlabeled case without a pseudo-label"
+        raise PlanError(f"{source}: row {row} (role pseudo) names case {slices['case_id'].iloc[row]!r}, {found} "
+                        f"in {store_path} (expected an unlabeled case with a pseudo-label); run `ctmodel "
+                        f"pseudo-label RUN {store_path}` and {replan_hint(store_path)}")
 
 
 def describe(slices: pd.DataFrame, row: int) -> str:
