@@ -56,9 +56,9 @@ ARMS = ("supervised", "pseudo-1", "pseudo-2", "pseudo-natural", "mean-teacher")
 TEACHER = {"pseudo-1": "supervised", "pseudo-2": "pseudo-1", "pseudo-natural": "supervised"}  # who pseudo-labels
 SIZES = {  # --quick: CPU-sized; full: a GPU
     "quick": dict(pool=16, test=12, unlabeled=40, demo_size=128, max_slices=24, size=64, steps=300, batch_size=8,
-                  lr=1e-3, seeds=3),
+                  lr=1e-3, seeds=3, width=8),
     "full": dict(pool=16, test=20, unlabeled=40, demo_size=512, max_slices=None, size=256, steps=3000,
-                 batch_size=16, lr=5e-4, seeds=3),
+                 batch_size=16, lr=5e-4, seeds=3, width=12),
 }
 
 
@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options; sizes left out come from --quick's or the full run's presets (SIZES)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the CPU-sized measurement")
-    for name in ("pool", "test", "unlabeled", "demo_size", "max_slices", "size", "steps", "batch_size", "seeds"):
+    for name in ("pool", "test", "unlabeled", "demo_size", "max_slices", "size", "steps", "batch_size", "seeds",
+                 "width"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--labelled", default="4,8,16", help="comma list of labelled patient counts")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma list from {', '.join(ARMS)}")
@@ -171,7 +172,7 @@ def run_arm(args: argparse.Namespace, base: Path, n_labelled: int, seed: int, ar
     if run.exists() and not resume:
         shutil.rmtree(run)
     console.print(f"semi: L={n_labelled} seed {seed} {arm}: {cfg.epochs} epochs")
-    train(store, ModelConfig(), cfg, out=run, resume=resume, console=console)
+    train(store, ModelConfig(width=args.width), cfg, out=run, resume=resume, console=console)
     return run
 
 
