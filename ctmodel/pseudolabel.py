@@ -1,6 +1,6 @@
 """`ctmodel pseudo-label`: a trained run predicts the unlabeled train cases of a store, and each prediction is
 stored as the case's pseudo-label (``cases/<id>/pseudo`` + its record, ``ctprep.pseudo``) with a per-slice
-confidence; docs/pseudo-labels.md.
+confidence; docs/semi-supervised.md.
 
 Run: ctmodel pseudo-label runs/dual store.zarr --threshold 0.5 --min-confidence 0.9
 """
