@@ -27,10 +27,11 @@ class StoreStats:
     table: pd.DataFrame  # STAT_COLUMNS, one row per labeled patient
     unlabeled: int
     neighbours: int = 1  # the k of the table's neighbour_empty column
+    pseudo: int = 0  # of the unlabeled patients, those holding a pseudo-label (planned with `plan --pseudo`)
 
     def overall_rows(self) -> list[tuple[str, object]]:
         """The headline rows (see ``overall_rows``)."""
-        return overall_rows(self.table, self.unlabeled)
+        return overall_rows(self.table, self.unlabeled, self.pseudo)
 
     def patient_headers(self) -> list[str]:
         """The columns of ``patient_rows``, as `ctsample stats` prints them."""
@@ -68,7 +69,7 @@ def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot:
         plot_stats(table, plot, f"{Path(store_path).name}: {split} split, {len(table)} labeled patients")
     if csv is not None:
         save_stats_csv(table, csv)
-    return StoreStats(table, unlabeled_patients(index, split), neighbours)
+    return StoreStats(table, unlabeled_patients(index, split), neighbours, pseudo_patients(index, split))
 
 
 def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) -> pd.DataFrame:
@@ -97,15 +98,17 @@ def patient_stats(index: pd.DataFrame, split: str = "all", neighbours: int = 1) 
     })
 
 
-def overall_rows(stats: pd.DataFrame, unlabeled: int) -> list[tuple[str, object]]:
-    """The headline: overall empty:lesion ratio, the spread of % empty across patients, lesion-free patients."""
+def overall_rows(stats: pd.DataFrame, unlabeled: int, pseudo: int = 0) -> list[tuple[str, object]]:
+    """The headline: overall empty:lesion ratio, the spread of % empty across patients, lesion-free patients,
+    unlabeled patients and how many of them hold a pseudo-label."""
     lesion, empty = int(stats["lesion"].sum()), int(stats["empty"].sum())
     pct = stats["pct_empty"]
     with_lesion = stats[stats["lesion"] > 0]["pct_empty"]
     rows = [
         ("labeled patients", len(stats)),
         ("  of them lesion-free", int((stats["lesion"] == 0).sum())),
-        ("unlabeled patients (never planned)", unlabeled),
+        ("unlabeled patients", unlabeled),
+        ("  of them pseudo-labelled (planned by --pseudo)", pseudo),
         ("slices", int(stats["slices"].sum())),
         ("lesion slices", lesion),
         ("empty slices", empty),
@@ -132,6 +135,12 @@ def unlabeled_patients(index: pd.DataFrame, split: str) -> int:
     """Patients of ``split`` with no mask."""
     rows = index if split == "all" else index[index["split"] == split]
     return int(rows.loc[~rows["labeled"], "case_id"].nunique())
+
+
+def pseudo_patients(index: pd.DataFrame, split: str) -> int:
+    """Unlabeled patients of ``split`` that hold a pseudo-label (``ctmodel pseudo-label``)."""
+    rows = index if split == "all" else index[index["split"] == split]
+    return int(rows.loc[~rows["labeled"] & rows["pseudo_confidence"].notna(), "case_id"].nunique())
 
 
 def plot_stats(stats: pd.DataFrame, path: Path, title: str) -> Path:

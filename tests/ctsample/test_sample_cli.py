@@ -136,7 +136,8 @@ def test_store_stats_writes_its_own_csv_and_counts_the_unlabeled(store, tmp_path
     result = store_stats(store, "train", 1, csv=tmp_path / "stats.csv")
     assert pd.read_csv(tmp_path / "stats.csv")["case_id"].tolist() == result.table["case_id"].tolist()
     assert result.unlabeled == 1  # "nomask"
-    assert ("unlabeled patients (never planned)", 1) in result.overall_rows()
+    assert ("unlabeled patients", 1) in result.overall_rows()
+    assert ("  of them pseudo-labelled (planned by --pseudo)", 0) in result.overall_rows()
 
 
 def test_debug_given_after_any_command_keeps_the_traceback(tmp_path):
@@ -175,3 +176,15 @@ def test_split_one_fold_fails_with_one_line(store):
 
     result = run("split", store, "--folds", "1")
     assert result.exit_code == 2 and "--folds 1" in one_line_error(result)  # 2: a usage error
+
+
+def test_store_stats_counts_the_pseudo_labelled_unlabeled_patients(store):
+    import numpy as np
+
+    from conftest import add_pseudo
+    from ctprep.store import SliceStore
+    from ctsample.stats import store_stats
+
+    n, side = SliceStore.open(store).read_image_raw("nomask").shape[:2]
+    add_pseudo(store, "nomask", np.zeros((n, side, side), np.uint8))
+    assert ("  of them pseudo-labelled (planned by --pseudo)", 1) in store_stats(store, "train", 1).overall_rows()
