@@ -357,11 +357,11 @@ def write_results(results: list[CaseScore], summary: dict, csv_path: Path) -> Pa
     return json_path
 
 
-def check_layout(run_layout, store: SliceStore, run_dir: Path) -> None:
-    """Refuse a store whose window/size/dtype differ from the training store's."""
+def check_layout(run_layout, store: SliceStore, run_dir: Path, doing: str = "evaluate on") -> None:
+    """Refuse a store whose window/size/dtype differ from the training store's (``doing``: the advice's verb)."""
     if run_layout != store.layout:
         raise RunError(f"{store.path}: store layout {store.layout.to_attrs()} differs from run {run_dir}'s "
-                       f"{run_layout.to_attrs()}; evaluate on a store converted with the run's options")
+                       f"{run_layout.to_attrs()}; {doing} a store converted with the run's options")
 
 
 def run_identity(run_dir: Path, checkpoint: Path, epoch: int, store: SliceStore, cfg: EvaluateConfig) -> dict:

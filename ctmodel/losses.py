@@ -24,20 +24,23 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = S
 
 def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                        smooth: float = SMOOTH) -> torch.Tensor:
-    """Batch-level soft Dice loss with per-sample weights w (B,): 1 - (2 sum_i w_i sum(p_i t_i) + smooth) /
-    (sum_i w_i sum(p_i) + sum_i w_i sum(t_i) + smooth). All w = 1 gives soft_dice_loss; w = 0 drops a sample."""
+    """Batch-level soft Dice loss with per-sample weights w (B,): mean(w) * (1 - (2 sum_i v_i sum(p_i t_i) +
+    smooth) / (sum_i v_i sum(p_i) + sum_i v_i sum(t_i) + smooth)) with v = w / max(w). The ratio is the Dice of
+    the relatively weighted sums (a sample of w = 0 takes no part in it); the factor mean(w) scales the term, so a
+    batch of pseudo rows alone weighs exactly W times its plain loss. All w = 1 gives soft_dice_loss; all w = 0, 0."""
     probs = torch.sigmoid(logits.float()).flatten(1)  # (B, pixels)
-    target, w = target.float().flatten(1), weight.float()
+    target, mean = target.float().flatten(1), weight.float().mean()
+    w = weight.float() / torch.clamp(weight.float().max(), min=1e-12)
     intersection = (w * (probs * target).sum(1)).sum()
-    return 1.0 - (2.0 * intersection + smooth) / ((w * probs.sum(1)).sum() + (w * target.sum(1)).sum() + smooth)
+    ratio = (2.0 * intersection + smooth) / ((w * probs.sum(1)).sum() + (w * target.sum(1)).sum() + smooth)
+    return mean * (1.0 - ratio)
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean BCE-with-logits over pixels, each sample's pixels weighted by its w (B,): sum_i w_i sum(bce_i) /
-    (sum_i w_i * pixels per sample); 0 (with gradients of 0) when every weight is 0."""
+    """BCE-with-logits with per-sample weights w (B,): sum_i w_i sum(bce_i) / (B * pixels per sample), so each
+    sample counts w_i / B of the batch (all w = 1: the plain mean; all w = W: W times it; all w = 0: 0)."""
     per_sample = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1)
-    w = weight.float()
-    return (w * per_sample.sum(1)).sum() / torch.clamp(w.sum() * per_sample.shape[1], min=1e-12)
+    return (weight.float() * per_sample.sum(1)).sum() / per_sample.numel()
 
 
 class DiceBCELoss(torch.nn.Module):

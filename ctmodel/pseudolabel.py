@@ -15,7 +15,7 @@ import numpy as np
 
 from ctmodel.config import check_inference
 from ctprep.errors import RunError, UsageError
-from ctprep.store import SliceStore, StoreLayout
+from ctprep.store import SliceStore
 
 CASE_CHOICES = ("unlabeled", "all-unlabeled-in-split")  # incremental (skip what this checkpoint did) | every one
 SPLIT = "train"  # val and test cases are never pseudo-labelled: they measure the model
@@ -132,18 +132,9 @@ def predict_case(store: SliceStore, case_id: str, model, device,
 def make_record(provenance: dict, mask: np.ndarray, confidence: np.ndarray) -> dict:
     """The case attribute ``pseudo``: ``provenance`` plus per-slice lesion_pixels and confidence, and the time."""
     from ctprep import __version__
-    from ctprep.clock import utc_stamp
-
     return {**provenance, "confidence_measure": CONFIDENCE_MEASURE,
             "lesion_pixels": [int(n) for n in mask.reshape(mask.shape[0], -1).sum(axis=1)],
-            "confidence": [float(c) for c in confidence], "created": utc_stamp(), "ctstack_version": __version__}
-
-
-def check_layout(run_layout: StoreLayout, store: SliceStore, run_dir: Path) -> None:
-    """Refuse a store whose window/size/dtype differ from the run's training store."""
-    if run_layout != store.layout:
-        raise RunError(f"{store.path}: store layout {store.layout.to_attrs()} differs from run {run_dir}'s "
-                       f"{run_layout.to_attrs()}; pseudo-label a store converted with the run's options")
+            "confidence": [float(c) for c in confidence], "ctstack_version": __version__}
 
 
 def pseudo_label(run_dir: Path, store_path: Path, cfg: PseudoLabelConfig = PseudoLabelConfig(),
@@ -152,17 +143,20 @@ def pseudo_label(run_dir: Path, store_path: Path, cfg: PseudoLabelConfig = Pseud
     prediction as the case's pseudo-label, under the store lock; index.parquet is rebuilt once at the end."""
     from ctmodel.checkpoint import load_run
     from ctmodel.device import resolve_device
+    from ctmodel.evaluate import check_layout
     from ctprep.lock import store_lock
+    from ctprep.store import clear_partial
 
     start = time.perf_counter()
     store = SliceStore.open(store_path)
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
-    check_layout(run.layout, store, Path(run_dir))
+    check_layout(run.layout, store, Path(run_dir), doing="pseudo-label")
     provenance = {"run": str(Path(run_dir).resolve()), "checkpoint": cfg.checkpoint,
                   "checkpoint_sha256": file_sha256(run.path), "threshold": cfg.threshold}
     report = PseudoLabelReport()
     with store_lock(store.path):
+        clear_partial(store.path)  # leftovers of a killed writer (convert does the same)
         cases = candidate_cases(store)
         try:
             label_cases(store, cases, run.model, device, cfg, provenance, report, progress)

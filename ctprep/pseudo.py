@@ -17,11 +17,11 @@ import numpy as np
 import zarr
 from zarr.core.group import GroupMetadata
 
+from ctprep.arrays import write_array, write_group_metadata
 from ctprep.atomic import publish
 from ctprep.errors import StoreFormatError
 from ctprep.shards import read_metadata, shard_record
-
-PSEUDO = "pseudo"  # the array and the case attribute
+from ctprep.store import CASES, PARTIAL, PSEUDO, SHARDS
 RECORD_LISTS = ("lesion_pixels", "confidence")  # per-slice lists a pseudo record must hold
 
 
@@ -29,10 +29,9 @@ def write_pseudo(store_path: Path, case_id: str, mask: np.ndarray | None, record
     """Give an unlabeled case the pseudo-label ``mask`` (Z, S, S) {0, 1} with its ``record`` (per-slice
     ``lesion_pixels`` and ``confidence`` plus provenance), or with ``mask`` None remove any it has.
 
-    Atomic and durable: readers see the old case or the new one. Call under the store lock.
+    Atomic and durable: readers see the old case or the new one; a write that fails leaves nothing behind in
+    ``.partial/`` (no hard link to a live file survives it). Call under the store lock.
     """
-    from ctprep.store import CASES, PARTIAL, SHARDS, _write_array
-
     store_path = Path(store_path)
     case_dir = store_path / CASES / case_id
     attrs = dict(read_metadata(case_dir / "zarr.json").get("attributes") or {})
@@ -40,20 +39,31 @@ def write_pseudo(store_path: Path, case_id: str, mask: np.ndarray | None, record
         raise StoreFormatError(f"{case_dir}: case {case_id!r} has a mask; pseudo-labels are for unlabeled cases only")
     if mask is None and PSEUDO not in attrs:
         return  # nothing to remove: the case stays byte-identical
-    shards = {k: v for k, v in (attrs.get(SHARDS) or {}).items() if k != PSEUDO}
-    attrs.pop(PSEUDO, None)
-    tmp = store_path / PARTIAL / f"{case_id}-{uuid.uuid4().hex[:8]}"
-    link_tree(case_dir, tmp, skip=("zarr.json", PSEUDO))
     if mask is not None:
         check_record(case_id, mask, record, int(attrs["n_slices"]))
-        group = zarr.open_group(str(tmp), mode="a")
-        _write_array(group, PSEUDO, mask.astype(np.uint8, copy=False))
-        shards[PSEUDO] = shard_record(tmp / PSEUDO)
-        attrs[PSEUDO] = record
-    _write_case_metadata(tmp, {**attrs, SHARDS: shards})
+    tmp = store_path / PARTIAL / f"{case_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        _build_case(case_dir, tmp, attrs, mask, record)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     trash = store_path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
     publish(tmp, case_dir, aside=trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _build_case(case_dir: Path, tmp: Path, attrs: dict, mask: np.ndarray | None, record: dict | None) -> None:
+    """The new case folder at ``tmp``: the old one's files hard-linked (its pseudo-label and zarr.json left out),
+    the pseudo array when ``mask`` is given, and a fresh zarr.json with the updated attributes and shard record."""
+    shards = {k: v for k, v in (attrs.get(SHARDS) or {}).items() if k != PSEUDO}
+    attrs = {k: v for k, v in attrs.items() if k != PSEUDO}
+    link_tree(case_dir, tmp, skip=("zarr.json", PSEUDO))
+    if mask is not None:
+        group = zarr.open_group(str(tmp), mode="a")
+        write_array(group, PSEUDO, mask.astype(np.uint8, copy=False))
+        shards[PSEUDO] = shard_record(tmp / PSEUDO)
+        attrs[PSEUDO] = record
+    write_group_metadata(tmp, GroupMetadata(attributes={**attrs, SHARDS: shards}))
 
 
 def check_record(case_id: str, mask: np.ndarray, record: dict | None, n_slices: int) -> None:
@@ -81,10 +91,3 @@ def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
                 os.link(Path(folder) / name, dst / rel / name)
             except OSError:
                 shutil.copy2(Path(folder) / name, dst / rel / name)
-
-
-def _write_case_metadata(folder: Path, attrs: dict) -> None:
-    """The case group's zarr.json with ``attrs`` (a new file: the old one is never written in place)."""
-    from ctprep.store import write_group_metadata
-
-    write_group_metadata(folder, GroupMetadata(attributes=attrs))

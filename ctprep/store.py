@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
-from ctprep.atomic import publish, write_bytes
+from ctprep.arrays import write_array, write_group_metadata
+from ctprep.atomic import publish
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
-from ctprep.pseudo import PSEUDO
 from ctprep.raters import DEFAULT_CONSENSUS, check_consensus
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
@@ -39,6 +37,7 @@ UPGRADABLE = 3  # the oldest version `ctprep upgrade` brings up to date in place
 CASES = "cases"
 PARTIAL = ".partial"
 RATERS = "raters"  # per-case (R, Z, S, S) array of the rater masks; its attribute rater_ids names them
+PSEUDO = "pseudo"  # an unlabeled case's optional (Z, S, S) pseudo-label array and its case attribute (ctprep.pseudo)
 SHARDS = "shards"  # per-case attribute: {array: {shard key: {"bytes": n, "sha256": hex}}}, recorded at write time
 
 
@@ -65,16 +64,6 @@ class StoreLayout:
         """Read the layout back from root attributes."""
         lo, hi = attrs["window_hu"]
         return cls(window_hu=(float(lo), float(hi)), size=int(attrs["size"]), dtype=str(attrs["dtype"]))
-
-
-def _compressor(dtype: str) -> BloscCodec:
-    """Blosc/zstd level 1: byte shuffle for float16 images, bit shuffle for uint8 (0/1 masks pack to bits).
-
-    Measured on 512^2 demo CT (benchmarks/convert.py): level 1 + byte shuffle writes 2.3x faster than
-    level 3 + bit shuffle and compresses slightly better (1.8x vs 1.6x on noisy float16); reads equally fast.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle" if itemsize > 1 else "bitshuffle", typesize=itemsize)
 
 
 def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None) -> "SliceStore":
@@ -114,13 +103,6 @@ def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None
     return SliceStore.open(path)
 
 
-def write_group_metadata(folder: Path, metadata: GroupMetadata) -> None:
-    """Write a Zarr group's zarr.json with the bytes zarr itself writes, atomically and fsynced (ctprep.atomic);
-    a zarr.json that already holds those bytes is left untouched."""
-    data = metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-    write_bytes(Path(folder) / "zarr.json", data)
-
-
 OBSOLETE_ROOT_ATTRS = ("last_run",)  # per-run statistics that ctstack 0.1 kept in the store; no longer written
 
 
@@ -155,35 +137,21 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
     tmp = path / PARTIAL / f"{case_id}-{uuid.uuid4().hex[:8]}"
     group = zarr.open_group(str(tmp), mode="w")
     group.attrs.update(attrs)
-    _write_array(group, "image", image)
+    write_array(group, "image", image)
     names = ["image"]
     if mask is not None:
-        _write_array(group, "mask", mask.astype(np.uint8, copy=False))
+        write_array(group, "mask", mask.astype(np.uint8, copy=False))
         names.append("mask")
     if raters is not None:
         if rater_ids is None or len(rater_ids) != raters.shape[0]:
             raise ValueError(f"{case_id}: {raters.shape[0]} rater masks need as many rater ids, found {rater_ids}")
-        array = _write_array(group, RATERS, raters.astype(np.uint8, copy=False))
+        array = write_array(group, RATERS, raters.astype(np.uint8, copy=False))
         array.attrs["rater_ids"] = list(rater_ids)
         names.append(RATERS)
     group.attrs.update({SHARDS: {name: shard_record(tmp / name) for name in names}})
     trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
     publish(tmp, path / CASES / case_id, aside=trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:
-    """One chunk per slice (per rater and slice for (R, Z, S, S) rater masks), all slices of the case (of one
-    rater) in one shard; empty chunks are written too, so every shard file exists (a missing one is damage, never
-    an all-zero array)."""
-    *lead, z, rows, cols = data.shape
-    ones = (1,) * len(lead)
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(*ones, 1, rows, cols),
-                               shards=(*ones, max(z, 1), rows, cols), compressors=_compressor(str(data.dtype)),
-                               config={"write_empty_chunks": True})
-    with zarr.config.set({"codec_pipeline.batch_size": max(z, 1)}):  # one pipeline batch per shard: ~25 % faster
-        array[...] = data
-    return array
 
 
 def clear_partial(path: Path) -> int:

@@ -30,6 +30,8 @@ def upgrade_store(store_path: Path) -> tuple[int, int]:
                                    f"(only version {UPGRADABLE} can); {reconvert_hint(store_path)}")
         check_format_version(store_path, {"format_version": found})  # a newer store: says so
     with store_lock(store_path):
+        if root_attrs(store_path).get("format_version") == FORMAT_VERSION:  # another upgrade got there first
+            return found, FORMAT_VERSION
         index = pd.read_parquet(store_path / INDEX_FILE)
         write_index(store_path, with_empty_pseudo(index))
         update_root_attrs(store_path, {"format_version": FORMAT_VERSION})

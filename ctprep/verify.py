@@ -14,12 +14,13 @@ import numpy as np
 from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
+from ctprep.arrays import write_group_metadata
 from ctprep.console import echo, print_problems, print_table, track
 from ctprep.errors import StoreFormatError, StoreNotFoundError, UsageError
 from ctprep.lock import store_lock
 from ctprep.shards import case_faults, file_sha256
 from ctprep.store import (CASES, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, PARTIAL, SHARDS, SliceStore, StoreLayout,
-                          stored_cases, write_group_metadata)
+                          stored_cases)
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,22 @@ def _index_faults(index_path: Path, case_id: str, attrs: dict, rows) -> list[Dam
     if list(rows.sort_values("slice")["lesion_pixels"]) != list(recorded):
         return [Damage(case_id, f"{index_path}: case {case_id!r} lesion_pixels differ from the case's record",
                        arrays=False)]
-    pseudo = (attrs.get("pseudo") or {}).get("lesion_pixels") or [0] * n_slices
-    if list(rows.sort_values("slice")["pseudo_lesion_pixels"]) != list(pseudo):
-        return [Damage(case_id, f"{index_path}: case {case_id!r} pseudo_lesion_pixels differ from the case's "
-                                "pseudo-label record", arrays=False)]
-    return []
+    return _pseudo_index_faults(index_path, case_id, attrs.get("pseudo"), rows.sort_values("slice"))
+
+
+def _pseudo_index_faults(index_path: Path, case_id: str, record: dict | None, rows) -> list[Damage]:
+    """The index's pseudo columns against the case's pseudo-label record (False, 0 and NaN without one)."""
+    n_slices = len(rows)
+    pixels = np.asarray((record or {}).get("lesion_pixels") or [0] * n_slices, dtype=np.int64)
+    confidence = np.asarray((record or {}).get("confidence") or [np.nan] * n_slices, dtype=np.float32)
+    found = rows["pseudo_confidence"].to_numpy(np.float32)
+    same = (np.array_equal(rows["pseudo_lesion_pixels"].to_numpy(np.int64), pixels)
+            and np.array_equal(rows["pseudo_has_lesion"].to_numpy(bool), pixels > 0)
+            and np.array_equal(found, confidence, equal_nan=True))
+    if same:
+        return []
+    return [Damage(case_id, f"{index_path}: case {case_id!r} pseudo columns differ from the case's pseudo-label "
+                            "record", arrays=False)]
 
 
 def _checksum_faults(folder: Path, records: dict) -> list[str]:

@@ -57,12 +57,27 @@ def test_weighted_loss_on_hand_values():
     logits = torch.zeros(2, 1, 1, 2)
     target = torch.tensor([[[[1.0, 0.0]]], [[[1.0, 1.0]]]])
     weight = torch.tensor([1.0, 0.5])
-    intersection = 1 * (0.5 * 1) + 0.5 * (0.5 * 2)  # sum_i w_i sum(p t)
-    sum_p, sum_t = 1 * 1.0 + 0.5 * 1.0, 1 * 1 + 0.5 * 2
-    dice = 1 - (2 * intersection + 1) / (sum_p + sum_t + 1)  # smooth 1
-    assert float(weighted_dice_loss(logits, target, weight)) == pytest.approx(dice)  # 1/3
-    assert float(weighted_bce(logits, target, weight)) == pytest.approx(math.log(2))  # every pixel's BCE is ln 2
-    assert float(DiceBCELoss()(logits, target, weight)) == pytest.approx(0.7 * dice + 0.3 * math.log(2))
+    v = (1.0, 0.5)  # the weights relative to the largest
+    intersection = v[0] * (0.5 * 1) + v[1] * (0.5 * 2)  # sum_i v_i sum(p t)
+    sum_p, sum_t = v[0] * 1.0 + v[1] * 1.0, v[0] * 1 + v[1] * 2
+    dice = 0.75 * (1 - (2 * intersection + 1) / (sum_p + sum_t + 1))  # mean(w) x (1 - ratio), smooth 1
+    assert float(weighted_dice_loss(logits, target, weight)) == pytest.approx(dice)  # 0.75 x 1/3
+    bce = (1 * 2 + 0.5 * 2) * math.log(2) / 4  # every pixel's BCE is ln 2; sum_i w_i sum(bce_i) / (B x pixels)
+    assert float(weighted_bce(logits, target, weight)) == pytest.approx(bce)
+    assert float(DiceBCELoss()(logits, target, weight)) == pytest.approx(0.7 * dice + 0.3 * bce)
+
+
+def test_a_batch_of_pseudo_rows_alone_is_scaled_by_the_weight():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 1, 6, 6, generator=generator, requires_grad=True)
+    target = (torch.rand(8, 1, 6, 6, generator=generator) > 0.6).float()
+    plain = DiceBCELoss()(logits, target)
+    (grad_plain,) = torch.autograd.grad(plain, logits)
+    for w in (0.1, 0.5):
+        weighted = DiceBCELoss()(logits, target, torch.full((8,), w))
+        (grad,) = torch.autograd.grad(weighted, logits)
+        assert float(weighted) == pytest.approx(w * float(plain), rel=1e-5)
+        assert torch.allclose(grad, w * grad_plain, rtol=1e-4, atol=1e-9)
 
 
 def test_weight_one_equals_the_plain_loss_and_weight_zero_the_labeled_samples_alone():
@@ -73,15 +88,16 @@ def test_weight_one_equals_the_plain_loss_and_weight_zero_the_labeled_samples_al
     assert float(loss(logits, target, torch.ones(5))) == pytest.approx(float(loss(logits, target)), rel=1e-6)
     pseudo = torch.tensor([False, True, False, True, True])
     zeroed = torch.where(pseudo, 0.0, 1.0)
-    assert float(loss(logits, target, zeroed)) == pytest.approx(float(loss(logits[~pseudo], target[~pseudo])),
-                                                                rel=1e-6)
+    share = float((~pseudo).float().mean())  # the labeled samples' share of the batch: each counts 1/B of it
+    assert float(loss(logits, target, zeroed)) == pytest.approx(
+        share * float(loss(logits[~pseudo], target[~pseudo])), rel=1e-6)
 
 
-def test_all_zero_weights_give_zero_bce_not_nan():
+def test_all_zero_weights_give_zero_loss_not_nan():
     logits = torch.randn(2, 1, 3, 3, requires_grad=True)
-    bce = weighted_bce(logits, torch.ones(2, 1, 3, 3), torch.zeros(2))
-    bce.backward()
-    assert float(bce.detach()) == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    loss = DiceBCELoss()(logits, torch.ones(2, 1, 3, 3), torch.zeros(2))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 # ---------------------------------------------------------------- the resident loader

@@ -132,3 +132,15 @@ def test_only_the_previous_version_is_upgraded_in_place(store):
         upgrade_store(store)
     missing = CliRunner().invoke(prep_app, ["upgrade", str(store.parent / "nothing.zarr")])
     assert missing.exit_code != 0 and "nothing.zarr" in one_line_error(missing)
+
+
+def test_a_failed_write_leaves_nothing_behind_and_no_shared_file(store):
+    n, size = SliceStore.open(store).read_image_raw("unl0").shape[:2]
+    add_pseudo(store, "unl0", blob_mask(n, size, [2]))
+    before = file_digests(store / "cases" / "unl0")
+    bad = {"lesion_pixels": [0] * n, "confidence": [1.0] * n}
+    with pytest.raises(ValueError):
+        write_pseudo(store, "unl0", blob_mask(n, size, [1, 2]), bad)
+    assert list((store / ".partial").iterdir()) == []
+    assert file_digests(store / "cases" / "unl0") == before
+    assert all(p.stat().st_nlink == 1 for p in (store / "cases").rglob("*") if p.is_file())
