@@ -26,6 +26,7 @@ from ctmodel.train import train
 from ctprep.errors import PlanError, UsageError
 from ctprep.splits import fold_view
 from ctprep.store import SliceStore
+from ctsample.plan import PlanConfig
 
 torch.set_num_threads(1)
 TINY = ModelConfig(width=4, depth=2)
@@ -110,15 +111,16 @@ def test_balanced_draw_takes_lesions_neighbours_and_a_ratio_fill_per_case():
     lesion = np.zeros(10, bool)
     lesion[[4, 5]] = True
     empty = np.zeros(10, bool)
-    picked = balanced_slices([lesion, empty], ratio=1.75, neighbours=1, lesion_free=0.1,
-                             rng=np.random.default_rng(0))
+    rule = PlanConfig(ratio=1.75, neighbours=1, lesion_free=0.1)
+    picked = balanced_slices([lesion, empty], rule, epoch=1)
     # case 0: 2 lesion slices -> round(1.75 * 2) = 4 empty slices: neighbours 3 and 6, plus 2 of the far slices
     assert {3, 4, 5, 6} <= set(picked[0]) and len(picked[0]) == 2 + 4
     assert set(picked[0]) - {3, 4, 5, 6} <= {0, 1, 2, 7, 8, 9}
     assert len(picked[1]) == math.ceil(0.1 * 10)  # lesion-free: its share
+    assert [p.tolist() for p in balanced_slices([lesion, empty], rule, epoch=1)] == [p.tolist() for p in picked]
     everything = [np.arange(10), np.arange(10)]
     for flags, ratio in (([empty, empty], 1.75), ([lesion, empty], None)):  # no lesion predicted / natural ratio
-        assert [p.tolist() for p in balanced_slices(flags, ratio, 1, 0.1, np.random.default_rng(0))] == \
+        assert [p.tolist() for p in balanced_slices(flags, PlanConfig(ratio=ratio), epoch=1)] == \
             [p.tolist() for p in everything]
 
 
@@ -127,7 +129,8 @@ def test_balanced_draw_takes_lesions_neighbours_and_a_ratio_fill_per_case():
        st.floats(0.0, 4.0), st.integers(0, 3), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_balanced_draw_keeps_every_lesion_and_neighbour_and_meets_the_target(cases, ratio, neighbours, share, seed):
     flags = [np.asarray(c) for c in cases]
-    picked = balanced_slices(flags, ratio, neighbours, share, np.random.default_rng(seed))
+    picked = balanced_slices(flags, PlanConfig(ratio=ratio, neighbours=neighbours, lesion_free=share, seed=seed),
+                             epoch=1)
     if not any(f.any() for f in flags):  # no predicted lesion anywhere: uniform over every slice
         assert all(p.tolist() == list(range(len(f))) for p, f in zip(picked, flags))
         return
