@@ -20,8 +20,8 @@ from conftest import build_store, one_line_error, phantom, ras_affine
 from ctmodel.batches import ResidentVolumes, load_resident, resident_bytes
 from ctmodel.checkpoint import load_run
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.semi import (MeanTeacher, balanced_slices, consistency_loss, ema_alpha, ema_update, make_teacher,
-                          rampup_weight, unlabeled_train_cases, weak_and_strong)
+from ctmodel.semi import (MeanTeacher, StrongConfig, balanced_slices, consistency_loss, ema_alpha, ema_update,
+                          make_teacher, rampup_weight, unlabeled_train_cases, weak_and_strong)
 from ctmodel.train import train
 from ctprep.errors import PlanError, UsageError
 from ctprep.splits import fold_view
@@ -172,12 +172,14 @@ def test_epoch_draw_keeps_the_balance_the_teacher_predicts():
 
 def test_weak_and_strong_views_share_their_geometry():
     x = torch.rand(3, 3, 16, 16)
-    gen = torch.Generator().manual_seed(0)
-    weak, strong = weak_and_strong(x, gen, geometry=False)
+    weak, strong = weak_and_strong(x, torch.Generator().manual_seed(0), geometry=False)
     assert torch.equal(weak, x) and not torch.equal(strong, x)
-    weak, strong = weak_and_strong(torch.zeros(3, 3, 16, 16), torch.Generator().manual_seed(0), geometry=True)
-    assert torch.equal(weak, torch.zeros_like(weak))  # geometry moves air to air; only the strong view gets noise
-    assert strong.max() > 0
+    ramp = torch.arange(16.0)[:, None] * 16 + torch.arange(16.0)[None, :] ** 2  # asymmetric: a flip or turn shows
+    x = (0.9 * ramp / ramp.max()).expand(3, 3, 16, 16).contiguous()  # below 1: the final clip changes nothing
+    identity = StrongConfig(contrast=(1.0, 1.0), brightness=0.0, noise_std=0.0)  # the strong view's extras off
+    weak, strong = weak_and_strong(x, torch.Generator().manual_seed(0), geometry=True, strong=identity)
+    assert torch.equal(strong, weak)  # the same geometry, pixel for pixel
+    assert all(not torch.equal(w, v) for w, v in zip(weak, x))  # and it was applied to every stack
 
 
 def test_resident_loader_refuses_unlabeled_cases_or_loads_them_with_empty_masks(semi_store):
