@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,17 +25,16 @@ from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.device import autocast
 from ctmodel.heads import main_logits
 from ctprep.errors import UsageError
+from ctsample.plan import PlanConfig, classify, patient_counts, plan_epoch
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pandas as pd
 
     from ctmodel.batches import ResidentVolumes
 
 RAMPUP_SHAPE = 5.0  # Laine & Aila: weight = exp(-5 (1 - t)^2), t from 0 to 1 over the ramp-up
 LESION_P = 0.5  # a slice is a predicted lesion slice when any pixel's teacher probability reaches this
-DRAW_SEED, VIEW_SEED = 250_000, 750_000  # offsets of the unlabeled draw / view generators from (seed, epoch)
+DRAW_SEED, ORDER_SEED, VIEW_SEED = 250_000, 500_000, 750_000  # the unlabeled fill/order/view seeds next to (seed, epoch)
 
 
 @dataclass(frozen=True)
@@ -100,25 +100,26 @@ def unlabeled_train_cases(index: pd.DataFrame, store_path: Path, fold: int | Non
     return sorted(set(rows["case_id"].astype(str)))
 
 
-def balanced_slices(flags: list[np.ndarray], ratio: float | None, neighbours: int, lesion_free: float,
-                    rng: np.random.Generator) -> list[np.ndarray]:
-    """Per case, the slice numbers of one epoch's unlabeled draw by ctsample's per-patient rule on predicted lesion
-    flags: every lesion slice, every empty slice within ``neighbours`` of one, and a random fill of the others up to
-    round(ratio x lesion slices) empty slices (a lesion-free case: ceil(lesion_free x its slices)). ``ratio`` None
-    (natural), or no predicted lesion slice in any case: every slice (the uniform draw)."""
-    if ratio is None or not any(f.any() for f in flags):
+def balanced_slices(flags: list[np.ndarray], cfg: PlanConfig, epoch: int) -> list[np.ndarray]:
+    """Per case, the slice numbers of one epoch's unlabeled draw: ctsample.plan's per-patient rule (``classify``,
+    ``patient_counts``, ``plan_epoch``) with ``cfg``'s ratio, neighbours and lesion-free share on the predicted
+    lesion ``flags``, its fill drawn from the stream (seed, epoch, DRAW_SEED). ``cfg.ratio`` None (natural), or no
+    predicted lesion slice in any case: every slice (the uniform draw)."""
+    if cfg.ratio is None or not any(f.any() for f in flags):
         return [np.arange(len(f)) for f in flags]
-    picked = []
-    for lesion in flags:
-        z, lesion_z = np.arange(len(lesion)), np.flatnonzero(lesion)
-        gap = (np.abs(z[:, None] - lesion_z[None, :]).min(1) if lesion_z.size
-               else np.full(len(z), np.iinfo(np.int64).max))  # no lesion: no slice is anyone's neighbour
-        near, far = z[~lesion & (gap <= neighbours)], z[gap > neighbours]
-        target = (math.floor(ratio * lesion_z.size + 0.5) if lesion_z.size
-                  else math.ceil(lesion_free * len(lesion) - 1e-9))
-        fill = rng.permutation(far)[:max(0, target - near.size)]
-        picked.append(np.sort(np.concatenate([lesion_z, near, fill])))
-    return picked
+    slices = classify(flag_rows(flags), cfg.neighbours)
+    planned = plan_epoch(slices, patient_counts(slices, cfg), cfg, epoch, stream=(DRAW_SEED,))
+    per_case = np.bincount(planned["case_id"].astype(int), minlength=len(flags))  # rows come sorted by case, slice
+    return np.split(planned["slice"].to_numpy(np.int64), np.cumsum(per_case)[:-1])
+
+
+def flag_rows(flags: list[np.ndarray]) -> pd.DataFrame:
+    """The index-like rows ctsample's rule reads (case_id, slice, split, has_lesion), one per unlabeled slice; case
+    ids are the zero-padded case numbers, so their sorted order is the order of ``flags``."""
+    width = len(str(len(flags)))
+    return pd.DataFrame({"case_id": np.repeat([f"{i:0{width}d}" for i in range(len(flags))], [len(f) for f in flags]),
+                         "slice": np.concatenate([np.arange(len(f)) for f in flags]), "split": "train",
+                         "has_lesion": np.concatenate(flags).astype(bool)})
 
 
 def weak_and_strong(x: torch.Tensor, generator: torch.Generator, geometry: bool,
@@ -170,8 +171,10 @@ class MeanTeacher:
         """Predict every unlabeled slice with the teacher, draw the epoch's balanced set and order ``n_samples``
         of it (seeded from (seed, epoch): the epoch replays after a resume)."""
         flags = predicted_lesion_flags(self.teacher, data, self.unlabeled_pos, batch_size, precision)
-        rng = np.random.default_rng([self.cfg.seed, epoch, DRAW_SEED])
-        picked = balanced_slices(flags, self.cfg.ratio, self.cfg.neighbours, self.cfg.lesion_free, rng)
+        rule = PlanConfig(ratio=self.cfg.ratio, neighbours=self.cfg.neighbours, seed=self.cfg.seed,
+                          lesion_free=self.cfg.lesion_free)
+        picked = balanced_slices(flags, rule, epoch)
+        rng = np.random.default_rng([self.cfg.seed, epoch, ORDER_SEED])
         pos = np.concatenate([np.full(len(p), c, np.int64) for c, p in zip(self.unlabeled_pos, picked)])
         slices = np.concatenate(picked).astype(np.int64)
         order = np.concatenate([rng.permutation(len(pos)) for _ in range(-(-n_samples // len(pos)))])[:n_samples]

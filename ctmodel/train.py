@@ -294,10 +294,7 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
         for micro, ((x, y, *sample_weight), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
-            loss_sum += forward_backward(session, x, y, aug, weight, *sample_weight).detach() * x.shape[0]
-            if session.semi is not None:  # the unlabeled micro-batch of the same size: consistency backward
-                session.semi.backward(model, session.data, x.shape[0], weight, epoch - 1 + micro / len(groups),
-                                      cfg.augment, session.device)
+            loss_sum += micro_batch_backward(session, x, y, aug, weight, sample_weight, epoch - 1 + micro / len(groups))
             seen += x.shape[0]
             if not last:
                 continue
@@ -311,6 +308,17 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
                 bar.update(task, completed=seen, status=f"loss {float(loss_sum) / seen:.4f}",
                            rate=rate_text(seen, time.perf_counter() - start, "samples"))
     return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start
+
+
+def micro_batch_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator, weight: float,
+                         sample_weight: list[torch.Tensor], progress_epochs: float) -> torch.Tensor:
+    """Backward of one labeled micro-batch and, with --semi, of the consistency on an unlabeled micro-batch of the
+    same size; returns the labeled loss times the micro-batch's samples (detached, no GPU sync)."""
+    loss = forward_backward(session, x, y, aug, weight, *sample_weight).detach() * x.shape[0]
+    if session.semi is not None:
+        session.semi.backward(session.model, session.data, x.shape[0], weight, progress_epochs,
+                              session.cfg.augment, session.device)
+    return loss
 
 
 def accumulation_weights(n_samples: int, batch_size: int, accumulate: int) -> list[tuple[float, bool, bool]]:

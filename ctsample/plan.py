@@ -30,8 +30,9 @@ from ctprep.index import index_fingerprint, read_index
 from ctprep.outputs import check_output
 from ctprep.splits import check_split_choice
 from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
-from ctsample.pseudo import (PSEUDO_ROLE, check_pseudo_options, confidence_cut, left_out_report, pseudo_name,
-                             pseudo_rows)
+from ctsample.pseudo import (LEFT_OUT, PSEUDO_ROLE, check_pseudo_options, confidence_cut, left_out_report,
+                             left_out_rows, pseudo_name, pseudo_rows, summary_groups)
+
 METADATA_KEY = b"ctstack.plan"
 PLANS_DIR = "plans"
 REPORT_COLUMNS = ("case_id", "split", "lesion", "empty_before", "ratio_before", "neighbour", "fill", "target_empty",
@@ -41,7 +42,6 @@ SUMMARY_HEADERS = ("split", "patients", "lesion-free", "lesion", "neighbour", "f
 OFF_TARGET_HEADERS = ("case", "lesion", "neighbour", "fill", "target", "reason")  # of off_target_rows
 LESION_BY = ("consensus", "any", "all")  # which slices count as lesion slices (docs/raters.md, "Sampling")
 PARTIAL_ROW = "some raters only"  # the summary row of slices some but not all raters marked
-LEFT_OUT_ROW = "pseudo left out"  # the summary row of pseudo-labelled patients below --min-confidence
 PSEUDO_PARAMS = ("pseudo", "pseudo_weight", "min_confidence")  # recorded in a plan only when pseudo is on
 
 
@@ -147,7 +147,7 @@ def plan_pseudo(index: pd.DataFrame, cfg: PlanConfig) -> tuple[list[pd.DataFrame
     rows = pseudo_rows(index, cfg.split)
     kept, confidence = confidence_cut(rows, cfg.min_confidence)
     left_out = left_out_report(rows, confidence, cfg.min_confidence).assign(
-        source="left out", neighbour=0, fill=0, target_empty=0, planned=0)
+        source=LEFT_OUT, neighbour=0, fill=0, target_empty=0, planned=0)
     if kept.empty:
         return [], left_out
     slices = classify(kept, cfg.neighbours)  # has_lesion is the pseudo-label's here
@@ -317,10 +317,7 @@ def patient_report(counts: pd.DataFrame, cfg: PlanConfig) -> pd.DataFrame:
 def summary(plan: Plan) -> pd.DataFrame:
     """Per split and in total, per epoch: patients, lesion / neighbour / fill counts, ratio before and after;
     pseudo-labelled patients apart ("<split> (pseudo)"), those left out below the confidence cut in none."""
-    patients = plan.patients
-    source = patients["source"] if "source" in patients else pd.Series("labeled", index=patients.index)
-    patients = patients[source != "left out"]
-    group = patients["split"].where(source[patients.index] != PSEUDO_ROLE, patients["split"] + " (pseudo)")
+    patients, group = summary_groups(plan.patients)
     groups = [(name, rows) for name, rows in patients.groupby(group, sort=True)]
     if len(groups) > 1:
         groups.append(("total", patients))
@@ -347,11 +344,7 @@ def summary_rows(plan: Plan) -> list[tuple]:
         p = plan.partial
         rows.append((PARTIAL_ROW, p["patients"], "-", p["lesion"], count_text(p["neighbour"]),
                      count_text(p["fill"]), p["empty_before"], "-", "-", "-"))
-    if "source" in plan.patients:  # a --pseudo plan: how many pseudo-labelled patients the cut left out
-        out = plan.patients[plan.patients["source"] == "left out"]
-        rows.append((LEFT_OUT_ROW, len(out), "-", int(out["lesion"].sum()), "-", "-", int(out["empty_before"].sum()),
-                     "-", "-", "-"))
-    return rows
+    return rows + left_out_rows(plan.patients)
 
 
 def count_text(count: float) -> str:
@@ -372,7 +365,6 @@ def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
     rule = "" if cfg.lesion_by == "consensus" else f"-{cfg.lesion_by}"
     return Path(store_path) / PLANS_DIR / (f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}"
                                            f"-s{cfg.seed}{strict}{rule}{pseudo_name(cfg)}.parquet")
-
 
 
 def save_plan(plan: Plan, path: Path) -> Path:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ctsample.plan import PlanConfig
 
 PSEUDO_ROLE = "pseudo"  # the plan role of every row of a pseudo-labelled patient
+LEFT_OUT = "left out"  # the report source of a pseudo-labelled patient below --min-confidence
+LEFT_OUT_ROW = "pseudo left out"  # the summary row of those patients (only when there is one)
 LABEL_HINT = "run `ctmodel pseudo-label RUN STORE` with a trained run first"
 
 
@@ -63,6 +65,24 @@ def left_out_report(rows: pd.DataFrame, confidence: pd.Series, min_confidence: f
         "lesion": lesion, "empty_before": slices - lesion, "confidence": low.to_numpy(),
         "reason": [f"pseudo confidence {c:.3f} < --min-confidence {min_confidence:g}: left out" for c in low],
     })
+
+
+def summary_groups(patients: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """(the planned patients of a plan report, each one's summary row): its split, "<split> (pseudo)" for a
+    pseudo-labelled patient; patients left out below the confidence cut are in none."""
+    source = patients["source"] if "source" in patients else pd.Series("labeled", index=patients.index)
+    planned = patients[source != LEFT_OUT]
+    return planned, planned["split"].where(source[planned.index] != PSEUDO_ROLE, planned["split"] + " (pseudo)")
+
+
+def left_out_rows(patients: pd.DataFrame) -> list[tuple]:
+    """The summary row (SUMMARY_HEADERS) of the pseudo-labelled patients the cut left out: their count, their
+    pseudo-lesion and empty slices; none when no patient was left out."""
+    out = patients[patients["source"] == LEFT_OUT] if "source" in patients else patients.iloc[:0]
+    if out.empty:
+        return []
+    return [(LEFT_OUT_ROW, len(out), "-", int(out["lesion"].sum()), "-", "-", int(out["empty_before"].sum()),
+             "-", "-", "-")]
 
 
 def check_pseudo_options(pseudo: bool, pseudo_weight: float, min_confidence: float, alone: bool = False) -> None:

@@ -20,12 +20,13 @@ from conftest import build_store, one_line_error, phantom, ras_affine
 from ctmodel.batches import ResidentVolumes, load_resident, resident_bytes
 from ctmodel.checkpoint import load_run
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.semi import (MeanTeacher, balanced_slices, consistency_loss, ema_alpha, ema_update, make_teacher,
-                          rampup_weight, unlabeled_train_cases, weak_and_strong)
+from ctmodel.semi import (MeanTeacher, StrongConfig, balanced_slices, consistency_loss, ema_alpha, ema_update,
+                          make_teacher, rampup_weight, unlabeled_train_cases, weak_and_strong)
 from ctmodel.train import train
 from ctprep.errors import PlanError, UsageError
 from ctprep.splits import fold_view
 from ctprep.store import SliceStore
+from ctsample.plan import PlanConfig
 
 torch.set_num_threads(1)
 TINY = ModelConfig(width=4, depth=2)
@@ -110,15 +111,16 @@ def test_balanced_draw_takes_lesions_neighbours_and_a_ratio_fill_per_case():
     lesion = np.zeros(10, bool)
     lesion[[4, 5]] = True
     empty = np.zeros(10, bool)
-    picked = balanced_slices([lesion, empty], ratio=1.75, neighbours=1, lesion_free=0.1,
-                             rng=np.random.default_rng(0))
+    rule = PlanConfig(ratio=1.75, neighbours=1, lesion_free=0.1)
+    picked = balanced_slices([lesion, empty], rule, epoch=1)
     # case 0: 2 lesion slices -> round(1.75 * 2) = 4 empty slices: neighbours 3 and 6, plus 2 of the far slices
     assert {3, 4, 5, 6} <= set(picked[0]) and len(picked[0]) == 2 + 4
     assert set(picked[0]) - {3, 4, 5, 6} <= {0, 1, 2, 7, 8, 9}
     assert len(picked[1]) == math.ceil(0.1 * 10)  # lesion-free: its share
+    assert [p.tolist() for p in balanced_slices([lesion, empty], rule, epoch=1)] == [p.tolist() for p in picked]
     everything = [np.arange(10), np.arange(10)]
     for flags, ratio in (([empty, empty], 1.75), ([lesion, empty], None)):  # no lesion predicted / natural ratio
-        assert [p.tolist() for p in balanced_slices(flags, ratio, 1, 0.1, np.random.default_rng(0))] == \
+        assert [p.tolist() for p in balanced_slices(flags, PlanConfig(ratio=ratio), epoch=1)] == \
             [p.tolist() for p in everything]
 
 
@@ -127,7 +129,8 @@ def test_balanced_draw_takes_lesions_neighbours_and_a_ratio_fill_per_case():
        st.floats(0.0, 4.0), st.integers(0, 3), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_balanced_draw_keeps_every_lesion_and_neighbour_and_meets_the_target(cases, ratio, neighbours, share, seed):
     flags = [np.asarray(c) for c in cases]
-    picked = balanced_slices(flags, ratio, neighbours, share, np.random.default_rng(seed))
+    picked = balanced_slices(flags, PlanConfig(ratio=ratio, neighbours=neighbours, lesion_free=share, seed=seed),
+                             epoch=1)
     if not any(f.any() for f in flags):  # no predicted lesion anywhere: uniform over every slice
         assert all(p.tolist() == list(range(len(f))) for p, f in zip(picked, flags))
         return
@@ -169,12 +172,14 @@ def test_epoch_draw_keeps_the_balance_the_teacher_predicts():
 
 def test_weak_and_strong_views_share_their_geometry():
     x = torch.rand(3, 3, 16, 16)
-    gen = torch.Generator().manual_seed(0)
-    weak, strong = weak_and_strong(x, gen, geometry=False)
+    weak, strong = weak_and_strong(x, torch.Generator().manual_seed(0), geometry=False)
     assert torch.equal(weak, x) and not torch.equal(strong, x)
-    weak, strong = weak_and_strong(torch.zeros(3, 3, 16, 16), torch.Generator().manual_seed(0), geometry=True)
-    assert torch.equal(weak, torch.zeros_like(weak))  # geometry moves air to air; only the strong view gets noise
-    assert strong.max() > 0
+    ramp = torch.arange(16.0)[:, None] * 16 + torch.arange(16.0)[None, :] ** 2  # asymmetric: a flip or turn shows
+    x = (0.9 * ramp / ramp.max()).expand(3, 3, 16, 16).contiguous()  # below 1: the final clip changes nothing
+    identity = StrongConfig(contrast=(1.0, 1.0), brightness=0.0, noise_std=0.0)  # the strong view's extras off
+    weak, strong = weak_and_strong(x, torch.Generator().manual_seed(0), geometry=True, strong=identity)
+    assert torch.equal(strong, weak)  # the same geometry, pixel for pixel
+    assert all(not torch.equal(w, v) for w, v in zip(weak, x))  # and it was applied to every stack
 
 
 def test_resident_loader_refuses_unlabeled_cases_or_loads_them_with_empty_masks(semi_store):

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from cli import sample_app
 from ctprep.errors import PlanError, UsageError
 from ctprep.index import case_rows, index_fingerprint, read_index
-from ctsample.plan import (LEFT_OUT_ROW, PlanConfig, default_plan_path, load_plan, make_plan, off_target_rows,
-                           plan_store, summary, summary_rows)
+from ctsample.plan import (PlanConfig, default_plan_path, load_plan, make_plan, off_target_rows, plan_store, summary,
+                           summary_rows)
 from ctsample.planfile import check_for_store
+from ctsample.pseudo import LEFT_OUT_ROW
 
 from conftest import add_pseudo, build_store, one_line_error, phantom, ras_affine
 
@@ -77,6 +78,12 @@ def test_confidence_cut_leaves_out_and_reports_the_patient_with_its_mean_confide
     assert off["unsure"][-1] == "pseudo confidence 0.600 < --min-confidence 0.65: left out"
     assert [row for row in summary_rows(plan) if row[0] == LEFT_OUT_ROW] == [(LEFT_OUT_ROW, 1, "-", 3, "-", "-", 17,
                                                                              "-", "-", "-")]
+
+
+def test_no_left_out_row_when_the_cut_leaves_no_patient_out():
+    for cut in (0.0, 0.55):  # every pseudo patient's confidence (0.6 and up) reaches both cuts
+        plan = make_plan(hand_index(), PlanConfig(pseudo=True, min_confidence=cut))
+        assert [row[0] for row in summary_rows(plan)] == ["train", "train (pseudo)", "total"]
 
 
 def test_cut_above_every_pseudo_patient_keeps_the_labeled_plan_alone():
