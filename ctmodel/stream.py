@@ -24,6 +24,7 @@ from ctprep.store import SliceStore
 
 HELD_EPOCHS = 2  # the epoch that trains and the one that loads behind it: what --memory-budget must cover
 THREAD_NAME = "ctmodel-stream"
+SPARSE_SHARE = 0.25  # read only the kept chunks when they are under this share of their range (else the range)
 
 CaseRows = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # image (K, S, S), mask (K, S, S), raters (R, K..)
 CaseReader = Callable[[SliceStore, str, np.ndarray, str, bool], CaseRows]
@@ -112,13 +113,15 @@ def virtual_table(counts: np.ndarray, kept: list[np.ndarray], device: torch.devi
 
 def read_case_rows(store: SliceStore, case_id: str, kept: np.ndarray, unlabeled: str,
                    raters: bool) -> CaseRows:
-    """One case's kept slices: the contiguous range kept[0]..kept[-1] read whole (one read per array of the
-    case's shard), then the kept rows taken; mask None for an all-zero mask (``unlabeled`` "empty")."""
-    span = slice(int(kept[0]), int(kept[-1]) + 1)
-    pick = kept - kept[0]
-    mask = case_mask(store, case_id, unlabeled, span)
-    rater_rows = store.read_raters(case_id, span) if raters and mask is not None else None
-    return (store.read_image_raw(case_id, span)[pick], None if mask is None else mask[pick],
+    """One case's kept slices, one read per array from the case's shard: the contiguous range kept[0]..kept[-1]
+    (then the kept rows taken), or when the kept rows are under SPARSE_SHARE of that range only those chunks
+    (docs/scaling-stream.md, "Reads"); mask None for an all-zero mask (``unlabeled`` "empty")."""
+    sparse = len(kept) < SPARSE_SHARE * (int(kept[-1]) - int(kept[0]) + 1)
+    where = kept if sparse else slice(int(kept[0]), int(kept[-1]) + 1)
+    pick = slice(None) if sparse else kept - kept[0]
+    mask = case_mask(store, case_id, unlabeled, where)
+    rater_rows = store.read_raters(case_id, where) if raters and mask is not None else None
+    return (store.read_image_raw(case_id, where)[pick], None if mask is None else mask[pick],
             None if rater_rows is None else rater_rows[:, pick])
 
 

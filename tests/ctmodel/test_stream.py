@@ -22,7 +22,7 @@ from ctmodel.batches import (epoch_samples, iterate_batches, load_resident, patc
 from ctmodel.config import ModelConfig, TrainConfig, parse_bytes
 from ctmodel.runfolder import plan_epochs
 from ctmodel.stream import (THREAD_NAME, EpochStream, epoch_rows, load_epoch, needed_slices, open_stream,
-                            resident_need, stream_reason)
+                            read_case_rows, resident_need, stream_reason)
 from ctmodel.train import train
 from ctprep.errors import StoreFormatError, UsageError
 from ctprep.store import SliceStore, StoreLayout
@@ -140,6 +140,15 @@ def test_stream_batches_equal_resident_ones_for_unet3d_patches_and_pseudo_rows(s
             assert_same_batches(expected, epoch_batches(stream.epoch(epoch), rows, epoch, patch))
     finally:
         stream.close()
+
+
+@pytest.mark.parametrize("kept", [[0, 1, 28, 29], [13, 14, 15, 16], [2, 9, 17]])  # sparse: chunk reads; else range
+def test_case_rows_equal_the_whole_case_rows_whichever_read_is_used(stream_store, kept):
+    store, kept = SliceStore.open(stream_store), np.array(kept)
+    image, mask, raters = read_case_rows(store, "case0", kept, "refuse", raters=True)
+    np.testing.assert_array_equal(image, store.read_image_raw("case0")[kept])
+    np.testing.assert_array_equal(mask, store.read_mask("case0")[kept])
+    np.testing.assert_array_equal(raters, store.read_raters("case0")[:, kept])
 
 
 @settings(max_examples=15, deadline=None)
