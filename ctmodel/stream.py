@@ -298,7 +298,7 @@ def open_stream(store: SliceStore, plan: list[pd.DataFrame], val_ids: list[str],
                          "epoch (--ratio, --lesion-free)")
     if held + sum(val_sizes) <= budget:
         val = load_resident(store, val_ids, device, "auto", show_progress=False, budget=budget - held)
-        val_text = f"val cases resident ({size_text(sum(val_sizes))})"
+        val_text = f"val cases resident ({size_text(sum(val_sizes))})" if val_ids else "no val cases"
     else:
         val, val_text = StoreVolumes(store, device), "val cases read from the store at each validation"
     home = choose_residency(held, device, "auto", budget - (sum(val_sizes) if isinstance(val, ResidentVolumes)
