@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from ctmodel.stream import (THREAD_NAME, EpochStream, epoch_rows, load_epoch, ne
                             read_case_rows, resident_need, stream_reason)
 from ctmodel.train import train
 from ctprep.errors import StoreFormatError, UsageError
-from ctprep.store import SliceStore, StoreLayout
+from ctprep.store import SliceStore
 from ctsample.plan import PlanConfig, make_plan
 
 torch.set_num_threads(1)
@@ -247,7 +248,7 @@ def test_a_store_ten_times_the_budget_trains_end_to_end(big_store, tmp_path):
 def test_stream_run_equals_resident_run_and_resumes_after_a_kill(stream_store, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=4, lr=3e-3, deterministic=True, seed=1, ratio=0.4)
     resident = train(stream_store, TINY, cfg, out=tmp_path / "resident")
-    streamed = TrainConfig(**{**cfg.__dict__, "resident": "stream"})
+    streamed = replace(cfg, resident="stream")
 
     def kill(epoch: int, step: int) -> None:
         if (epoch, step) == (2, 2):
@@ -258,7 +259,8 @@ def test_stream_run_equals_resident_run_and_resumes_after_a_kill(stream_store, t
     assert not [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]  # joined on the way out
     train(stream_store, ModelConfig(), TrainConfig(), out=tmp_path / "stream", resume=True)
     keys = ["epoch", "train_loss", "val_loss", "val_dice_3d", "val_dice_slice", "lr"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "stream" / "metrics.csv")[keys], pd.DataFrame(resident.rows)[keys])
+    metrics = {name: pd.read_csv(tmp_path / name / "metrics.csv")[keys] for name in ("stream", "resident")}
+    pd.testing.assert_frame_equal(metrics["stream"], metrics["resident"])
 
 
 def test_two_epochs_that_do_not_fit_the_budget_are_one_line(stream_store, tmp_path):
