@@ -138,16 +138,16 @@ def load_epoch(store: SliceStore, layout: EpochRows, home: torch.device, device:
               if layout.n_raters is not None else None)
     row, rater_row = 0, 0
     with side_stream(home):
-        for case_id, kept, count in zip(layout.case_ids, layout.kept, range(len(layout.case_ids))):
+        for count, (case_id, kept) in enumerate(zip(layout.case_ids, layout.kept)):
             if stop is not None and stop.is_set():
                 raise StreamCancelled(case_id)
             image, mask, case_raters = read(store, case_id, kept, unlabeled, raters is not None)
             rows = slice(row, row + len(kept))
-            images[rows].copy_(torch.from_numpy(np.ascontiguousarray(image)), non_blocking=pin)
+            images[rows].copy_(torch.from_numpy(np.ascontiguousarray(image)))
             if mask is None:
                 masks[rows].zero_()
             else:
-                masks[rows].copy_(torch.from_numpy(mask), non_blocking=pin)
+                masks[rows].copy_(torch.from_numpy(mask))
             if raters is not None:
                 size = int(layout.n_raters[count]) * len(kept)
                 if case_raters is not None and size:
