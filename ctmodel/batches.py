@@ -6,6 +6,7 @@ No per-sample Python and no file I/O during an epoch: a batch is one index compu
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,22 +178,45 @@ def resident_bytes(store: SliceStore, n_rows: int, rater_rows: int = 0) -> int:
     return n_rows * size * size * (np.dtype(store.layout.dtype).itemsize + 1) + rater_rows * size * size
 
 
-def choose_residency(need: int, device: torch.device, resident: str = "auto") -> torch.device:
-    """Where the data lives: the training device when it fits, else (pinned) host memory; else a clear error."""
+def choose_residency(need: int, device: torch.device, resident: str = "auto",
+                     budget: int | None = None) -> torch.device | None:
+    """Where the data lives: the training device when it fits, else (pinned) host memory, else None: stream it per
+    plan epoch (ctmodel/stream.py). ``resident`` "stream" always streams; "device"/"host" that do not fit raise a
+    one-line UsageError. ``budget`` (--memory-budget, bytes) caps both places; None: the shares of free memory."""
+    if resident == "stream":
+        return None
+    cap = math.inf if budget is None else budget
     if device.type == "cuda" and resident in ("auto", "device"):
         free, _total = torch.cuda.mem_get_info(device)
-        if need <= DEVICE_MEMORY_SHARE * free:
+        if need <= min(DEVICE_MEMORY_SHARE * free, cap):
             return device
         if resident == "device":
             raise UsageError(f"--resident device: data needs {need / 2**30:.2f} GiB, the GPU has "
-                             f"{free / 2**30:.2f} GiB free (at most {DEVICE_MEMORY_SHARE:.0%} is used for data); "
-                             "use --resident auto or a smaller store (--dtype uint8, smaller --size)")
+                             f"{free / 2**30:.2f} GiB free (at most {DEVICE_MEMORY_SHARE:.0%} is used for data)"
+                             f"{budget_text(budget)}; use --resident auto or stream, or a smaller store (--dtype "
+                             "uint8, smaller --size)")
     host_free = available_host_bytes()
-    if need > HOST_MEMORY_SHARE * host_free:
-        raise UsageError(f"data needs {need / 2**30:.2f} GiB resident; GPU free memory "
-                         f"{gpu_free_text(device)} and host available {host_free / 2**30:.2f} GiB are too small; "
-                         "train on fewer cases or convert with --dtype uint8 / a smaller --size")
-    return torch.device("cpu")
+    if need <= min(HOST_MEMORY_SHARE * host_free, cap):
+        return torch.device("cpu")
+    if resident == "auto":
+        return None
+    raise UsageError(f"--resident {resident}: data needs {need / 2**30:.2f} GiB resident; GPU free memory "
+                     f"{gpu_free_text(device)} and host available {host_free / 2**30:.2f} GiB{budget_text(budget)} "
+                     "are too small; use --resident stream (or auto), train on fewer cases or convert with "
+                     "--dtype uint8 / a smaller --size")
+
+
+def budget_text(budget: int | None) -> str:
+    """', --memory-budget 1.5 GiB' when a budget is set, else ''."""
+    return "" if budget is None else f", --memory-budget {size_text(budget)}"
+
+
+def size_text(n_bytes: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1: '1.5 GiB', '300 KiB', '12 B'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} B"
 
 
 def available_host_bytes() -> int:
@@ -218,31 +242,27 @@ UNLABELED = ("refuse", "empty", "pseudo")  # load_resident: an unlabeled case ra
 
 def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
                   resident: str = "auto", show_progress: bool = True, target: str = "consensus",
-                  unlabeled: str = "refuse") -> ResidentVolumes:
+                  unlabeled: str = "refuse", budget: int | None = None) -> ResidentVolumes:
     """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array; any ``target``
     but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within).
 
     ``unlabeled``: "refuse" raises PlanError on a case without a mask; "empty" loads its image with an all-zero
     mask (and no rater rows), for the mean teacher, which never uses those rows as targets; "pseudo" loads its
     pseudo-label as its mask (consensus target only: a pseudo-label has no raters; PlanError when it has none).
-    Their slices count in the residency decision like any other case's."""
+    Their slices count in the residency decision like any other case's. ``budget``: --memory-budget in bytes."""
     if unlabeled not in UNLABELED:
         raise ValueError(f"unlabeled={unlabeled!r}: expected one of {UNLABELED}")
     if unlabeled == "pseudo" and target != "consensus":
         raise UsageError(f"--target {target}: a pseudo-labelled case has one mask and no raters (expected --target "
                          "consensus with pseudo rows); train with --target consensus or plan without --pseudo")
-    index = store.index()
-    per_case = index.groupby("case_id")[["n_slices", "n_raters"]].first()
-    counts = per_case["n_slices"].reindex(case_ids)
-    if counts.isna().any():
-        missing = [c for c, n in counts.items() if pd.isna(n)]
-        raise PlanError(f"{store.path}: cases {missing[:5]} are not in the store's index; "
-                        "use a plan made from this store")
-    n_slices = counts.to_numpy(dtype=np.int64)
+    n_slices, n_raters = case_counts(store, case_ids, target)
     starts = np.concatenate([[0], np.cumsum(n_slices)[:-1]]).astype(np.int64)
-    n_raters = per_case["n_raters"].reindex(case_ids).to_numpy(dtype=np.int64) if target != "consensus" else None
     rater_rows = 0 if n_raters is None else int((n_raters * n_slices).sum())
-    home = choose_residency(resident_bytes(store, int(n_slices.sum()), rater_rows), device, resident)
+    need = resident_bytes(store, int(n_slices.sum()), rater_rows)
+    home = choose_residency(need, device, "auto" if resident == "stream" else resident, budget)
+    if home is None:
+        raise UsageError(f"{store.path}: data needs {need / 2**30:.2f} GiB resident, more than fits"
+                         f"{budget_text(budget)}; train with --resident stream (or auto)")
     images, masks = _allocate(store, int(n_slices.sum()), home)
     cases = track(case_ids, "loading cases", unit="case") if show_progress else case_ids
     for case_id, start, count in zip(cases, starts, n_slices):
@@ -251,6 +271,20 @@ def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
                            starts=torch.as_tensor(starts, device=device),
                            n_slices=torch.as_tensor(n_slices, device=device), device=device, target=target)
     return data if n_raters is None else _with_raters(data, store, n_raters, n_slices, home)
+
+
+def case_counts(store: SliceStore, case_ids: list[str], target: str = "consensus") -> tuple[np.ndarray,
+                                                                                           np.ndarray | None]:
+    """Slices per case (C,) int64 and, for any target but consensus, raters per case (else None); PlanError
+    naming the cases the store's index lacks."""
+    per_case = store.index().groupby("case_id")[["n_slices", "n_raters"]].first()
+    counts = per_case["n_slices"].reindex(case_ids)
+    if counts.isna().any():
+        missing = [c for c, n in counts.items() if pd.isna(n)]
+        raise PlanError(f"{store.path}: cases {missing[:5]} are not in the store's index; "
+                        "use a plan made from this store")
+    n_raters = per_case["n_raters"].reindex(case_ids).to_numpy(dtype=np.int64) if target != "consensus" else None
+    return counts.to_numpy(dtype=np.int64), n_raters
 
 
 def _with_raters(data: ResidentVolumes, store: SliceStore, n_raters: np.ndarray, n_slices: np.ndarray,
@@ -285,20 +319,28 @@ def _copy_case(store: SliceStore, case_id: str, images: torch.Tensor, masks: tor
                unlabeled: str = "refuse") -> None:
     """Copy one case (stored dtype) into its rows; an unlabeled case is refused, gets an all-zero mask
     (``unlabeled`` "empty") or brings its pseudo-label ("pseudo")."""
-    mask = store.read_mask(case_id)
+    mask = case_mask(store, case_id, unlabeled)
+    images.copy_(torch.from_numpy(store.read_image_raw(case_id)))
+    if mask is None:
+        masks.zero_()
+    else:
+        masks.copy_(torch.from_numpy(mask))
+
+
+def case_mask(store: SliceStore, case_id: str, unlabeled: str = "refuse",
+              slices: slice | np.ndarray | None = None) -> np.ndarray | None:
+    """The mask slices a loader holds for ``case_id``: its mask, or for an unlabeled case a PlanError
+    (``unlabeled`` "refuse"), None for an all-zero mask ("empty") or its pseudo-label ("pseudo")."""
+    mask = store.read_mask(case_id, slices)
     if mask is None and unlabeled == "pseudo":
-        mask = store.read_pseudo(case_id)
+        mask = store.read_pseudo(case_id, slices)
         if mask is None:
             raise PlanError(f"{store.path}: case {case_id!r} is unlabeled and has no pseudo-label (expected one "
                             f"for a pseudo row); run `ctmodel pseudo-label RUN {store.path}`, then re-plan")
     if mask is None and unlabeled != "empty":
         raise PlanError(f"{store.path}: case {case_id!r} is unlabeled (no mask); plans and validation "
                         "use labeled cases only")
-    images.copy_(torch.from_numpy(store.read_image_raw(case_id)))
-    if mask is None:
-        masks.zero_()
-    else:
-        masks.copy_(torch.from_numpy(mask))
+    return mask
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, fields
 
@@ -12,7 +13,9 @@ BLOCKS = ("residual", "idc")  # the conv block of every level (docs/model.md, "B
 FUSIONS = ("learned", "fixed", "concat", "bottleneck")  # dual encoder only (docs/model.md, "Fusion variants")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
-RESIDENCY = ("auto", "device", "host")
+RESIDENCY = ("auto", "device", "host", "stream")  # "stream": per plan epoch from the store (ctmodel/stream.py)
+BYTE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+              "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}  # --memory-budget suffixes (case-insensitive)
 TARGETS = ("consensus", "union", "intersection", "soft", "random-rater", "ugs")  # docs/raters.md, "Training targets"
 HEADS = ("consensus", "ugs")  # output heads: the one consensus logit, or UGS-Net's (consensus, intersection, union)
 LESION_BY = ("consensus", "any", "all")  # as ctsample.plan.LESION_BY (ctmodel does not import ctsample at load)
@@ -36,6 +39,19 @@ def check_ratio(ratio: float | None) -> None:
     """Raise a one-line UsageError unless ``ratio`` is None (natural) or a finite number >= 0 (as ctsample plan)."""
     if ratio is not None and not (math.isfinite(ratio) and ratio >= 0):
         raise UsageError(f"--ratio {ratio}: expected a number >= 0 (e.g. 1.75) or 'natural'")
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB', '512MiB', '1.5GB', '300000' (bytes) or an int -> bytes (> 0); a one-line UsageError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        number, unit = float(text), ""
+    else:
+        found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+        number, unit = (float(found[1]), found[2].lower()) if found else (math.nan, "")
+    if not (math.isfinite(number) and unit in BYTE_UNITS and number * BYTE_UNITS[unit] >= 1):
+        raise UsageError(f"--memory-budget {text}: expected a size such as 2GiB, 512MiB, 1.5GB or a number of bytes "
+                         "(at least 1)")
+    return int(number * BYTE_UNITS[unit])
 
 
 def check_inference(checkpoint: str, threshold: float, batch_size: int | None) -> None:
@@ -135,7 +151,8 @@ class TrainConfig:
     deterministic: bool = False  # bitwise repeatable on one device (slower kernels)
     seed: int = 0
     val_batch_size: int | None = None  # slices per forward pass when validating (None: 32 GPU, 4 CPU)
-    resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host"
+    resident: str = "auto"  # where the data lives: "device" when it fits, else pinned "host", else "stream"
+    memory_budget: str | None = None  # cap on what the loader holds, e.g. "2GiB" (None: shares of free memory)
     fold: int | None = None  # cross-validation: validate on this fold, train on the others (None: the val split)
     lesion_by: str = "consensus"  # plan: lesion slices by the consensus, any rater or all raters
     target: str = "consensus"  # what the network learns: the stored mask, or one of TARGETS built from the raters
@@ -167,10 +184,17 @@ class TrainConfig:
         check_choice("device", self.device.split(":")[0], DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("resident", self.resident, RESIDENCY)
+        if self.memory_budget is not None:
+            parse_bytes(self.memory_budget)
         check_choice("lesion_by", self.lesion_by, LESION_BY)
         check_choice("target", self.target, TARGETS)
         self._check_semi()
         self._check_pseudo()
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """--memory-budget in bytes, or None for the default shares of free memory."""
+        return None if self.memory_budget is None else parse_bytes(self.memory_budget)
 
     def _check_semi(self) -> None:
         """--semi and the options only the mean teacher has (refused, like unet3d's, without it)."""

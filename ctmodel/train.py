@@ -32,6 +32,7 @@ from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRI
                                read_config, read_plan_file, read_run_plan, resume_configs, run_lock,
                                unlabeled_policy, val_cases, with_plan_rule, write_config, write_summary)
 from ctmodel.semi import MeanTeacher, check_semi_model, make_teacher, unlabeled_train_cases
+from ctmodel.stream import EpochStream, StoreVolumes, open_stream, stream_reason
 from ctmodel.validate import ValResult, validate
 from ctprep.console import make_console, progress_bar, rate_text
 from ctprep.errors import RunError, UsageError
@@ -54,7 +55,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.StepLR
     loss_fn: DiceBCELoss | UGSLoss
-    data: ResidentVolumes
+    data: ResidentVolumes | StoreVolumes  # every case resident, or with a stream the val cases only
     plan: list[pd.DataFrame]  # per plan epoch: its rows (case_id, slice, ...)
     val_ids: list[str]
     device: torch.device
@@ -66,6 +67,7 @@ class Session:
     best: tuple[int, float] = (0, -math.inf)  # (epoch, val Dice 3-D)
     rows: list[dict] = field(default_factory=list)
     semi: MeanTeacher | None = None  # --semi mean-teacher: the teacher and its unlabeled cases
+    stream: EpochStream | None = None  # --resident stream: the epochs' rows (``data`` then holds the val cases)
 
 
 @dataclass
@@ -110,9 +112,13 @@ def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainCo
     with run_lock(run_dir, resume), determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))):
         session = (resume_session(store, run_dir, model_cfg, cfg, explicit, console) if resume
                    else new_session(store, run_dir, model_cfg, cfg, plan_path, explicit, console))
-        for epoch in range(session.start_epoch, session.cfg.epochs + 1):
-            run_epoch(session, epoch, on_step, console)
-        summary = finish(session)
+        try:
+            for epoch in range(session.start_epoch, session.cfg.epochs + 1):
+                run_epoch(session, epoch, on_step, console)
+            summary = finish(session)
+        finally:
+            if session.stream is not None:
+                session.stream.close()  # joins the loader thread, also when an epoch failed
     return TrainResult(run_dir, summary, session.rows)
 
 
@@ -209,15 +215,21 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     if unlabeled and policy == "pseudo":
         raise UsageError("--semi mean-teacher with pseudo rows in the plan: the mean teacher uses the unlabeled "
                          "cases without their pseudo-labels; train one or the other (drop --semi or --pseudo)")
-    data = load_resident(store, cases + unlabeled, device, cfg.resident, target=cfg.target,
-                         unlabeled="empty" if unlabeled else policy)
+    reason = stream_reason(store, cases + unlabeled, device, cfg)
+    stream = None
+    if reason is None:
+        data = load_resident(store, cases + unlabeled, device, cfg.resident, target=cfg.target,
+                             unlabeled="empty" if unlabeled else policy, budget=cfg.budget_bytes)
+        where = f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
+    else:
+        stream, data, where = open_stream(store, plan_epochs(slices), list(val_ids), device, model_cfg, cfg, policy)
+        console.print(reason)  # after open_stream: a refusal stays one line
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
-                  f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
-                  + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
+                  f"{where}" + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
     return Session(model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
                    scheduler=scheduler, loss_fn=training_loss(cfg), data=data,
                    plan=plan_epochs(slices), val_ids=list(val_ids), device=device, model_cfg=model_cfg,
-                   cfg=cfg, run_dir=run_dir, layout=store.layout,
+                   cfg=cfg, run_dir=run_dir, layout=store.layout, stream=stream,
                    semi=MeanTeacher(make_teacher(model), list(range(len(cases), len(data.case_ids))), cfg)
                    if unlabeled else None)
 
@@ -274,7 +286,10 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step;
     returns (mean loss per sample, samples, seconds)."""
     cfg, model = session.cfg, session.model
-    samples = epoch_samples(session.data, session.plan[(epoch - 1) % len(session.plan)], cfg.pseudo_weight)
+    waiting = time.perf_counter()  # a streamed epoch not loaded yet: the wait counts in samples/s
+    data = session.data if session.stream is None else session.stream.epoch(epoch)
+    waited = time.perf_counter() - waiting
+    samples = epoch_samples(data, session.plan[(epoch - 1) % len(session.plan)], cfg.pseudo_weight)
     shuffle, aug = epoch_generators(cfg, epoch, session.device)
     patch, batch_size = patch_shape(session.model_cfg, session.layout.size), cfg.batch_size
     if patch is not None:  # unet3d: the 2.5D models' steps per epoch, about batch_size slices per step
@@ -290,7 +305,7 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     start = time.perf_counter()
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
-        batches = iterate_batches(session.data, samples, batch_size, shuffle, patch=patch)
+        batches = iterate_batches(data, samples, batch_size, shuffle, patch=patch)
         for micro, ((x, y, *sample_weight), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
@@ -307,7 +322,7 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
             if step % BAR_EVERY == 0 or seen == len(samples):
                 bar.update(task, completed=seen, status=f"loss {float(loss_sum) / seen:.4f}",
                            rate=rate_text(seen, time.perf_counter() - start, "samples"))
-    return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start
+    return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start + waited
 
 
 def micro_batch_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator, weight: float,

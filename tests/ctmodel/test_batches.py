@@ -83,10 +83,20 @@ def test_unknown_or_unlabeled_case_is_a_plan_error(tiny_store, tmp_path):
         load_resident(other, ["lab", "unlab"], torch.device("cpu"), show_progress=False)
 
 
-def test_data_too_large_for_any_memory_names_the_sizes():
-    with pytest.raises(UsageError, match=r"needs 4096\.00 GiB.*host available"):
-        choose_residency(4096 * 2**30, torch.device("cpu"))
+def test_data_too_large_for_any_memory_streams_or_names_the_sizes():
+    assert choose_residency(4096 * 2**30, torch.device("cpu")) is None  # auto: stream it (ctmodel/stream.py)
+    with pytest.raises(UsageError, match=r"--resident host: data needs 4096\.00 GiB.*host available.*stream"):
+        choose_residency(4096 * 2**30, torch.device("cpu"), "host")
     assert choose_residency(2**20, torch.device("cpu")) == torch.device("cpu")
+
+
+def test_memory_budget_caps_residency_and_stream_always_streams():
+    cpu = torch.device("cpu")
+    assert choose_residency(2**20, cpu, "auto", budget=2**20) == cpu  # exactly the budget still fits
+    assert choose_residency(2**20 + 1, cpu, "auto", budget=2**20) is None
+    assert choose_residency(1, cpu, "stream") is None
+    with pytest.raises(UsageError, match=r"--memory-budget 1 MiB"):
+        choose_residency(2**20 + 1, cpu, "host", budget=2**20)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
