@@ -309,7 +309,8 @@ def train(
     patch_size: Annotated[int, typer.Option(help="unet3d: in-plane patch side (the store size when smaller).")]
     = 128,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch).")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch); under torchrun the "
+                                                 "global batch, split over the processes.")] = 16,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (effective batch "
                                                         "accumulate x batch-size; the study: batch 1).")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
