@@ -141,9 +141,11 @@ def _failed_ranks(dist: DistEnv, failed: bool) -> list[int]:
         return []
     import torch.distributed as tdist
 
-    flags = torch.zeros(dist.world_size, dtype=torch.int64)
+    on_gpu = tdist.get_backend() == "nccl"  # nccl reduces device tensors only, gloo host tensors
+    flags = torch.zeros(dist.world_size, dtype=torch.int64,
+                        device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
     flags[dist.rank] = int(failed)
-    tdist.all_reduce(flags)  # gloo or nccl: CPU tensors are fine for gloo; nccl needs them on the device
+    tdist.all_reduce(flags)
     return [int(r) for r in torch.nonzero(flags).flatten()]
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ class Session:
     semi: MeanTeacher | None = None  # --semi mean-teacher: the teacher and its unlabeled cases
     dist: DistEnv = SINGLE  # torchrun: this process's rank (rank 0 validates and writes the run folder)
 
-    @property
+    @cached_property
     def all_rows(self) -> pd.DataFrame:
         """Every plan epoch's rows: what the distributed case -> rank map balances."""
         import pandas as pd
