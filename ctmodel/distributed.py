@@ -135,6 +135,20 @@ def agreed(dist: DistEnv, build: Callable[[], T]) -> T:
     return value
 
 
+def check_same_plan(dist: DistEnv, slices: pd.DataFrame) -> None:
+    """RunError on every rank unless every rank built the same plan as rank 0 (the plan is seeded, so it is
+    rebuilt on each rank rather than sent; this catches a store or plan file that differs between nodes)."""
+    if not dist.enabled:
+        return
+    from ctmodel.runfolder import plan_hash
+
+    mine = plan_hash(slices)
+    differ = _failed_ranks(dist, failed=broadcast_object(dist, mine) != mine)
+    if differ:
+        raise RunError(f"rank {differ[0]} of {dist.world_size}: its plan differs from rank 0's (expected the same "
+                       "store and plan on every node); point every node at the same files")
+
+
 def _failed_ranks(dist: DistEnv, failed: bool) -> list[int]:
     """The ranks that report a failure (every rank calls this once per agreement)."""
     if not dist.enabled:

@@ -26,9 +26,9 @@ from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint,
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
 from ctmodel.device import autocast, inference_batch
-from ctmodel.distributed import (SINGLE, DistEnv, agreed, barrier, broadcast_object, check_distributed, ddp_model,
-                                 local_model, per_rank_batch, process_group, rank_cases, rank_device, rank_samples,
-                                 sum_across_ranks)
+from ctmodel.distributed import (SINGLE, DistEnv, agreed, barrier, broadcast_object, check_distributed,
+                                 check_same_plan, ddp_model, local_model, per_rank_batch, process_group, rank_cases,
+                                 rank_device, rank_samples, sum_across_ranks)
 from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss, UGSLoss, consensus_loss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
@@ -125,6 +125,7 @@ def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainCo
         run_dir = broadcast_object(dist, Path(out) if out is not None else default_run_dir(model_cfg.name))
         session = agreed(dist, lambda: open_session(held, store, run_dir, model_cfg, cfg, plan_path, resume,
                                                     explicit, console, dist))
+        check_same_plan(dist, session.all_rows)
         session.model = ddp_model(session.model, dist, session.device, session.cfg.compile)
         for epoch in range(session.start_epoch, session.cfg.epochs + 1):
             run_epoch(session, epoch, on_step, console)
@@ -182,7 +183,6 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
                          f"{cfg.fold}'s; drop --plan (ctmodel train builds the fold's plan)")
     index = training_index(store, cfg)
     plan = read_plan_file(plan_path) if plan_path is not None else build_plan(index, cfg, store.path)
-    plan = broadcast_object(dist, plan)  # every rank trains on rank 0's plan, whatever each process's hash seed
     source = str(plan_path) if plan_path is not None else "built by ctmodel train"
     if plan_path is not None:
         cfg = with_plan_rule(cfg, plan[1])

@@ -30,6 +30,7 @@ from ctprep.errors import UsageError
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_worker import KILLED_IN_EPOCH, RUN_CONFIG, TINY, fixed_batch  # noqa: E402
 
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]  # the checkout under test: the ranks import its code
 GRADIENT_RTOL = 1e-5  # relative L2 error per parameter between N = 2 at B/2 and N = 1 at B (fp32 CPU)
 
@@ -99,6 +100,15 @@ def test_resume_with_torchrun_on_two_ranks_finishes_the_run(two_ranks, store):
     copy = pd.read_csv(two_ranks["copy"] / "metrics.csv")
     pd.testing.assert_frame_equal(metrics.iloc[:2], copy)  # epochs 1-2 kept as written
     assert json.loads((two_ranks["run"] / "summary.json").read_text())["epochs"] == 3
+
+
+def test_a_bad_run_folder_stops_every_rank_with_one_line_each(two_ranks, store):
+    done = torchrun("--no-python", sys.executable, "-c", "import cli; cli.model_app()", "train", str(store),
+                    "--out", str(two_ranks["run"]), "--device", "cpu")  # holds a run, and no --resume
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(lines) == 2, done.stderr[-3000:]
+    assert "already holds a run; pass --resume" in lines[0] + lines[1]
+    assert "rank 0 of 2 stopped with an error" in lines[0] + lines[1]
 
 
 def test_a_two_rank_run_resumes_on_one_process(two_ranks, store):
