@@ -309,7 +309,8 @@ def train(
     patch_size: Annotated[int, typer.Option(help="unet3d: in-plane patch side (the store size when smaller).")]
     = 128,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch).")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (micro-batch); under torchrun the "
+                                                 "global batch, split over the processes.")] = 16,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per optimizer step (effective batch "
                                                         "accumulate x batch-size; the study: batch 1).")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
@@ -350,18 +351,26 @@ def train(
     """Train a dual-encoder 2.5D U-Net (or the unet2d / unet3d baselines) from a store; writes a run folder.
 
     Example: ctmodel train store.zarr --epochs 50 --out runs/dual
-    (5-fold cross-validation: ctsample split store.zarr --folds 5, then --fold 0 .. --fold 4;
+    (several GPUs: torchrun --standalone --nproc-per-node 4 $(which ctmodel) train ...; docs/scaling.md;
+    5-fold cross-validation: ctsample split store.zarr --folds 5, then --fold 0 .. --fold 4;
     the study's regime: --ratio natural --batch-size 1 --accumulate N --no-augment; see docs/results.md)
     """
+    import os
+
     from ctmodel.config import configs_from_options
+    from ctmodel.distributed import DistEnv
     from ctmodel.train import train as run_train
     from ctprep.console import print_files, print_table
     from ctsample.plan import parse_ratio
 
     given = [name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"]
     with errors(ctx, inputs=(plan,), stores=(store,)):
+        dist = DistEnv.from_environ(os.environ)  # torchrun's RANK / WORLD_SIZE / LOCAL_RANK (docs/scaling.md)
         model_cfg, train_cfg, explicit = configs_from_options({**ctx.params, "ratio": parse_ratio(ratio)}, given)
-        result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit)
+        result = run_train(store, model_cfg, train_cfg, out=out, plan_path=plan, resume=resume, explicit=explicit,
+                           dist=dist)
+    if not dist.is_main:
+        return
     print_table(f"ctmodel train -> {result.run_dir}", ["", "value"], result.summary_rows())
     print_files(result.files())
 

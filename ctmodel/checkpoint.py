@@ -41,8 +41,12 @@ class LoadedRun:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under a torch.compile wrapper (state-dict keys without ``_orig_mod.``)."""
-    return getattr(model, "_orig_mod", model)
+    """The plain module under torch.compile and DistributedDataParallel wrappers (state-dict keys without
+    ``_orig_mod.`` or ``module.``): a checkpoint of a distributed run loads on any number of processes."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 PLAIN_TYPES = (torch.Tensor, str, int, float, bool, type(None))  # what weights_only=True loads, besides containers

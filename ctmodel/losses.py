@@ -1,7 +1,10 @@
 """The training loss: dice_weight * soft Dice + bce_weight * BCE-with-logits (0.7 / 0.3 in the study); for
 ``--target ugs`` UGS-Net's sum over its heads (UGSLoss). Targets may be soft (floats in [0, 1]). With per-sample
-weights (pseudo rows weighted by --pseudo-weight), the weighted forms of both terms (docs/model.md)."""
+weights (pseudo rows weighted by --pseudo-weight), the weighted forms of both terms (docs/model.md). Across
+torchrun ranks, GlobalDiceBCELoss: the same loss over the global batch (docs/scaling.md)."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +65,33 @@ class DiceBCELoss(torch.nn.Module):
         return self.dice_weight * dice + self.bce_weight * bce
 
 
+class GlobalDiceBCELoss(DiceBCELoss):
+    """DiceBCELoss over the global batch of every rank: the per-rank sums of w p t, w p, w t, w bce and the weighted
+    pixel count go through ``reduce`` (an autograd-aware sum over ranks), so Dice is that of the global batch and
+    BCE its global mean; every rank returns the same value. Weight-0 samples (a lighter rank's padding) count
+    nowhere. With DDP averaging the ranks' gradients, a step's gradient equals one process's at the global batch."""
+
+    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor], dice_weight: float = 0.7,
+                 bce_weight: float = 0.3, smooth: float = SMOOTH) -> None:
+        super().__init__(dice_weight, bce_weight, smooth)
+        self.reduce = reduce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        probs = torch.sigmoid(logits.float()).flatten(1)  # (B, pixels)
+        target = target.float().flatten(1)
+        w = torch.ones(len(probs), device=probs.device) if weight is None else weight.float()
+        bce = F.binary_cross_entropy_with_logits(logits.float().flatten(1), target, reduction="none").sum(1)
+        sums = torch.stack([(w * (probs * target).sum(1)).sum(), (w * probs.sum(1)).sum(),
+                            (w * target.sum(1)).sum(), (w * bce).sum(), w.sum() * probs.shape[1]])
+        inter, pred, truth, bce_sum, pixels = self.reduce(sums).unbind()
+        dice = 1.0 - (2.0 * inter + self.smooth) / (pred + truth + self.smooth)
+        return self.dice_weight * dice + self.bce_weight * bce_sum / torch.clamp(pixels, min=1e-12)
+
+    def local(self) -> DiceBCELoss:
+        """The same loss on this rank's samples alone (rank 0's validation: no collective)."""
+        return DiceBCELoss(self.dice_weight, self.bce_weight, self.smooth)
+
+
 UGS_HEAD_WEIGHT = 0.5  # UGS-Net's weight_seg2: each auxiliary head's BCE counts half the main loss (weight_seg1 1)
 
 
@@ -81,5 +111,8 @@ class UGSLoss(torch.nn.Module):
 
 
 def consensus_loss(loss_fn: torch.nn.Module) -> torch.nn.Module:
-    """The loss of the consensus channel alone (validation): ``loss_fn`` itself, or a UGSLoss's main loss."""
+    """The loss of the consensus channel alone (validation): ``loss_fn`` itself, a UGSLoss's main loss, or a
+    GlobalDiceBCELoss's local form (validation runs on rank 0 alone)."""
+    if isinstance(loss_fn, GlobalDiceBCELoss):
+        return loss_fn.local()
     return loss_fn.main if isinstance(loss_fn, UGSLoss) else loss_fn

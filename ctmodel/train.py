@@ -10,8 +10,9 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,13 +20,16 @@ import torch
 from rich.console import Console
 
 from ctmodel.augment import augment_batch
-from ctmodel.batches import (ResidentVolumes, epoch_samples, iterate_batches, load_resident, patch_shape,
+from ctmodel.batches import (ResidentVolumes, iterate_batches, load_resident, patch_shape,
                              patches_per_step, volumetric_subset)
 from ctmodel.checkpoint import atomic_save, checkpoint_payload, read_checkpoint, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics, truncate_metrics
-from ctmodel.device import autocast, inference_batch, resolve_device
-from ctmodel.losses import DiceBCELoss, UGSLoss, consensus_loss
+from ctmodel.device import autocast, inference_batch
+from ctmodel.distributed import (SINGLE, DistEnv, agreed, barrier, broadcast_object, check_distributed,
+                                 check_same_plan, ddp_model, local_model, per_rank_batch, process_group, rank_cases,
+                                 rank_device, rank_plan, rank_samples, sum_across_ranks)
+from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss, UGSLoss, consensus_loss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, PLAN_FILE, PLAN_RULE,
                                SUMMARY_FILE, build_plan, check_new_run_dir, check_plan, default_run_dir, plan_epochs,
@@ -68,6 +72,14 @@ class Session:
     rows: list[dict] = field(default_factory=list)
     semi: MeanTeacher | None = None  # --semi mean-teacher: the teacher and its unlabeled cases
     stream: EpochStream | None = None  # --resident stream: the epochs' rows (``data`` then holds the val cases)
+    dist: DistEnv = SINGLE  # torchrun: this process's rank (rank 0 validates and writes the run folder)
+
+    @cached_property
+    def all_rows(self) -> pd.DataFrame:
+        """Every plan epoch's rows: what the distributed case -> rank map balances."""
+        import pandas as pd
+
+        return pd.concat(self.plan)
 
 
 @dataclass
@@ -97,29 +109,42 @@ class TrainResult:
 def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),
           out: Path | None = None, plan_path: Path | None = None, resume: bool = False,
           explicit: frozenset[str] = frozenset(), on_step: StepHook | None = None,
-          console: Console | None = None) -> TrainResult:
+          console: Console | None = None, dist: DistEnv = SINGLE) -> TrainResult:
     """Train a model on ``store_path`` and write the run folder ``out`` (default runs/<model>-<time>).
 
     With ``resume``, continue ``out`` from its last.pt with the saved configs and plan; options named in
     ``explicit`` (given on the command line) must equal the saved ones. The run folder is locked throughout:
-    a second train into it raises RunLockedError at once.
+    a second train into it raises RunLockedError at once. With ``dist`` (torchrun, N > 1) every rank calls this:
+    rank 0 holds the lock, validates and writes the folder (docs/scaling.md).
     """
     console = console or make_console(stderr=True)
+    console = console if dist.is_main else Console(quiet=True)
     store = SliceStore.open(store_path)
     if resume and out is None:
         raise RunError("--resume needs --out RUN_DIR: the run folder to continue")
-    run_dir = Path(out) if out is not None else default_run_dir(model_cfg.name)
-    with run_lock(run_dir, resume), determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))):
-        session = (resume_session(store, run_dir, model_cfg, cfg, explicit, console) if resume
-                   else new_session(store, run_dir, model_cfg, cfg, plan_path, explicit, console))
-        try:
-            for epoch in range(session.start_epoch, session.cfg.epochs + 1):
-                run_epoch(session, epoch, on_step, console)
-            summary = finish(session)
-        finally:
-            if session.stream is not None:
-                session.stream.close()  # joins the loader thread, also when an epoch failed
+    check_distributed(dist, model_cfg, cfg)
+    with process_group(dist, cfg.device), ExitStack() as held:
+        run_dir = broadcast_object(dist, Path(out) if out is not None else default_run_dir(model_cfg.name))
+        session = agreed(dist, lambda: open_session(held, store, run_dir, model_cfg, cfg, plan_path, resume,
+                                                    explicit, console, dist))
+        if session.stream is not None:
+            held.callback(session.stream.close)  # joins the loader thread, also when an epoch failed
+        check_same_plan(dist, session.all_rows)
+        session.model = ddp_model(session.model, dist, session.device, session.cfg.compile)
+        for epoch in range(session.start_epoch, session.cfg.epochs + 1):
+            run_epoch(session, epoch, on_step, console)
+        summary = finish(session)
     return TrainResult(run_dir, summary, session.rows)
+
+
+def open_session(held: ExitStack, store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
+                 plan_path: Path | None, resume: bool, explicit: frozenset[str], console: Console,
+                 dist: DistEnv) -> Session:
+    """Lock the run folder (rank 0), enter the determinism mode and build the new or resumed session."""
+    held.enter_context(run_lock(run_dir, resume) if dist.is_main else nullcontext())
+    held.enter_context(determinism(cfg.deterministic or (resume and _saved_deterministic(run_dir))))
+    return (resume_session(store, run_dir, model_cfg, cfg, explicit, console, dist) if resume
+            else new_session(store, run_dir, model_cfg, cfg, plan_path, explicit, console, dist))
 
 
 def _saved_deterministic(run_dir: Path) -> bool:
@@ -148,9 +173,11 @@ def determinism(enabled: bool) -> Iterator[None]:
 
 
 def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
-                plan_path: Path | None, explicit: frozenset[str], console: Console) -> Session:
-    """Check the inputs, write config.json + plan.parquet, load the data, build model and optimizer."""
-    check_new_run_dir(run_dir)
+                plan_path: Path | None, explicit: frozenset[str], console: Console,
+                dist: DistEnv = SINGLE) -> Session:
+    """Check the inputs, write config.json + plan.parquet (rank 0), load the data, build model and optimizer."""
+    if dist.is_main:
+        check_new_run_dir(run_dir)
     if plan_path is not None and explicit & set(PLAN_RULE):
         raise UsageError(f"{plan_path}: --ratio/--neighbours/--lesion-free/--lesion-by/--pseudo/--pseudo-weight/"
                          "--min-confidence build a plan, but --plan FILE already fixed them; drop them (the plan's "
@@ -167,8 +194,9 @@ def new_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: T
     if not val_cases(index):
         console.print(f"warning: {store.path} has no labeled val patient, so nothing to select a checkpoint on: "
                       f"best.pt follows the latest epoch; add some with `ctsample split {store.path} --val 0.1`")
-    session = make_session(store, run_dir, model_cfg, cfg, plan[0], val_cases(index), console)
-    write_config(run_dir, model_cfg, cfg, store, index, plan, source, count_parameters(session.model))
+    session = make_session(store, run_dir, model_cfg, cfg, plan[0], val_cases(index), console, dist)
+    if dist.is_main:
+        write_config(run_dir, model_cfg, cfg, store, index, plan, source, count_parameters(session.model))
     return session
 
 
@@ -179,8 +207,9 @@ def training_index(store: SliceStore, cfg: TrainConfig) -> pd.DataFrame:
 
 
 def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig,
-                   explicit: frozenset[str], console: Console) -> Session:
-    """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best)."""
+                   explicit: frozenset[str], console: Console, dist: DistEnv = SINGLE) -> Session:
+    """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best); every rank
+    loads rank 0's last.pt, whatever the number of processes that wrote it."""
     model_cfg, cfg, config = resume_configs(run_dir, model_cfg, cfg, explicit)
     index = training_index(store, cfg)
     check_plan(read_run_plan(run_dir), {**config["plan"].get("params", {}),
@@ -188,29 +217,30 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
                index, store.path, str(run_dir / PLAN_FILE))
     last = run_dir / CHECKPOINT_FILES["last"]
     payload = read_checkpoint(last) if last.exists() else None  # on the CPU, checked before any data loads
-    session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console)
+    session = make_session(store, run_dir, model_cfg, cfg, read_run_plan(run_dir), config["val_cases"], console, dist)
     if payload is not None:
         restore_state(session, payload)  # load_state_dict moves weights and optimizer state to the session's device
-    truncate_metrics(run_dir / METRICS_FILE, session.start_epoch - 1)
+    if dist.is_main:
+        truncate_metrics(run_dir / METRICS_FILE, session.start_epoch - 1)
     session.rows = read_metrics(run_dir / METRICS_FILE).to_dict("records")
     console.print(f"resuming {run_dir} at epoch {session.start_epoch}/{cfg.epochs}")
     return session
 
 
 def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, slices: pd.DataFrame,
-                 val_ids: list[str], console: Console) -> Session:
+                 val_ids: list[str], console: Console, dist: DistEnv = SINGLE) -> Session:
     """Seeded model, AdamW, StepLR, loss, and every needed case resident (train plan cases + val cases, and with
-    --semi the train split's unlabeled cases after them)."""
+    --semi the train split's unlabeled cases after them; with N ranks, the rank's own cases, val on rank 0)."""
     check_semi_model(model_cfg, cfg)
     unlabeled = [] if cfg.semi == "none" else unlabeled_train_cases(training_index(store, cfg), store.path, cfg.fold)
-    device = resolve_device(cfg.device)
+    device = rank_device(dist, cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=memory_format(model_cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    cases = sorted(set(slices["case_id"].astype(str)) | set(val_ids))
+    cases = rank_cases(dist, slices, val_ids, cfg.seed)
     policy = unlabeled_policy(slices)
     if unlabeled and policy == "pseudo":
         raise UsageError("--semi mean-teacher with pseudo rows in the plan: the mean teacher uses the unlabeled "
@@ -218,24 +248,28 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     reason = stream_reason(store, cases + unlabeled, device, cfg)
     stream = None
     if reason is None:
-        data = load_resident(store, cases + unlabeled, device, cfg.resident, target=cfg.target,
-                             unlabeled="empty" if unlabeled else policy, budget=cfg.budget_bytes)
+        data = load_resident(store, cases + unlabeled, device, cfg.resident, show_progress=dist.is_main,
+                             target=cfg.target, unlabeled="empty" if unlabeled else policy, budget=cfg.budget_bytes)
         where = f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
     else:
-        stream, data, where = open_stream(store, plan_epochs(slices), list(val_ids), device, model_cfg, cfg, policy)
+        stream, data, where = open_stream(store, rank_plan(dist, plan_epochs(slices), cfg.seed),
+                                          list(val_ids) if dist.is_main else [], device, model_cfg, cfg, policy)
         console.print(reason)  # after open_stream: a refusal stays one line
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
                   f"{where}" + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
-    return Session(model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
-                   scheduler=scheduler, loss_fn=training_loss(cfg), data=data,
+    return Session(model=torch.compile(model) if cfg.compile and not dist.enabled else model, optimizer=optimizer,
+                   scheduler=scheduler, loss_fn=training_loss(cfg, dist), data=data,
                    plan=plan_epochs(slices), val_ids=list(val_ids), device=device, model_cfg=model_cfg,
                    cfg=cfg, run_dir=run_dir, layout=store.layout, stream=stream,
                    semi=MeanTeacher(make_teacher(model), list(range(len(cases), len(data.case_ids))), cfg)
-                   if unlabeled else None)
+                   if unlabeled else None, dist=dist)
 
 
-def training_loss(cfg: TrainConfig) -> DiceBCELoss | UGSLoss:
-    """The run's loss: Dice + BCE on the target, or for ``--target ugs`` UGS-Net's loss over its three heads."""
+def training_loss(cfg: TrainConfig, dist: DistEnv = SINGLE) -> DiceBCELoss | UGSLoss:
+    """The run's loss: Dice + BCE on the target, or for ``--target ugs`` UGS-Net's loss over its three heads; with
+    N ranks, Dice + BCE over the global batch."""
+    if dist.enabled:
+        return GlobalDiceBCELoss(sum_across_ranks, cfg.dice_weight, cfg.bce_weight)
     loss = DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
     return UGSLoss(loss) if cfg.target == "ugs" else loss
 
@@ -254,10 +288,12 @@ def restore_state(session: Session, payload: dict) -> None:
         session.semi.load_state(payload)
 
 
-def epoch_generators(cfg: TrainConfig, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """(shuffle, augment) generators seeded from (seed, epoch): an epoch replays exactly after a resume."""
+def epoch_generators(cfg: TrainConfig, epoch: int, device: torch.device,
+                     rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(shuffle, augment) generators seeded from (seed, epoch), the augmentation's also from the rank (each rank
+    draws its own): an epoch replays exactly after a resume on the same number of processes."""
     shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    augment = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch + 500_000)
+    augment = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch + 500_000 + 100_000 * rank)
     return shuffle, augment
 
 
@@ -267,15 +303,21 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
     lr = session.optimizer.param_groups[0]["lr"]
     train_loss, samples, train_seconds = train_one_epoch(session, epoch, on_step, console)
     session.scheduler.step()
-    val = validate(session.model, session.data, session.val_ids, consensus_loss(session.loss_fn),
-                   inference_batch(session.device, session.cfg.val_batch_size), session.cfg.precision)
+    val = validate(local_model(session.model), session.data, session.val_ids, consensus_loss(session.loss_fn),
+                   inference_batch(session.device, session.cfg.val_batch_size), session.cfg.precision
+                   ) if session.dist.is_main else ValResult()  # the other ranks wait at the barrier below
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
-           "seconds": time.perf_counter() - start, "samples_per_s": samples / train_seconds,
+           "seconds": time.perf_counter() - start,
+           "samples_per_s": samples * session.dist.world_size / train_seconds,
            "peak_mem_mb": peak_memory_mb(session.device)}
     if session.semi is not None:
         row.update(session.semi.epoch_metrics())
-    record_epoch(session, epoch, row, val)
+    if session.dist.is_main:
+        record_epoch(session, epoch, row, val)
+    else:
+        session.rows.append(row)
+    barrier(session.dist)  # rank 0's checkpoint is on disk before any rank trains on
     console.print(f"epoch {epoch}/{session.cfg.epochs}  loss {train_loss:.4f}  val loss {val.loss:.4f}  "
                   f"val Dice 3-D {val.dice_3d:.4f}  slice Dice {val.dice_slice:.4f}  IoU {val.iou_slice:.4f}  "
                   f"lr {lr:.2e}  {row['samples_per_s']:.1f} samples/s  {row['seconds']:.1f} s")
@@ -289,9 +331,11 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     waiting = time.perf_counter()  # a streamed epoch not loaded yet: the wait counts in samples/s
     data = session.data if session.stream is None else session.stream.epoch(epoch)
     waited = time.perf_counter() - waiting
-    samples = epoch_samples(data, session.plan[(epoch - 1) % len(session.plan)], cfg.pseudo_weight)
-    shuffle, aug = epoch_generators(cfg, epoch, session.device)
-    patch, batch_size = patch_shape(session.model_cfg, session.layout.size), cfg.batch_size
+    samples = rank_samples(session.dist, data, session.plan[(epoch - 1) % len(session.plan)], session.all_rows,
+                           cfg.seed, cfg.pseudo_weight)
+    shuffle, aug = epoch_generators(cfg, epoch, session.device, session.dist.rank)
+    patch, batch_size = patch_shape(session.model_cfg, session.layout.size), per_rank_batch(cfg.batch_size,
+                                                                                            session.dist)
     if patch is not None:  # unet3d: the 2.5D models' steps per epoch, about batch_size slices per step
         samples = volumetric_subset(samples, cfg.batch_size, patch[0], shuffle)
         batch_size = patches_per_step(cfg.batch_size, patch[0])
@@ -421,5 +465,6 @@ def finish(session: Session) -> dict:
         "final_val_dice_3d": last.get("val_dice_3d"), "final_val_dice_slice": last.get("val_dice_slice"),
         "final_val_iou_slice": last.get("val_iou_slice"), "run_dir": str(session.run_dir),
     }
-    write_summary(session.run_dir, summary)
+    if session.dist.is_main:
+        write_summary(session.run_dir, summary)
     return summary
