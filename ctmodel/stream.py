@@ -115,7 +115,7 @@ def read_case_rows(store: SliceStore, case_id: str, kept: np.ndarray, unlabeled:
                    raters: bool) -> CaseRows:
     """One case's kept slices, one read per array from the case's shard: the contiguous range kept[0]..kept[-1]
     (then the kept rows taken), or when the kept rows are under SPARSE_SHARE of that range only those chunks
-    (docs/scaling-stream.md, "Reads"); mask None for an all-zero mask (``unlabeled`` "empty")."""
+    (docs/scaling.md, "Reads (measured)"); mask None for an all-zero mask (``unlabeled`` "empty")."""
     sparse = len(kept) < SPARSE_SHARE * (int(kept[-1]) - int(kept[0]) + 1)
     where = kept if sparse else slice(int(kept[0]), int(kept[-1]) + 1)
     pick = slice(None) if sparse else kept - kept[0]
