@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import TYPE_CHECKING, ContextManager
 
 import torch
 
 from ctprep.errors import UsageError
+
+if TYPE_CHECKING:
+    from ctmodel.config import ModelConfig
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,3 +41,8 @@ def inference_batch(device: torch.device, requested: int | None = None) -> int:
     if requested is not None:
         return requested
     return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
+
+
+def memory_format(model_cfg: ModelConfig) -> torch.memory_format:
+    """--channels-last's layout: channels_last for the 2.5D networks, channels_last_3d for unet3d."""
+    return torch.channels_last_3d if model_cfg.volumetric else torch.channels_last

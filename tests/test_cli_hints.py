@@ -13,7 +13,8 @@ from cli import model_app, prep_app, sample_app
 ROOT = Path(__file__).resolve().parents[1]
 OPTION = re.compile(r"--[a-z][a-z0-9-]*")
 QUOTED = re.compile(r"`(ctprep|ctsample|ctmodel) ([a-z]+)([^`]*)`")
-NOT_OURS = {"--porcelain", "--untracked-files"}  # git's options, passed by runfolder.git_commit
+NOT_OURS = {"--porcelain", "--untracked-files",  # git's options, passed by runfolder.git_commit
+            "--nproc-per-node", "--standalone"}  # torchrun's, quoted by `ctmodel train --help`
 APPS = {"ctprep": prep_app, "ctsample": sample_app, "ctmodel": model_app}
 
 

@@ -14,7 +14,8 @@ from rich.console import Console
 
 from ctmodel.batches import epoch_samples, iterate_batches
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.train import Session, accumulation_weights, epoch_generators, make_session, train_one_epoch
+from ctmodel.session import Session, make_session
+from ctmodel.train import accumulation_weights, epoch_generators, train_one_epoch
 from ctprep.store import SliceStore
 
 torch.set_num_threads(1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.train import CUBLAS_WORKSPACE, determinism, train
+from ctmodel.session import CUBLAS_WORKSPACE, determinism
+from ctmodel.train import train
 
 torch.set_num_threads(1)
 NAME, WORKSPACE = CUBLAS_WORKSPACE
