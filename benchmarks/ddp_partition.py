@@ -18,6 +18,7 @@ import pandas as pd
 from ctmodel.distributed import case_ranks, partition_rows
 from ctprep.index import case_rows
 from ctsample.plan import PlanConfig, make_plan
+from plan import lesion_runs
 
 
 def demo_like_index(patients: int, seed: int = 0) -> pd.DataFrame:
@@ -26,12 +27,7 @@ def demo_like_index(patients: int, seed: int = 0) -> pd.DataFrame:
     frames = []
     for number in range(patients):
         slices = int(rng.integers(40, 301))
-        lesion = np.zeros(slices, np.int64)
-        if rng.random() > 0.15:
-            for _ in range(rng.integers(1, 5)):
-                start = rng.integers(0, slices)
-                lesion[start:start + rng.integers(3, 41)] = 50
-        frames.append(case_rows(f"p{number:04d}", slices, list(lesion), "train"))
+        frames.append(case_rows(f"p{number:04d}", slices, list(lesion_runs(rng, slices)), "train"))
     return pd.concat(frames, ignore_index=True)
 
 
