@@ -30,7 +30,7 @@ from ctprep.preprocess import preprocess_image
 from ctprep.raters import check_consensus, label_case
 from ctprep.shards import case_faults
 from ctprep.sources import source_attrs
-from ctprep.partials import STALE_AFTER_S, run_area
+from ctprep.partials import STALE_AFTER_S, clear_partial, run_area
 from ctprep.reindex import clear_leftovers, rebuild_index
 from ctprep.shard_jobs import Shard
 from ctprep.splits import SplitConfig
@@ -40,7 +40,7 @@ from ctprep.window import encode, parse_window
 CONVERTER_VERSION = 3  # bump when the stored arrays of an unchanged source would change: forces reconversion
 # 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
 # 3: rater masks (cases/<id>/raters), the mask is their consensus
-START_LOCK_WAIT_S = 5.0  # runs starting together (job arrays) hold the lock for a moment each; longer: refused
+START_LOCK_WAIT_S = 2.0  # runs starting together (job arrays) hold the lock for a moment each; longer: refused
 
 
 @dataclass(frozen=True)
@@ -223,13 +223,15 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
 
 
 def _open_store(store_path: Path, cfg: ConvertConfig) -> SliceStore:
-    """Under the store lock (for a moment): create or open the store, clear leftovers of killed runs (never a live
-    run's partial area) and record the split options when given, so that `ctprep index` uses them too."""
+    """Under the store lock (for a moment): create or open the store, clear leftovers of killed lock holders and
+    record the split options when given, so that `ctprep index` uses them too. Then, without the lock, clear the
+    partial areas of killed runs (never a live run's)."""
     with store_lock(store_path, wait_s=START_LOCK_WAIT_S):
         store = create_or_open(store_path, cfg.layout, cfg.consensus)
-        clear_leftovers(store_path, cfg.stale_after_s)
+        clear_leftovers(store_path, cfg.stale_after_s, runs=False)
         if cfg.split is not None:
             update_root_attrs(store_path, {"split_config": cfg.split.to_attrs()})
+    clear_partial(store_path, cfg.stale_after_s, locked=False)
     return store
 
 

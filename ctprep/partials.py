@@ -57,12 +57,12 @@ def new_run_area(store_path: Path) -> Path:
     return area
 
 
-def clear_partial(path: Path, stale_after_s: float = STALE_AFTER_S, locked: bool = True) -> int:
+def clear_partial(path: Path, stale_after_s: float = STALE_AFTER_S, locked: bool = True, runs: bool = True) -> int:
     """Remove leftovers of interrupted writes; returns how many entries of ``.partial/`` were removed.
 
-    Run areas go when abandoned (``is_abandoned``); any other entry only when ``locked`` (the caller holds the
-    store lock, so no lock holder is writing it). Never follows a link: a ``.partial`` that is a link is refused
-    (StoreFormatError), and a link inside it is removed itself, not what it points to.
+    With ``runs``, run areas go when abandoned (``is_abandoned``); any other entry only when ``locked`` (the caller
+    holds the store lock, so no lock holder is writing it). Never follows a link: a ``.partial`` that is a link is
+    refused (StoreFormatError), and a link inside it is removed itself, not what it points to.
     """
     partial = Path(path) / PARTIAL
     refuse_links(path, (PARTIAL,))
@@ -70,7 +70,7 @@ def clear_partial(path: Path, stale_after_s: float = STALE_AFTER_S, locked: bool
         return 0
     now = time.time()
     leftovers = [item for item in partial.iterdir()
-                 if (is_abandoned(item, now, stale_after_s) if is_run_area(item) else locked)]
+                 if (runs and is_abandoned(item, now, stale_after_s) if is_run_area(item) else locked)]
     for item in leftovers:
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)

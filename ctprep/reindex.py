@@ -47,10 +47,19 @@ def index_store(store_path: Path, stale_after_s: float = STALE_AFTER_S) -> pd.Da
     return rebuild_index(store_path)
 
 
-def clear_leftovers(store_path: Path, stale_after_s: float = STALE_AFTER_S) -> None:
-    """Remove abandoned partial areas and stray temp files of killed runs (index and root metadata writes).
-    Call under the store lock."""
-    clear_partial(store_path, stale_after_s)
+def index_rows(index: pd.DataFrame) -> list[tuple[str, object]]:
+    """(what, value) rows of `ctprep index`'s summary table: cases and slices per split, lesion slices."""
+    rows: list[tuple[str, object]] = [("cases", int(index["case_id"].nunique())), ("slices", len(index)),
+                                      ("lesion slices", int(index["has_lesion"].sum()))]
+    for split, cases in index.groupby("split", sort=True)["case_id"].nunique().items():
+        rows.append((f"{split} cases", int(cases)))
+    return rows
+
+
+def clear_leftovers(store_path: Path, stale_after_s: float = STALE_AFTER_S, runs: bool = True) -> None:
+    """Remove what killed writers left: partial cases of lock holders, with ``runs`` abandoned run areas too
+    (``ctprep.partials``), and stray temp files of index and root metadata writes. Call under the store lock."""
+    clear_partial(store_path, stale_after_s, runs=runs)
     remove_temp_files(store_path)  # ctprep.atomic's .<random>.index.parquet, .<random>.zarr.json
     for stray in store_path.glob("zarr.*.partial"):  # zarr's own temp names (stores of ctstack 0.1)
         stray.unlink(missing_ok=True)

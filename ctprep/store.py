@@ -21,6 +21,7 @@ from zarr.core.group import GroupMetadata
 from ctprep import __version__
 from ctprep.arrays import write_array, write_group_metadata
 from ctprep.atomic import publish
+from ctprep.crashpoint import crash_point
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
@@ -148,6 +149,7 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
         arrays[RATERS] = raters.astype(np.uint8, copy=False)
     for name, data in arrays.items():
         write_array(tmp, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
+    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
     shards = {SHARDS: {name: shard_record(tmp / name) for name in arrays}}
     write_group_metadata(tmp, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
     commit_case(tmp, path / CASES / case_id, area)
