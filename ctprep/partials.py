@@ -53,7 +53,11 @@ def new_run_area(store_path: Path) -> Path:
     owner = Owner(host=_host(), pid=os.getpid(), started=time.time())
     area = Path(store_path) / PARTIAL / f"run-{owner.host}-{owner.pid}-{uuid.uuid4().hex[:8]}"
     area.mkdir(parents=True)
-    (area / OWNER_FILE).write_text(json.dumps(asdict(owner)))
+    try:
+        (area / OWNER_FILE).write_text(json.dumps(asdict(owner)))
+    except BaseException:  # e.g. a full disk: leave no area without an owner (it would wait out the stale age)
+        shutil.rmtree(area, ignore_errors=True)
+        raise
     return area
 
 
