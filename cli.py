@@ -50,26 +50,53 @@ def convert(
     consensus: Annotated[Optional[str], typer.Option(help="Stored mask of a case with several raters: majority "
                                                           "(marked by at least half), union or intersection "
                                                           "(default: the store's, majority for a new one).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Convert on Dask: local:N (a LocalCluster of N "
+                                                          "processes) or tcp://HOST:8786 (a running cluster whose "
+                                                          "workers see RAW and STORE); needs "
+                                                          "ctstack[distributed].")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="i/N (1-based): convert only share i of N of the cases "
+                                                      "and skip the index; run `ctprep index STORE` after all "
+                                                      "N jobs.")] = None,
+    stale_after: Annotated[float, typer.Option(min=0.001, help="Hours after which another run's partial area "
+                                                               "counts as abandoned and is cleared.")] = 24.0,
 ) -> None:
     """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
 
-    Re-running skips unchanged cases; without split options the store keeps its split config.
+    Re-running skips unchanged cases; without split options the store keeps its split config. Several converts
+    (--shard jobs, machines) may write one store at once.
 
     Example: ctprep convert raw/ store.zarr --size 256 --workers 4
     """
-    from ctprep.console import print_problems, print_table
+    from ctprep.console import echo, print_problems, print_table
     from ctprep.convert import ConvertConfig, convert as run_convert
     from ctprep.splits import SplitConfig
 
     with errors(ctx, inputs=(splits,)):
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
-                                                       split=split, consensus=consensus))
+                                                       split=split, consensus=consensus, scheduler=scheduler,
+                                                       shard=shard, stale_after_s=stale_after * 3600))
     orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
     print_problems([*orphans, *report.skipped_files], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
+    if report.shard is not None:
+        echo(f"index not written (shard {report.shard}): run `ctprep index {store}` once every shard has finished")
     if report.failed:
         raise typer.Exit(1)
+
+
+@prep_app.command(cls=Command)
+def index(ctx: typer.Context, store: StoreArgument) -> None:
+    """Rebuild index.parquet from the cases in the store: after `convert --shard` jobs, or a convert that died.
+
+    Example: ctprep index store.zarr
+    """
+    from ctprep.console import print_table
+    from ctprep.reindex import index_rows, index_store
+
+    with errors(ctx, stores=(store,)):
+        built = index_store(store)
+    print_table(f"ctprep index -> {store}", ["", "value"], index_rows(built))
 
 
 @prep_app.command(cls=Command)

@@ -10,6 +10,11 @@ Run: python benchmarks/convert.py [--raw DIR] [--cases 6] [--max-slices 64] [--w
      each case's files and folders before renaming it into cases/, and the folders after); during (b) every
      os.fsync call is timed too, so their total is reported beside the ratio;
 (c)  `convert` with all cores.
+Dask (when `distributed` is installed; --skip-dask leaves it out):
+(d)  `convert --scheduler local:W` with W = --workers, end to end (starting the LocalCluster included);
+(d') the same on a LocalCluster of W processes already running (tcp://): d' / c is Dask's overhead per run
+     against the fork-server pool with as many processes;
+(e)  cases/s on running LocalClusters of 1, 2 and 4 worker processes (scaling; ideal 1 : 2 : 4 with 4 cores).
 Goal: b <= 1.3 a, c scaling with cores.
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for run (c)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round (shared CPUs)")
+    parser.add_argument("--skip-dask", action="store_true", help="leave out the Dask runs (d), (d') and (e)")
     return parser.parse_args()
 
 
@@ -97,10 +103,11 @@ def fsync_timed(enabled: bool) -> Iterator[list[float]]:
         os.fsync = real
 
 
-def run_convert(raw: Path, store: Path, workers: int, size: int) -> float:
-    """Seconds of one convert into a fresh store."""
+def run_convert(raw: Path, store: Path, workers: int, size: int, scheduler: str | None = None) -> float:
+    """Seconds of one convert into a fresh store (on Dask when ``scheduler`` is given)."""
     shutil.rmtree(store, ignore_errors=True)
-    return timed(lambda: convert(raw, store, ConvertConfig(size=size, workers=workers), progress=False))
+    cfg = ConvertConfig(size=size, workers=workers, scheduler=scheduler)
+    return timed(lambda: convert(raw, store, cfg, progress=False))
 
 
 def main() -> None:
@@ -119,6 +126,8 @@ def main() -> None:
         store_bytes = disk_bytes(Path(tmp) / "b.zarr")
         report(args, len(cases), slices, compressed, uncompressed, store_bytes, a, a_isal, b0, b, c)
         report_fsync(best, Path(tmp))
+        if not args.skip_dask:
+            report_dask(dask_rounds(raw, Path(tmp), args), len(cases), c, args.workers)
 
 
 def one_round(cases, raw: Path, tmp: Path, args, isal) -> dict[str, float]:
@@ -137,6 +146,39 @@ def one_round(cases, raw: Path, tmp: Path, args, isal) -> dict[str, float]:
         times["b_nosync"] = run_convert(raw, tmp / "b_nosync.zarr", 1, args.size)
     times["c"] = run_convert(raw, tmp / "c.zarr", args.workers, args.size)
     return times
+
+
+def dask_rounds(raw: Path, tmp: Path, args) -> dict[str, float]:
+    """Best-of-``repeat`` seconds of the Dask runs: (d) local:W end to end, (d') and (e) on running clusters."""
+    from distributed import LocalCluster
+
+    from ctprep.workers import pool_environment
+
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        best["d"] = min(best.get("d", float("inf")),
+                        run_convert(raw, tmp / "d.zarr", 1, args.size, f"local:{args.workers}"))
+    for workers in sorted({1, 2, 4, args.workers}):
+        with pool_environment(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                              host="127.0.0.1", dashboard_address=None) as cluster:
+            seconds = [run_convert(raw, tmp / "e.zarr", 1, args.size, cluster.scheduler_address)
+                       for _ in range(args.repeat)]
+        best[f"e{workers}"] = min(seconds)
+    return best
+
+
+def report_dask(best: dict[str, float], n_cases: int, c: float, workers: int) -> None:
+    print(f"\n{'Dask run':44s} {'s':>7s} {'cases/s':>9s}")
+    rows = [(f"(c)  fork-server pool, {workers} workers", c),
+            (f"(d)  --scheduler local:{workers} (cluster start incl.)", best["d"]),
+            (f"(d') running LocalCluster, {workers} workers", best[f"e{workers}"]),
+            *((f"(e)  running LocalCluster, {w} workers", best[f"e{w}"]) for w in (1, 2, 4))]
+    for name, seconds in rows:
+        print(f"{name:44s} {seconds:7.2f} {n_cases / seconds:9.2f}")
+    print(f"d' / c  = {best[f'e{workers}'] / c:.2f}   (Dask overhead vs. the fork-server pool, same processes)")
+    print(f"d / c   = {best['d'] / c:.2f}   (with starting the LocalCluster)")
+    print(f"e1 / e2 = {best['e1'] / best['e2']:.2f}x, e1 / e4 = {best['e1'] / best['e4']:.2f}x  (ideal 2x, 4x; "
+          f"cores {os.cpu_count()})")
 
 
 def make_raw(out: Path, cases: int, max_slices: int) -> Path:

@@ -145,7 +145,7 @@ def pseudo_label(run_dir: Path, store_path: Path, cfg: PseudoLabelConfig = Pseud
     from ctmodel.device import resolve_device
     from ctmodel.evaluate import check_layout
     from ctprep.lock import store_lock
-    from ctprep.store import clear_partial
+    from ctprep.partials import clear_partial
 
     start = time.perf_counter()
     store = SliceStore.open(store_path)

@@ -31,15 +31,19 @@ def write_group_metadata(folder: Path, metadata: GroupMetadata) -> None:
     write_bytes(Path(folder) / "zarr.json", data)
 
 
-def write_array(group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:
+def write_array(parent: zarr.Group | Path, name: str, data: np.ndarray, attributes: dict | None = None) -> zarr.Array:
     """One chunk per slice (per rater and slice for (R, Z, S, S) rater masks), all slices of the case (of one
     rater) in one shard; empty chunks are written too, so every shard file exists (a missing one is damage, never
-    an all-zero array)."""
+    an all-zero array). ``parent`` is a group, or a folder whose own zarr.json is written later (or never)."""
     *lead, z, rows, cols = data.shape
     ones = (1,) * len(lead)
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(*ones, 1, rows, cols),
-                               shards=(*ones, max(z, 1), rows, cols), compressors=compressor(str(data.dtype)),
-                               config={"write_empty_chunks": True})
+    options = dict(shape=data.shape, dtype=data.dtype, chunks=(*ones, 1, rows, cols),
+                   shards=(*ones, max(z, 1), rows, cols), compressors=compressor(str(data.dtype)),
+                   attributes=attributes, config={"write_empty_chunks": True})
+    if isinstance(parent, zarr.Group):
+        array = parent.create_array(name, **options)
+    else:
+        array = zarr.create_array(store=str(Path(parent) / name), **options)
     with zarr.config.set({"codec_pipeline.batch_size": max(z, 1)}):  # one pipeline batch per shard: ~25 % faster
         array[...] = data
     return array

@@ -1,9 +1,13 @@
 """The convert pipeline: find cases, validate and preprocess each (in parallel), write the store and its index.
 
-Crash safety (docs/store-format.md): everything happens under the store lock; leftovers of killed runs
-are cleared first; each case appears only when complete (``write_case``); complete cases whose source
-fingerprint and layout are unchanged are skipped; the index is rebuilt from every complete case and
-replaced atomically at the end. A run killed at any moment and re-run gives the same arrays and index.
+Crash safety and concurrent writers (docs/store-format.md): the store lock is held only to open (or create)
+the store and clear leftovers of killed runs, and at the end to rebuild the index: cases are written without it,
+each under the run's own partial area (``ctprep.partials``) and committed only when complete (``write_case``),
+so several runs (``--shard`` jobs, machines) can fill one store at once. Complete cases whose source fingerprint
+and layout are unchanged are skipped; the index is rebuilt from every complete case and replaced atomically at
+the end (not by a ``--shard`` job: `ctprep index` follows them). A run killed at any moment and re-run gives the
+same arrays and index. The cases run in this process, a fork-server pool or on a Dask cluster
+(``ctprep.executors``).
 """
 from __future__ import annotations
 
@@ -11,32 +15,32 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctprep.atomic import remove_temp_files
 from ctprep.console import human_bytes, progress_bar, rate_text, ratio_text
 from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError, storage_errors
-from ctprep.index import build_index, empty_per_lesion, lost_to_resize, write_index
+from ctprep.executors import Scheduler, open_executor
+from ctprep.index import empty_per_lesion, lost_to_resize
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import preprocess_image
 from ctprep.raters import check_consensus, label_case
 from ctprep.shards import case_faults
 from ctprep.sources import source_attrs
-from ctprep.splits import SplitConfig, assign_splits
-from ctprep.store import (SliceStore, StoreLayout, clear_partial, create_or_open, disk_bytes, update_root_attrs,
-                          write_case)
+from ctprep.partials import STALE_AFTER_S, clear_partial, run_area
+from ctprep.reindex import clear_leftovers, rebuild_index
+from ctprep.shard_jobs import Shard
+from ctprep.splits import SplitConfig
+from ctprep.store import SliceStore, StoreLayout, create_or_open, disk_bytes, update_root_attrs, write_case
 from ctprep.window import encode, parse_window
-from ctprep.workers import process_pool
 
 CONVERTER_VERSION = 3  # bump when the stored arrays of an unchanged source would change: forces reconversion
 # 2: masks keep every lesion component (geometry.keep_every_component); source_lesion_voxels per slice
 # 3: rater masks (cases/<id>/raters), the mask is their consensus
+START_LOCK_WAIT_S = 2.0  # runs starting together (job arrays) hold the lock for a moment each; longer: refused
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,18 @@ class ConvertConfig:
     workers: int | None = None  # processes; None = all cores, 1 = in-process
     split: SplitConfig | None = None  # None keeps the store's recorded split config (default for a new store)
     consensus: str | None = None  # majority|union|intersection; None: the store's rule (majority for a new store)
+    scheduler: Scheduler | str | None = None  # Dask: 'local:N' or 'tcp://HOST:8786'; None: ``workers`` processes
+    shard: Shard | str | None = None  # 'i/N': convert only share i of N and leave the index to `ctprep index`
+    stale_after_s: float = STALE_AFTER_S  # another run's partial area this old is abandoned (cleared)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
+        if isinstance(self.scheduler, str):
+            object.__setattr__(self, "scheduler", Scheduler.parse(self.scheduler))
+        if isinstance(self.shard, str):
+            object.__setattr__(self, "shard", Shard.parse(self.shard))
+        if self.stale_after_s <= 0:
+            raise UsageError(f"--stale-after {self.stale_after_s / 3600:g}: expected a positive number of hours")
         if self.consensus is not None:
             check_consensus(self.consensus)
         if self.workers is not None and self.workers < 1:
@@ -110,6 +123,7 @@ class ConvertReport:
     source_bytes: int = 0  # bytes of source files read this run
     seconds: float = 0.0
     workers: int = 1
+    shard: Shard | None = None  # set for a --shard job: the index was not written, store totals not counted
 
     @property
     def empty_per_lesion(self) -> float:
@@ -117,11 +131,13 @@ class ConvertReport:
         return empty_per_lesion(self.labeled_slices, self.lesion_slices)
 
     def summary_rows(self) -> list[tuple[str, object]]:
-        """(what, value) rows for the closing summary table."""
-        return [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
-                ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
-                ("files skipped (not regular)", len(self.skipped_files)),
-                ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
+        """(what, value) rows for the closing summary table (a --shard job's without the store's totals)."""
+        run = [("converted", len(self.converted)), ("skipped (unchanged)", len(self.skipped)),
+               ("failed", len(self.failed)), ("orphan masks", len(self.orphans)),
+               ("files skipped (not regular)", len(self.skipped_files))]
+        if self.shard is not None:
+            return [("shard", str(self.shard)), *run, ("workers", self.workers), ("seconds", round(self.seconds, 2))]
+        return [*run, ("cases in store", self.cases), ("slices", self.slices), ("lesion slices", self.lesion_slices),
                 ("lesion slices lost to resizing", self.lost_slices),
                 ("lesion voxels lost to resizing", self.lost_voxels),
                 ("empty:lesion", ratio_text(self.empty_per_lesion)), ("store size", human_bytes(self.store_bytes)),
@@ -141,8 +157,9 @@ def source_fingerprint(source: dict, layout: StoreLayout, consensus: str) -> str
 
 
 def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict,
-                 consensus: str = "majority") -> CaseResult:
-    """Read, validate, preprocess and atomically write one case; a CaseError becomes the result's error line.
+                 consensus: str = "majority", area: Path | None = None) -> CaseResult:
+    """Read, validate, preprocess and atomically write one case, built under ``area`` (the run's partial area);
+    a CaseError becomes the result's error line.
 
     Every rater mask is validated against the image (shape, affine, values), so a case whose raters disagree in
     geometry fails alone, naming the file; the stored mask is the raters' ``consensus`` (docs/raters.md)."""
@@ -161,10 +178,10 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
              "lesion_pixels": None, "source_lesion_voxels": None, **(labeled.attrs if labeled else {}),
              "consensus": consensus, "layout": layout.to_attrs(), "converter_version": CONVERTER_VERSION}
     if labeled is None:
-        write_case(store_path, case.case_id, encode(unit, layout.dtype), None, attrs)
+        write_case(store_path, case.case_id, encode(unit, layout.dtype), None, attrs, area=area)
     else:
         write_case(store_path, case.case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
-                   labeled.rater_ids)
+                   labeled.rater_ids, area=area)
     return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in attrs["lesion_pixels"] or []),
                       _source_bytes(source))
 
@@ -186,27 +203,36 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
         skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""
         raise UsageError(f"{raw}: no NIfTI cases found{skipped}; expected NAME_ct/NAME_seg files, imagesTr/ + "
                          "labelsTr/ or images/ + masks/ (see docs/store-format.md)")
-    report = ConvertReport(store_path, failed=list(found.problems), orphans=list(found.orphans),
-                           skipped_files=list(found.skipped))
-    layout = cfg.layout
-    with store_lock(store_path):
-        store = create_or_open(store_path, layout, cfg.consensus)
-        _clear_leftovers(store_path)
-        split_cfg = cfg.split or SplitConfig.from_attrs(store.attrs.get("split_config"))
-        todo = _cases_to_convert(found.cases, store, layout, report)
-        report.workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
-        for result in _run(todo, store_path, layout, store.consensus, report.workers, progress):
+    first = cfg.shard is None or cfg.shard.index == 1  # RAW's own problems are reported by one job of an array
+    report = ConvertReport(store_path, failed=list(found.problems) if first else [],
+                           orphans=list(found.orphans) if first else [],
+                           skipped_files=list(found.skipped) if first else [], shard=cfg.shard)
+    store = _open_store(store_path, cfg)
+    cases = found.cases if cfg.shard is None else cfg.shard.select(found.cases)
+    todo = _cases_to_convert(cases, store, cfg.layout, report)
+    workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
+    with run_area(store_path) as area, open_executor(workers, cfg.scheduler if todo else None) as executor:
+        report.workers = executor.workers
+        calls = [(case, store_path, cfg.layout, source, store.consensus, area) for case, source in todo]
+        for result in _with_progress(executor.results(convert_case, calls, _died), len(calls), progress):
             _record(result, report)
-        _finish(store_path, split_cfg, report, start)
+    if cfg.shard is None:
+        _finish(store_path, cfg.split, report)
+    report.seconds = time.perf_counter() - start
     return report
 
 
-def _clear_leftovers(store_path: Path) -> None:
-    """Remove partial cases and stray temp files of killed runs (index and root metadata writes)."""
-    clear_partial(store_path)
-    remove_temp_files(store_path)  # ctprep.atomic's .<random>.index.parquet, .<random>.zarr.json
-    for stray in store_path.glob("zarr.*.partial"):  # zarr's own temp names (stores of ctstack 0.1)
-        stray.unlink(missing_ok=True)
+def _open_store(store_path: Path, cfg: ConvertConfig) -> SliceStore:
+    """Under the store lock (for a moment): create or open the store, clear leftovers of killed lock holders and
+    record the split options when given, so that `ctprep index` uses them too. Then, without the lock, clear the
+    partial areas of killed runs (never a live run's)."""
+    with store_lock(store_path, wait_s=START_LOCK_WAIT_S):
+        store = create_or_open(store_path, cfg.layout, cfg.consensus)
+        clear_leftovers(store_path, cfg.stale_after_s, runs=False)
+        if cfg.split is not None:
+            update_root_attrs(store_path, {"split_config": cfg.split.to_attrs()})
+    clear_partial(store_path, cfg.stale_after_s, locked=False)
+    return store
 
 
 def _cases_to_convert(cases: list[CaseSource], store: SliceStore, layout: StoreLayout,
@@ -242,43 +268,23 @@ def _unchanged(store: SliceStore, case_id: str, source: dict, layout: StoreLayou
             and attrs.get("layout") == layout.to_attrs() and not case_faults(store.path, case_id, layout.size))
 
 
-def _run(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, consensus: str, workers: int,
-         progress: bool):
-    """Yield a CaseResult per case, in-process for one worker, else from a process pool; with a progress bar."""
+def _with_progress(results, total: int, progress: bool):
+    """Yield ``results`` (CaseResults) unchanged, advancing a progress bar of ``total`` cases."""
     with progress_bar("cases") if progress else nullcontext(None) as bar:
-        task = bar.add_task("converting", total=len(todo), rate="", status="") if bar else None
+        task = bar.add_task("converting", total=total, rate="", status="") if bar else None
         start = time.perf_counter()
-        for done, result in enumerate(_results(todo, store_path, layout, consensus, workers), start=1):
+        for done, result in enumerate(results, start=1):
             if bar is not None:
                 status = f"[red]{result.case_id} failed" if result.error else result.case_id
                 bar.update(task, advance=1, rate=rate_text(done, time.perf_counter() - start, "cases"), status=status)
             yield result
 
 
-def _results(todo: list[tuple[CaseSource, dict]], store_path: Path, layout: StoreLayout, consensus: str,
-             workers: int):
-    """CaseResults as cases finish: in this process for one worker, else from a pool of ``workers`` processes."""
-    if workers == 1:
-        for case, source in todo:
-            yield convert_case(case, store_path, layout, source, consensus)
-        return
-    with process_pool(workers) as pool:
-        pending = {pool.submit(convert_case, case, store_path, layout, source, consensus): case
-                   for case, source in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                case = pending.pop(future)
-                yield _result_of(future, case)
-
-
-def _result_of(future, case: CaseSource) -> CaseResult:
-    """The future's result; a worker killed by the OS (e.g. out of memory) fails its case, not the run."""
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        return CaseResult(case.case_id, error=f"{case.image_path}: the worker process died while converting "
-                                                "(out of memory?); re-run with fewer --workers")
+def _died(call: tuple) -> CaseResult:
+    """The result of a case whose worker process was killed (e.g. out of memory): it fails, not the run."""
+    case = call[0]
+    return CaseResult(case.case_id, error=f"{case.image_path}: the worker process died while converting "
+                                           "(out of memory?); re-run with fewer --workers")
 
 
 def _record(result: CaseResult, report: ConvertReport) -> None:
@@ -290,19 +296,13 @@ def _record(result: CaseResult, report: ConvertReport) -> None:
         report.source_bytes += result.source_bytes
 
 
-def _finish(store_path: Path, split_cfg: SplitConfig, report: ConvertReport, start: float) -> None:
+def _finish(store_path: Path, split: SplitConfig | None, report: ConvertReport) -> None:
     """Rebuild the index from every complete case, record the split config, fill totals. Files whose content
     would not change are not rewritten, and run statistics stay in the report (printed), out of the store."""
-    store = SliceStore.open(store_path)
-    unlabeled = [case_id for case_id in store.case_ids() if not store.has_mask(case_id)]  # they go to train
-    index = build_index(store, assign_splits(store.case_ids(), split_cfg, unlabeled))
-    write_index(store_path, index)
-    update_root_attrs(store_path, {"split_config": split_cfg.to_attrs()},
-                      drop_obsolete=bool(report.converted))
+    index = rebuild_index(store_path, split, drop_obsolete=bool(report.converted))
     report.cases = int(index["case_id"].nunique())
     report.slices = len(index)
     report.labeled_slices = int(index["labeled"].sum())
     report.lesion_slices = int(index["has_lesion"].sum())
     report.lost_slices, report.lost_voxels = lost_to_resize(index)
-    report.seconds = time.perf_counter() - start
     report.store_bytes = disk_bytes(store_path)

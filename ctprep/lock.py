@@ -14,8 +14,9 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def folder_lock(folder: Path, busy: CtstackError) -> Iterator[None]:
-    """Hold ``folder``'s exclusive lock (the folder must exist); raise ``busy`` at once if another holder has it.
+def folder_lock(folder: Path, busy: CtstackError, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold ``folder``'s exclusive lock (the folder must exist); raise ``busy`` if another holder keeps it for
+    ``wait_s`` seconds (0: at once).
 
     The lock file stays in place, empty, after release (on POSIX; Windows removes it), so runs do not change it.
     A .lock that is a link or not a plain file raises StoreFormatError: ctstack never follows links it owns.
@@ -24,7 +25,7 @@ def folder_lock(folder: Path, busy: CtstackError) -> Iterator[None]:
     if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
         raise StoreFormatError(f"{lock_path}: expected a plain lock file, found a link or a folder; ctstack never "
                                "follows links inside its folders: remove it and run again")
-    lock = FileLock(lock_path, timeout=0)
+    lock = FileLock(lock_path, timeout=wait_s)
     try:
         lock.acquire()
     except Timeout as err:
@@ -36,8 +37,11 @@ def folder_lock(folder: Path, busy: CtstackError) -> Iterator[None]:
 
 
 @contextmanager
-def store_lock(store_path: Path) -> Iterator[None]:
-    """Hold the store's exclusive write lock; raise StoreLockedError at once if another process has it.
+def store_lock(store_path: Path, wait_s: float = 0.0, then: str = "wait for it to finish") -> Iterator[None]:
+    """Hold the store's exclusive write lock; raise StoreLockedError if another process keeps it for ``wait_s``
+    seconds (0: at once), its message ending with ``then`` (what to do).
+
+    Writers of cases need no lock (``ctprep.store.write_case``); it guards the root metadata and the index.
 
     A store path that is a file (or a broken link) raises StoreFormatError.
     """
@@ -50,7 +54,6 @@ def store_lock(store_path: Path) -> Iterator[None]:
     except FileExistsError as err:  # a link to nothing, or a file in the way further up
         raise StoreFormatError(f"{store_path}: cannot create the store folder (expected a folder or a new path, "
                                "found a file or a broken link in the way); choose another path") from err
-    busy = StoreLockedError(f"{store_path}: another ctprep/ctsample process is writing this store; wait for it to "
-                            "finish")
-    with folder_lock(store_path, busy):
+    busy = StoreLockedError(f"{store_path}: another ctprep/ctsample process is writing this store; {then}")
+    with folder_lock(store_path, busy, wait_s):
         yield

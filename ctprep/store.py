@@ -1,12 +1,14 @@
 """The slice store, format version 4: a Zarr v3 group of per-case (Z, S, S) arrays (and (R, Z, S, S) rater masks,
 and for unlabeled cases an optional (Z, S, S) pseudo-label) plus index.parquet.
 
-Writing is crash- and power-loss-safe: a case is built under ``.partial/``, fsynced, and renamed into ``cases/``
-only when complete (``ctprep.atomic.publish``).
+Writing is crash- and power-loss-safe and needs no lock: a case is built under its writer's partial area
+(``ctprep.partials``), its zarr.json last, fsynced, and renamed into ``cases/`` only when complete
+(``ctprep.atomic.publish``); only the index and root attributes are written under the store lock.
 Every other part of ctstack reads the store through ``SliceStore``.
 """
 from __future__ import annotations
 
+import errno
 import shutil
 import uuid
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from zarr.core.group import GroupMetadata
 from ctprep import __version__
 from ctprep.arrays import write_array, write_group_metadata
 from ctprep.atomic import publish
+from ctprep.crashpoint import crash_point
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
@@ -126,51 +129,57 @@ _CREATION_LEFTOVERS = {".lock", CASES, PARTIAL}  # what a lock holder or a kille
 
 
 def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict,
-               raters: np.ndarray | None = None, rater_ids: list[str] | None = None) -> None:
-    """Write one case atomically: build it under .partial/, fsync it, then rename it into cases/<case_id>.
+               raters: np.ndarray | None = None, rater_ids: list[str] | None = None, area: Path | None = None) -> None:
+    """Write one case atomically: build it under ``area``, its zarr.json last, fsync it, rename it into cases/.
 
     ``image`` is (Z, S, S) in the store's dtype; ``mask`` (Z, S, S) uint8 {0, 1} or None (unlabeled); ``raters``
-    (R, Z, S, S) uint8 {0, 1} with its ``rater_ids`` (every labeled case of a v3 store has them).
-    An existing case of that name is replaced only once the new one is complete and on disk.
+    (R, Z, S, S) uint8 {0, 1} with its ``rater_ids`` (every labeled case of a v3 store has them). ``area`` is the
+    writer's partial area (``ctprep.partials.run_area``); None builds in ``.partial/`` itself, for callers that
+    hold the store lock. An existing case of that name is replaced only once the new one is complete and on disk.
     """
     path = Path(path)
-    tmp = path / PARTIAL / f"{case_id}-{uuid.uuid4().hex[:8]}"
-    group = zarr.open_group(str(tmp), mode="w")
-    group.attrs.update(attrs)
-    write_array(group, "image", image)
-    names = ["image"]
+    area = path / PARTIAL if area is None else Path(area)
+    tmp = area / f"{case_id}-{uuid.uuid4().hex[:8]}"
+    arrays = {"image": image}
     if mask is not None:
-        write_array(group, "mask", mask.astype(np.uint8, copy=False))
-        names.append("mask")
+        arrays["mask"] = mask.astype(np.uint8, copy=False)
     if raters is not None:
         if rater_ids is None or len(rater_ids) != raters.shape[0]:
             raise ValueError(f"{case_id}: {raters.shape[0]} rater masks need as many rater ids, found {rater_ids}")
-        array = write_array(group, RATERS, raters.astype(np.uint8, copy=False))
-        array.attrs["rater_ids"] = list(rater_ids)
-        names.append(RATERS)
-    group.attrs.update({SHARDS: {name: shard_record(tmp / name) for name in names}})
-    trash = path / PARTIAL / f"old-{case_id}-{uuid.uuid4().hex[:8]}"
-    publish(tmp, path / CASES / case_id, aside=trash)
-    shutil.rmtree(trash, ignore_errors=True)
+        arrays[RATERS] = raters.astype(np.uint8, copy=False)
+    for name, data in arrays.items():
+        write_array(tmp, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
+    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
+    shards = {SHARDS: {name: shard_record(tmp / name) for name in arrays}}
+    write_group_metadata(tmp, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
+    commit_case(tmp, path / CASES / case_id, area)
 
 
-def clear_partial(path: Path) -> int:
-    """Remove leftovers of interrupted writes; returns how many were removed. Call under the store lock.
+COMMIT_TRIES = 5  # concurrent writers of one case: each try moves the case another writer just published aside
 
-    Never follows a link: a ``.partial`` that is a link is refused (StoreFormatError), and a link inside it is
-    removed itself, not what it points to (``shutil.rmtree`` does not descend into links either).
+
+def commit_case(built: Path, target: Path, area: Path) -> None:
+    """Rename the complete case folder ``built`` to ``target`` (``ctprep.atomic.publish``), replacing an existing
+    one, which is first moved into ``area`` and then removed.
+
+    On a local or shared filesystem the rename is the commit. (On a store without renames, an object store,
+    the case's zarr.json written last is what commits it: readers list a case only once its zarr.json exists.)
+    Two writers of one case may race; every try that finds the target taken again moves it aside once more.
     """
-    partial = Path(path) / PARTIAL
-    refuse_links(path, (PARTIAL,))
-    if not partial.is_dir():
-        return 0
-    leftovers = list(partial.iterdir())
-    for item in leftovers:
-        if item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item, ignore_errors=True)
-        else:
-            item.unlink(missing_ok=True)
-    return len(leftovers)
+    trash: list[Path] = []
+    try:
+        for _ in range(COMMIT_TRIES):
+            trash.append(area / f"old-{target.name}-{uuid.uuid4().hex[:8]}")
+            try:
+                publish(built, target, aside=trash[-1])
+                return
+            except OSError as err:  # another writer published (or moved aside) the same case between our steps
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or not built.is_dir():
+                    raise
+        raise OSError(errno.EBUSY, f"{target}: other writers kept replacing this case; run convert again")
+    finally:
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock")  # names in a store that ctstack writes or removes

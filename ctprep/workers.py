@@ -31,9 +31,17 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     context = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":  # forked from a clean single-threaded server that imported PRELOAD once
         context.set_forkserver_preload(PRELOAD)
-    with single_threaded_libraries(), _package_on_path(), _without_main(), ProcessPoolExecutor(
+    with pool_environment(), ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         yield pool  # the executor starts workers lazily (in submit): the whole lifetime is covered
+
+
+@contextmanager
+def pool_environment() -> Iterator[None]:
+    """While worker processes start (a pool's, or a Dask LocalCluster's): one BLAS thread each, this ctprep first
+    on their path, and the caller's ``__main__`` not re-run in them."""
+    with single_threaded_libraries(), _package_on_path(), _without_main():
+        yield
 
 
 # The one piece of process-wide state in ctstack, forced by multiprocessing's own module-level hook: a count of the

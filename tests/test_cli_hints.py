@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTION = re.compile(r"--[a-z][a-z0-9-]*")
 QUOTED = re.compile(r"`(ctprep|ctsample|ctmodel) ([a-z]+)([^`]*)`")
 NOT_OURS = {"--porcelain", "--untracked-files",  # git's options, passed by runfolder.git_commit
-            "--nproc-per-node", "--standalone"}  # torchrun's, quoted by `ctmodel train --help`
+            "--nproc-per-node", "--standalone",  # torchrun's, quoted by `ctmodel train --help`
+            "--array"}  # sbatch's, quoted by `ctprep convert --shard`'s error (ctprep.shard_jobs)
 APPS = {"ctprep": prep_app, "ctsample": sample_app, "ctmodel": model_app}
 
 

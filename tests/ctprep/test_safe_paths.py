@@ -14,7 +14,8 @@ from cli import prep_app
 from ctprep.convert import ConvertConfig, convert
 from ctprep.errors import StoreFormatError
 from ctprep.lock import store_lock
-from ctprep.store import PARTIAL, RESERVED, StoreLayout, clear_partial, create_or_open
+from ctprep.partials import clear_partial
+from ctprep.store import PARTIAL, RESERVED, StoreLayout, create_or_open
 
 runner = CliRunner()
 
