@@ -253,10 +253,10 @@ class StoreVolumes:
                 torch.from_numpy(mask).to(self.device))
 
 
-def default_budget() -> int:
+def default_budget(processes: int = 1) -> int:
     """The stream's budget without --memory-budget: the host share of available memory (the rows may always
-    live in pinned host memory)."""
-    return int(HOST_MEMORY_SHARE * available_host_bytes())
+    live in pinned host memory), split over the ``processes`` on this node (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(HOST_MEMORY_SHARE * available_host_bytes() / processes)
 
 
 def resident_need(store: SliceStore, case_ids: list[str], target: str = "consensus") -> int:
@@ -265,10 +265,12 @@ def resident_need(store: SliceStore, case_ids: list[str], target: str = "consens
     return resident_bytes(store, int(n_slices.sum()), 0 if n_raters is None else int((n_raters * n_slices).sum()))
 
 
-def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, cfg: TrainConfig) -> str | None:
-    """None when the run's data stays resident; else why it streams (the line `ctmodel train` prints)."""
+def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, cfg: TrainConfig,
+                  processes: int = 1) -> str | None:
+    """None when the run's data stays resident; else why it streams (the line `ctmodel train` prints).
+    ``processes``: those on this node, which split the default host share (choose_residency)."""
     need = resident_need(store, case_ids, cfg.target)
-    if choose_residency(need, device, cfg.resident, cfg.budget_bytes) is not None:
+    if choose_residency(need, device, cfg.resident, cfg.budget_bytes, processes) is not None:
         return None
     if cfg.resident == "stream":
         return "--resident stream: streaming each plan epoch's rows from the store, one epoch ahead"
@@ -278,15 +280,16 @@ def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, 
 
 def open_stream(store: SliceStore, plan: list[pd.DataFrame], val_ids: list[str], device: torch.device,
                 model_cfg: ModelConfig, cfg: TrainConfig, unlabeled: str = "refuse",
-                read: CaseReader = read_case_rows) -> tuple[EpochStream, ResidentVolumes | StoreVolumes, str]:
+                read: CaseReader = read_case_rows,
+                processes: int = 1) -> tuple[EpochStream, ResidentVolumes | StoreVolumes, str]:
     """The epoch stream over ``plan``, the validation volumes (resident when they fit the budget beside two
     epochs, else read per validation) and a one-line description; UsageError when two epochs (plus one val
-    volume) do not fit ``cfg``'s budget."""
+    volume) do not fit ``cfg``'s budget (without --memory-budget: default_budget(``processes``))."""
     if cfg.semi != "none":
         raise UsageError(f"--semi {cfg.semi} with --resident stream: the mean teacher predicts every unlabeled "
                          "slice each epoch, which a stream does not hold (expected data that fits in memory); "
                          "raise --memory-budget or drop --semi")
-    budget = cfg.budget_bytes or default_budget()
+    budget = cfg.budget_bytes or default_budget(processes)
     depth = model_cfg.patch_depth if model_cfg.volumetric else None
     layouts = [epoch_rows(store, rows, cfg.target, depth) for rows in plan]
     held = max(layout.nbytes(store) for layout in layouts) * (HELD_EPOCHS if len(plan) > 1 else 1)

@@ -78,7 +78,8 @@ def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainCo
     store = SliceStore.open(store_path)
     if resume and out is None:
         raise RunError("--resume needs --out RUN_DIR: the run folder to continue")
-    check_distributed(dist, model_cfg, cfg)
+    if not resume:  # a resumed run's configs come from its folder: resume_session checks those
+        check_distributed(dist, model_cfg, cfg)
     with process_group(dist, cfg.device), ExitStack() as held:
         run_dir = broadcast_object(dist, Path(out) if out is not None else default_run_dir(model_cfg.name))
         session = agreed(dist, lambda: open_session(held, store, run_dir, model_cfg, cfg, plan_path, resume,
@@ -155,10 +156,10 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
         batches = iterate_batches(data, samples, batch_size, shuffle, patch=patch)
-        for micro, ((x, y, *sample_weight), (weight, first, last)) in enumerate(zip(batches, groups)):
+        for micro, ((x, y, *extras), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
-            loss_sum += micro_batch_backward(session, x, y, aug, weight, sample_weight, epoch - 1 + micro / len(groups))
+            loss_sum += micro_batch_backward(session, x, y, aug, weight, extras, epoch - 1 + micro / len(groups))
             seen += x.shape[0]
             if not last:
                 continue
@@ -175,10 +176,10 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
 
 
 def micro_batch_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator, weight: float,
-                         sample_weight: list[torch.Tensor], progress_epochs: float) -> torch.Tensor:
+                         extras: list[torch.Tensor | None], progress_epochs: float) -> torch.Tensor:
     """Backward of one labeled micro-batch and, with --semi, of the consistency on an unlabeled micro-batch of the
     same size; returns the labeled loss times the micro-batch's samples (detached, no GPU sync)."""
-    loss = forward_backward(session, x, y, aug, weight, *sample_weight).detach() * x.shape[0]
+    loss = forward_backward(session, x, y, aug, weight, *extras).detach() * x.shape[0]
     if session.semi is not None:
         session.semi.backward(session.model, session.data, x.shape[0], weight, progress_epochs,
                               session.cfg.augment, session.device)
@@ -202,9 +203,10 @@ def accumulation_weights(n_samples: int, batch_size: int, accumulate: int) -> li
 
 
 def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator,
-                     weight: float = 1.0, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Augment, forward under autocast, loss (per-sample weighted when ``sample_weight`` (B,) is given), backward
-    of ``weight`` x loss (gradients add up in .grad); returns the unweighted loss (no GPU sync)."""
+                     weight: float = 1.0, *extras: torch.Tensor | None) -> torch.Tensor:
+    """Augment, forward under autocast, loss (with ``extras``: per-sample weights (B,), and with N ranks the real
+    mask (B,) that excludes padding), backward of ``weight`` x loss (gradients add up in .grad); returns the
+    unweighted loss (no GPU sync)."""
     if session.cfg.augment and x.ndim == 5:  # unet3d patches: one geometry for every slice of a sample
         x, flat = augment_batch(x[:, 0], y.flatten(1, 2), aug)  # targets (B, C * depth, S, S)
         x, y = x[:, None], flat.view(y.shape)
@@ -214,7 +216,7 @@ def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: to
         x = x.contiguous(memory_format=memory_format(session.model_cfg))
     with autocast(session.device, session.cfg.precision):
         logits = session.model(x)
-    loss = session.loss_fn(logits, y) if sample_weight is None else session.loss_fn(logits, y, sample_weight)
+    loss = session.loss_fn(logits, y, *extras)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss
 
