@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cli import model_app
@@ -24,8 +25,10 @@ from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.distributed import (DistEnv, case_ranks, check_distributed, partition_rows, rank_cases, rank_samples)
 from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss
 from ctmodel.nets import build_model
+from ctmodel.session import resume_session
 from ctmodel.train import train
 from ctprep.errors import UsageError
+from ctprep.store import SliceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_worker import KILLED_IN_EPOCH, RUN_CONFIG, SAMPLE_WEIGHTS, TINY, fixed_batch  # noqa: E402
@@ -179,6 +182,13 @@ def test_global_batch_that_the_ranks_do_not_divide_is_one_line(store, tmp_path):
                                             "--out", str(tmp_path / "run")], env=env)
     assert result.exit_code == 2 and "must split evenly over the 2 processes" in one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_checks_the_saved_batch_size_not_the_command_line_default(store, tmp_path):
+    train(store, TINY, TrainConfig(epochs=1, batch_size=5, device="cpu", augment=False), out=tmp_path / "run")
+    with pytest.raises(UsageError, match=r"--batch-size 5: .*multiple of 2"):  # the CLI's default 16 would divide
+        resume_session(SliceStore.open(store), tmp_path / "run", ModelConfig(), TrainConfig(), frozenset(),
+                       Console(quiet=True), DistEnv(rank=0, world_size=2))
 
 
 def test_more_ranks_than_train_cases_is_refused():

@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 from cli import model_app
 from conftest import add_pseudo, build_store, one_line_error, phantom, ras_affine
-from ctmodel.batches import (epoch_samples, iterate_batches, load_resident, patch_shape, patches_per_step,
-                             volumetric_subset)
+from ctmodel.batches import (HOST_MEMORY_SHARE, epoch_samples, iterate_batches, load_resident, patch_shape,
+                             patches_per_step, volumetric_subset)
 from ctmodel.config import ModelConfig, TrainConfig, parse_bytes
+from ctmodel.distributed import DistEnv
 from ctmodel.runfolder import plan_epochs
-from ctmodel.stream import (THREAD_NAME, EpochStream, epoch_rows, load_epoch, needed_slices, open_stream,
-                            read_case_rows, resident_need, stream_reason)
+from ctmodel.stream import (THREAD_NAME, EpochStream, default_budget, epoch_rows, load_epoch, needed_slices,
+                            open_stream, read_case_rows, resident_need, stream_reason)
 from ctmodel.train import train
 from ctprep.errors import StoreFormatError, UsageError
 from ctprep.store import SliceStore
@@ -288,3 +289,15 @@ def test_parse_bytes_multiplies_by_the_unit(n, unit):
     assert parse_bytes(f"{n}{unit}") == n * factor
     with pytest.raises(UsageError):
         parse_bytes(f"-{n}{unit}")
+
+
+def test_default_memory_share_is_split_over_the_processes_on_one_node(stream_store, monkeypatch):
+    store, cases = SliceStore.open(stream_store), ["case0", "case1", "case2", "case3"]
+    need = resident_need(store, cases)
+    available = int(need / HOST_MEMORY_SHARE * 2)  # the data takes half the default share of one process
+    monkeypatch.setattr("ctmodel.batches.available_host_bytes", lambda: available)
+    monkeypatch.setattr("ctmodel.stream.available_host_bytes", lambda: available)
+    node = DistEnv.from_environ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"})
+    assert stream_reason(store, cases, CPU, TrainConfig()) is None  # alone it stays resident
+    assert "streaming" in stream_reason(store, cases, CPU, TrainConfig(), node.local_world_size)  # a quarter: not
+    assert default_budget(node.local_world_size) == int(HOST_MEMORY_SHARE * available / 4)
