@@ -7,7 +7,7 @@ Example: torchrun --standalone --nproc-per-node 4 $(which ctmodel) train store.z
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -170,11 +170,30 @@ def _failed_ranks(dist: DistEnv, failed: bool) -> list[int]:
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Autograd-aware sum over ranks: the backward all-reduces the gradient too (torch.distributed.nn), so with
-    DDP's averaging of N rank gradients the step's gradient is that of the global loss."""
-    from torch.distributed.nn.functional import all_reduce
+    """Autograd-aware sum over ranks: the backward all-reduces the gradient too, so with DDP's averaging of N rank
+    gradients the step's gradient is that of the global loss."""
+    return _SumAcrossRanks.apply(values)
 
-    return all_reduce(values)
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce (sum) forward and backward: torch.distributed.nn's all_reduce, without its deprecation warning."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        return _all_reduced(values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _all_reduced(grad)
+
+
+def _all_reduced(values: torch.Tensor) -> torch.Tensor:
+    """A summed-over-ranks copy of ``values`` (the collective works in place)."""
+    import torch.distributed as tdist
+
+    out = values.detach().clone(memory_format=torch.contiguous_format)
+    tdist.all_reduce(out)
+    return out
 
 
 def max_across_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -195,6 +214,15 @@ def ddp_model(model: torch.nn.Module, dist: DistEnv, device: torch.device, compi
 
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(wrapped) if compile_model else wrapped
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool) -> AbstractContextManager:
+    """DDP's ``no_sync()`` for a micro-batch that does not end its optimizer step (its gradients stay local and the
+    step's last backward all-reduces their sum, the same average); nothing for one process or when ``sync``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if not sync and isinstance(inner, DistributedDataParallel) else nullcontext()
 
 
 def local_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -220,6 +248,12 @@ def check_distributed(dist: DistEnv, model_cfg: ModelConfig, cfg: TrainConfig) -
         if used:
             raise UsageError(f"{option} with {n} processes: expected a one-process run for this mode (its loss is "
                              "not all-reduced across ranks); launch it without torchrun")
+
+
+def job_samples(dist: DistEnv, samples: EpochSamples, rows: pd.DataFrame) -> int:
+    """Samples the whole job trains in an epoch, padding excluded: with N ranks the epoch's plan rows (each trained
+    once, on one rank), else this process's samples."""
+    return len(rows) if dist.enabled else samples.n_real()
 
 
 def per_rank_batch(batch_size: int, dist: DistEnv) -> int:

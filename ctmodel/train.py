@@ -23,7 +23,8 @@ from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics
 from ctmodel.device import autocast, inference_batch, memory_format
 from ctmodel.distributed import (SINGLE, DistEnv, agreed, barrier, broadcast_object, check_distributed,
-                                 check_same_plan, ddp_model, local_model, per_rank_batch, process_group, rank_samples)
+                                 check_same_plan, ddp_model, gradient_sync, job_samples, local_model, per_rank_batch,
+                                 process_group, rank_samples)
 from ctmodel.losses import consensus_loss
 from ctmodel.nets import count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
@@ -115,7 +116,7 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
            "seconds": time.perf_counter() - start,
-           "samples_per_s": samples * session.dist.world_size / train_seconds,
+           "samples_per_s": samples / train_seconds,
            "peak_mem_mb": peak_memory_mb(session.device)}
     if session.semi is not None:
         row.update(session.semi.epoch_metrics())
@@ -131,14 +132,14 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
 
 def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
                     console: Console) -> tuple[float, int, float]:
-    """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step;
-    returns (mean loss per sample, samples, seconds)."""
+    """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step (DDP syncs
+    gradients on the last one only); returns (mean loss per sample, samples the whole job trained, seconds)."""
     cfg, model = session.cfg, session.model
     waiting = time.perf_counter()  # a streamed epoch not loaded yet: the wait counts in samples/s
     data = session.data if session.stream is None else session.stream.epoch(epoch)
     waited = time.perf_counter() - waiting
-    samples = rank_samples(session.dist, data, session.plan[(epoch - 1) % len(session.plan)], session.all_rows,
-                           cfg.seed, cfg.pseudo_weight)
+    rows = session.plan[(epoch - 1) % len(session.plan)]
+    samples = rank_samples(session.dist, data, rows, session.all_rows, cfg.seed, cfg.pseudo_weight)
     shuffle, aug = epoch_generators(cfg, epoch, session.device, session.dist.rank)
     patch, batch_size = patch_shape(session.model_cfg, session.layout.size), per_rank_batch(cfg.batch_size,
                                                                                             session.dist)
@@ -159,7 +160,8 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
         for micro, ((x, y, *extras), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
-            loss_sum += micro_batch_backward(session, x, y, aug, weight, extras, epoch - 1 + micro / len(groups))
+            with gradient_sync(model, sync=last):
+                loss_sum += micro_batch_backward(session, x, y, aug, weight, extras, epoch - 1 + micro / len(groups))
             seen += x.shape[0]
             if not last:
                 continue
@@ -172,7 +174,8 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
             if step % BAR_EVERY == 0 or seen == len(samples):
                 bar.update(task, completed=seen, status=f"loss {float(loss_sum) / seen:.4f}",
                            rate=rate_text(seen, time.perf_counter() - start, "samples"))
-    return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start + waited
+    trained = job_samples(session.dist, samples, rows)
+    return float(loss_sum) / len(samples), trained, time.perf_counter() - start + waited
 
 
 def micro_batch_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator, weight: float,

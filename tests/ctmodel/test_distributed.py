@@ -22,7 +22,8 @@ from cli import model_app
 from conftest import build_store, one_line_error, phantom, ras_affine
 from ctmodel.batches import ResidentVolumes
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.distributed import (DistEnv, case_ranks, check_distributed, partition_rows, rank_cases, rank_samples)
+from ctmodel.distributed import (DistEnv, case_ranks, check_distributed, job_samples, partition_rows, rank_cases,
+                                 rank_samples)
 from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss
 from ctmodel.nets import build_model
 from ctmodel.session import resume_session
@@ -31,7 +32,7 @@ from ctprep.errors import UsageError
 from ctprep.store import SliceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import KILLED_IN_EPOCH, RUN_CONFIG, SAMPLE_WEIGHTS, TINY, fixed_batch  # noqa: E402
+from ddp_worker import ACCUMULATED, KILLED_IN_EPOCH, RUN_CONFIG, SAMPLE_WEIGHTS, TINY, fixed_batch  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]  # the checkout under test: the ranks import its code
@@ -62,6 +63,7 @@ def two_ranks(store, tmp_path_factory) -> dict:
     done = torchrun(str(ROOT / "tests/ctmodel/ddp_worker.py"), str(folder / "grad.pt"), str(store),
                     str(folder / "run"))
     assert done.returncode != 0 and "exitcode  : 3" in done.stderr, done.stderr[-3000:]
+    assert "FutureWarning" not in done.stderr  # the loss's all-reduce is our own autograd function
     shutil.copytree(folder / "run", folder / "copy")
     return {"grad": folder / "grad.pt", "run": folder / "run", "copy": folder / "copy"}
 
@@ -82,6 +84,18 @@ def test_two_ranks_at_half_the_batch_give_the_one_process_loss_and_gradient(two_
     assert float(ranks["loss"]) == pytest.approx(float(loss.detach()), rel=1e-6)
     for name, param in model.named_parameters():
         error = (ranks["grads"][name] - param.grad).norm() / max(param.grad.norm(), GRADIENT_FLOOR)
+        assert error < GRADIENT_RTOL, name
+
+
+def test_two_ranks_accumulating_without_sync_give_the_one_process_accumulated_gradient(two_ranks):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    x, y = fixed_batch()
+    for group in ACCUMULATED:  # --accumulate 2 in one process: each micro-batch's loss at half weight
+        (DiceBCELoss()(model(x[list(group)]), y[list(group)]) * 0.5).backward()
+    ranks = torch.load(two_ranks["grad"], weights_only=True)["accumulated"]
+    for name, param in model.named_parameters():
+        error = (ranks[name] - param.grad).norm() / max(param.grad.norm(), GRADIENT_FLOOR)
         assert error < GRADIENT_RTOL, name
 
 
@@ -258,6 +272,7 @@ def test_ranks_take_equal_steps_and_their_real_samples_are_the_epoch_plan():
         weights |= dict(zip(rows, (samples.weight[real] if samples.weight is not None else torch.ones(len(rows)))
                             .tolist()))
         assert samples.n_real() == len(rows)
+        assert job_samples(DistEnv(rank=rank, world_size=2), samples, plan) == len(plan)  # padding not counted
     assert lengths == {6}  # rank 1 (b + c: 5 rows) padded with one copy marked not real to rank 0's 6
     assert sorted(trained) == sorted(zip(plan["case_id"], plan["slice"]))
     assert weights[("c", 0)] == weights[("c", 1)] == 0.0 and weights[("b", 0)] == 1.0  # weight 0, yet real
