@@ -360,8 +360,9 @@ def train(
                                                "plan epoch's rows read from the store one epoch ahead; auto "
                                                "streams when the data does not fit).")] = "auto",
     memory_budget: Annotated[Optional[str], typer.Option(help="Cap on what the loader holds, e.g. 2GiB, 512MiB or "
-                                                              "bytes (default: 50 % of free GPU / 80 % of "
-                                                              "available host memory).")] = None,
+                                                              "bytes, per process (default: 50 % of free GPU / "
+                                                              "80 % of available host memory, split over a node's "
+                                                              "torchrun processes).")] = None,
     fold: Annotated[Optional[int], typer.Option(min=0, help="Cross-validation: validate on fold k of `ctsample "
                                                             "split --folds`, train on the other folds.")] = None,
     semi: Annotated[str, typer.Option(help="Learn from the train split's unlabeled cases too: none, or mean-teacher "

@@ -1,5 +1,5 @@
 """Data held per rank under torchrun: the fixed case -> rank map (ctmodel.distributed.case_ranks) vs re-partitioning
-every epoch, at N = 1, 2, 4, on a demo-like synthetic index; plus the weight-0 padding each epoch needs.
+every epoch, at N = 1, 2, 4, on a demo-like synthetic index; plus the padding each epoch needs.
 
 Run: PYTHONPATH=. python benchmarks/ddp_partition.py [--patients 12] [--epochs 50]
 
@@ -37,7 +37,7 @@ def held_slices(cases_per_rank: list[set[str]], n_slices: pd.Series) -> list[int
 
 
 def fixed_map(plan: pd.DataFrame, world: int, seed: int) -> tuple[list[set[str]], float]:
-    """Cases per rank under case_ranks, and the mean share of weight-0 padding per epoch."""
+    """Cases per rank under case_ranks, and the mean share of padding per epoch."""
     owner = case_ranks(plan, world, seed)
     pads = []
     for _epoch, rows in plan.groupby("epoch"):

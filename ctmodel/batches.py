@@ -178,17 +178,18 @@ def resident_bytes(store: SliceStore, n_rows: int, rater_rows: int = 0) -> int:
     return n_rows * size * size * (np.dtype(store.layout.dtype).itemsize + 1) + rater_rows * size * size
 
 
-def choose_residency(need: int, device: torch.device, resident: str = "auto",
-                     budget: int | None = None) -> torch.device | None:
+def choose_residency(need: int, device: torch.device, resident: str = "auto", budget: int | None = None,
+                     processes: int = 1) -> torch.device | None:
     """Where the data lives: the training device when it fits, else (pinned) host memory, else None: stream it per
     plan epoch (ctmodel/stream.py). ``resident`` "stream" always streams; "device"/"host" that do not fit raise a
-    one-line UsageError. ``budget`` (--memory-budget, bytes) caps both places; None: the shares of free memory."""
+    one-line UsageError. ``budget`` (--memory-budget, bytes) caps both places; None: the shares of free memory,
+    host memory (and on the CPU the device, which is the host) split over the ``processes`` on this node."""
     if resident == "stream":
         return None
     cap = math.inf if budget is None else budget
     if device.type == "cuda" and resident in ("auto", "device"):
         free, _total = torch.cuda.mem_get_info(device)
-        if need <= min(DEVICE_MEMORY_SHARE * free, cap):
+        if need <= min(DEVICE_MEMORY_SHARE * free, cap):  # a GPU per process: not shared
             return device
         if resident == "device":
             raise UsageError(f"--resident device: data needs {need / 2**30:.2f} GiB, the GPU has "
@@ -196,12 +197,13 @@ def choose_residency(need: int, device: torch.device, resident: str = "auto",
                              f"{budget_text(budget)}; use --resident auto or stream, or a smaller store (--dtype "
                              "uint8, smaller --size)")
     host_free = available_host_bytes()
-    if need <= min(HOST_MEMORY_SHARE * host_free, cap):
+    if need <= min(HOST_MEMORY_SHARE * host_free / processes, cap):
         return torch.device("cpu")
     if resident == "auto":
         return None
     raise UsageError(f"--resident {resident}: data needs {need / 2**30:.2f} GiB resident; GPU free memory "
-                     f"{gpu_free_text(device)} and host available {host_free / 2**30:.2f} GiB{budget_text(budget)} "
+                     f"{gpu_free_text(device)} and host available {host_free / 2**30:.2f} GiB"
+                     f"{'' if processes == 1 else f' (shared by {processes} processes)'}{budget_text(budget)} "
                      "are too small; use --resident stream (or auto), train on fewer cases or convert with "
                      "--dtype uint8 / a smaller --size")
 
@@ -242,14 +244,15 @@ UNLABELED = ("refuse", "empty", "pseudo")  # load_resident: an unlabeled case ra
 
 def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
                   resident: str = "auto", show_progress: bool = True, target: str = "consensus",
-                  unlabeled: str = "refuse", budget: int | None = None) -> ResidentVolumes:
+                  unlabeled: str = "refuse", budget: int | None = None, processes: int = 1) -> ResidentVolumes:
     """Read every slice of ``case_ids`` from the store once into one contiguous tensor per array; any ``target``
     but consensus also loads every rater's slices into one flat tensor (cases back to back, raters within).
 
     ``unlabeled``: "refuse" raises PlanError on a case without a mask; "empty" loads its image with an all-zero
     mask (and no rater rows), for the mean teacher, which never uses those rows as targets; "pseudo" loads its
     pseudo-label as its mask (consensus target only: a pseudo-label has no raters; PlanError when it has none).
-    Their slices count in the residency decision like any other case's. ``budget``: --memory-budget in bytes."""
+    Their slices count in the residency decision like any other case's. ``budget``: --memory-budget in bytes;
+    ``processes``: those on this node, which split the default host share (choose_residency)."""
     if unlabeled not in UNLABELED:
         raise ValueError(f"unlabeled={unlabeled!r}: expected one of {UNLABELED}")
     if unlabeled == "pseudo" and target != "consensus":
@@ -259,7 +262,7 @@ def load_resident(store: SliceStore, case_ids: list[str], device: torch.device,
     starts = np.concatenate([[0], np.cumsum(n_slices)[:-1]]).astype(np.int64)
     rater_rows = 0 if n_raters is None else int((n_raters * n_slices).sum())
     need = resident_bytes(store, int(n_slices.sum()), rater_rows)
-    home = choose_residency(need, device, "auto" if resident == "stream" else resident, budget)
+    home = choose_residency(need, device, "auto" if resident == "stream" else resident, budget, processes)
     if home is None:
         raise UsageError(f"{store.path}: data needs {need / 2**30:.2f} GiB resident, more than fits"
                          f"{budget_text(budget)}; train with --resident stream (or auto)")
@@ -350,9 +353,22 @@ class EpochSamples:
     case_pos: torch.Tensor  # (n,) int64
     slice_index: torch.Tensor  # (n,) int64
     weight: torch.Tensor | None = None  # (n,) float32 per-sample loss weights; None: every sample weighs 1
+    real: torch.Tensor | None = None  # (n,) bool, False for a rank's padding copies (distributed); None: all real
 
     def __len__(self) -> int:
         return int(self.case_pos.shape[0])
+
+    def extras(self, pick: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """What a batch of samples ``pick`` carries for the loss beyond (x, y): nothing, its weights (B,), or with
+        padding its weights (None: all 1) and real mask (B,)."""
+        weight = None if self.weight is None else self.weight[pick]
+        if self.real is not None:
+            return weight, self.real[pick]
+        return () if weight is None else (weight,)
+
+    def n_real(self) -> int:
+        """Samples that are plan rows (padding excluded)."""
+        return len(self) if self.real is None else int(self.real.sum())
 
 
 def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame, pseudo_weight: float = 1.0) -> EpochSamples:
@@ -368,11 +384,11 @@ def epoch_samples(data: ResidentVolumes, rows: pd.DataFrame, pseudo_weight: floa
 
 def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: int,
                     generator: torch.Generator, start_batch: int = 0,
-                    patch: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    patch: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor | None, ...]]:
     """Shuffled (x (B, 3, S, S), y (B, C, S, S)) batches of one epoch, or with ``patch`` = (depth, size) unet3d's
     (x (B, 1, depth, size, size), y (B, C, depth, size, size)) patches; C = 3 for ugs, else 1. The order, crops
-    and random-rater draws depend only on ``generator``. Samples with weights yield (x, y, w (B,)): each
-    weight follows its sample through the shuffle."""
+    and random-rater draws depend only on ``generator``. Samples with weights yield (x, y, w (B,)), padded ones
+    (x, y, w or None, real (B,)) (``EpochSamples.extras``): each follows its sample through the shuffle."""
     order = torch.randperm(len(samples), generator=generator).to(data.device)
     for start in range(start_batch * batch_size, len(samples), batch_size):
         pick = order[start:start + batch_size]
@@ -381,7 +397,7 @@ def iterate_batches(data: ResidentVolumes, samples: EpochSamples, batch_size: in
             batch = data.patches(case_pos, slice_index, *patch, generator)
         else:
             batch = data.stacks(case_pos, slice_index), data.centre_targets(case_pos, slice_index, generator)
-        yield batch if samples.weight is None else (*batch, samples.weight[pick])
+        yield (*batch, *samples.extras(pick))
 
 
 def patches_per_step(batch_size: int, depth: int) -> int:
@@ -396,7 +412,8 @@ def volumetric_subset(samples: EpochSamples, batch_size: int, depth: int, genera
     keep = min(len(samples), n_batches(len(samples), batch_size) * patches_per_step(batch_size, depth))
     pick = torch.randperm(len(samples), generator=generator)[:keep].sort().values.to(samples.case_pos.device)
     return EpochSamples(case_pos=samples.case_pos[pick], slice_index=samples.slice_index[pick],
-                        weight=None if samples.weight is None else samples.weight[pick])
+                        weight=None if samples.weight is None else samples.weight[pick],
+                        real=None if samples.real is None else samples.real[pick])
 
 
 def patch_shape(model_cfg: ModelConfig, size: int) -> tuple[int, int] | None:

@@ -7,7 +7,7 @@ Example: torchrun --standalone --nproc-per-node 4 $(which ctmodel) train store.z
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ctmodel.config import ModelConfig, TrainConfig
 
 T = TypeVar("T")
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun (and srun wrappers) set per process
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")  # what torchrun sets per process
 GROUP_TIMEOUT = timedelta(hours=1)  # ranks > 0 wait at a barrier while rank 0 validates and saves checkpoints
 CASE_MAP_SALT = 7_919  # seeds the tie-break permutation of the case -> rank map apart from the plan's own draws
 
@@ -37,12 +37,15 @@ class DistEnv:
     rank: int = 0  # global rank, 0..world_size - 1
     world_size: int = 1  # processes in the job (N)
     local_rank: int = 0  # rank on this node: the CUDA device index
+    local_world_size: int = 1  # processes on this node, which share its host memory
 
     def __post_init__(self) -> None:
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+        if (self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0
+                or not 1 <= self.local_world_size <= self.world_size):
             raise UsageError(f"torchrun environment RANK={self.rank} WORLD_SIZE={self.world_size} LOCAL_RANK="
-                             f"{self.local_rank}: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0; launch with "
-                             "torchrun or set all three")
+                             f"{self.local_rank} LOCAL_WORLD_SIZE={self.local_world_size}: expected 0 <= RANK < "
+                             "WORLD_SIZE, LOCAL_RANK >= 0 and 1 <= LOCAL_WORLD_SIZE <= WORLD_SIZE; launch with "
+                             "torchrun or set all four")
 
     @property
     def enabled(self) -> bool:
@@ -56,16 +59,19 @@ class DistEnv:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "DistEnv":
-        """The launch variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK); the single process without them."""
+        """The launch variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); the single process
+        without them. Without LOCAL_WORLD_SIZE every process counts as on this node (the safe memory share)."""
         values = {}
         for name in LAUNCH_VARIABLES:
-            text = environ.get(name, "0" if name != "WORLD_SIZE" else "1")
+            default = {"WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": environ.get("WORLD_SIZE", "1")}.get(name, "0")
+            text = environ.get(name, default)
             try:
                 values[name] = int(text)
             except ValueError as err:
                 raise UsageError(f"environment {name}={text!r}: expected an integer (torchrun sets it); unset it "
                                  "or launch with torchrun") from err
-        return cls(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"])
+        return cls(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"],
+                   local_world_size=values["LOCAL_WORLD_SIZE"])
 
 
 SINGLE = DistEnv()
@@ -164,11 +170,39 @@ def _failed_ranks(dist: DistEnv, failed: bool) -> list[int]:
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Autograd-aware sum over ranks: the backward all-reduces the gradient too (torch.distributed.nn), so with
-    DDP's averaging of N rank gradients the step's gradient is that of the global loss."""
-    from torch.distributed.nn.functional import all_reduce
+    """Autograd-aware sum over ranks: the backward all-reduces the gradient too, so with DDP's averaging of N rank
+    gradients the step's gradient is that of the global loss."""
+    return _SumAcrossRanks.apply(values)
 
-    return all_reduce(values)
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce (sum) forward and backward: torch.distributed.nn's all_reduce, without its deprecation warning."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        return _all_reduced(values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _all_reduced(grad)
+
+
+def _all_reduced(values: torch.Tensor) -> torch.Tensor:
+    """A summed-over-ranks copy of ``values`` (the collective works in place)."""
+    import torch.distributed as tdist
+
+    out = values.detach().clone(memory_format=torch.contiguous_format)
+    tdist.all_reduce(out)
+    return out
+
+
+def max_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over ranks, outside autograd (for constants such as the largest sample weight)."""
+    import torch.distributed as tdist
+
+    out = values.detach().clone()
+    tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
+    return out
 
 
 def ddp_model(model: torch.nn.Module, dist: DistEnv, device: torch.device, compile_model: bool) -> torch.nn.Module:
@@ -180,6 +214,15 @@ def ddp_model(model: torch.nn.Module, dist: DistEnv, device: torch.device, compi
 
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(wrapped) if compile_model else wrapped
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool) -> AbstractContextManager:
+    """DDP's ``no_sync()`` for a micro-batch that does not end its optimizer step (its gradients stay local and the
+    step's last backward all-reduces their sum, the same average); nothing for one process or when ``sync``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if not sync and isinstance(inner, DistributedDataParallel) else nullcontext()
 
 
 def local_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -205,6 +248,12 @@ def check_distributed(dist: DistEnv, model_cfg: ModelConfig, cfg: TrainConfig) -
         if used:
             raise UsageError(f"{option} with {n} processes: expected a one-process run for this mode (its loss is "
                              "not all-reduced across ranks); launch it without torchrun")
+
+
+def job_samples(dist: DistEnv, samples: EpochSamples, rows: pd.DataFrame) -> int:
+    """Samples the whole job trains in an epoch, padding excluded: with N ranks the epoch's plan rows (each trained
+    once, on one rank), else this process's samples."""
+    return len(rows) if dist.enabled else samples.n_real()
 
 
 def per_rank_batch(batch_size: int, dist: DistEnv) -> int:
@@ -243,8 +292,20 @@ def rank_cases(dist: DistEnv, slices: pd.DataFrame, val_ids: list[str], seed: in
     if empty:
         raise UsageError(f"{dist.world_size} processes, the plan has {len(owner)} train cases: expected at least one "
                          f"case per rank (ranks {empty[:3]} get none); launch at most {len(owner)} processes")
+    check_epoch_shares(slices, owner, dist.world_size)
     own = {case for case, rank in owner.items() if rank == dist.rank}
     return sorted(own | (set(val_ids) if dist.is_main else set()))
+
+
+def check_epoch_shares(slices: pd.DataFrame, owner: Mapping[str, int], world_size: int) -> None:
+    """UsageError (the same on every rank: it depends on the plan alone) unless every plan epoch gives each rank
+    at least one row of its cases; the case map is fixed over the epochs, so a rank may own no row of some epoch."""
+    for epoch, rows in slices.groupby("epoch", sort=True):
+        empty = [rank for rank, share in enumerate(partition_rows(rows, owner, world_size)) if share.empty]
+        if empty:
+            raise UsageError(f"plan epoch {epoch} with {world_size} processes: ranks {empty[:3]} get no rows of "
+                             "their cases (expected at least one per rank in every epoch; each case stays on one "
+                             "rank for the whole run); launch fewer processes")
 
 
 def rank_plan(dist: DistEnv, epochs: list[pd.DataFrame], seed: int) -> list[pd.DataFrame]:
@@ -261,20 +322,17 @@ def rank_plan(dist: DistEnv, epochs: list[pd.DataFrame], seed: int) -> list[pd.D
 def rank_samples(dist: DistEnv, data: ResidentVolumes, rows: pd.DataFrame, all_rows: pd.DataFrame, seed: int,
                  pseudo_weight: float) -> EpochSamples:
     """This rank's samples of one plan epoch (``rows``; ``all_rows`` is the whole plan, which fixes the case map),
-    padded to the heaviest rank's count with weight-0 copies of its own rows, so every rank takes the same number
-    of steps (DDP all-reduces each backward) and each plan row counts exactly once per epoch."""
+    padded to the heaviest rank's count with copies of its own rows marked not ``real``, so every rank takes the
+    same number of steps (DDP all-reduces each backward) and each plan row counts exactly once per epoch."""
     from ctmodel.batches import EpochSamples, epoch_samples
 
     if not dist.enabled:
         return epoch_samples(data, rows, pseudo_weight)
     shares = partition_rows(rows, case_ranks(all_rows, dist.world_size, seed), dist.world_size)
     own = epoch_samples(data, shares[dist.rank], pseudo_weight)
-    weight = own.weight if own.weight is not None else torch.ones(len(own), device=data.device)
-    pad = max(len(share) for share in shares) - len(own)
-    if len(own) == 0:
-        raise UsageError(f"rank {dist.rank}: no plan rows this epoch (expected at least one per rank); launch "
-                         "fewer processes")
-    fill = torch.arange(pad, device=data.device) % len(own)
+    assert len(own), "rank_cases refused a plan epoch without rows on some rank"
+    fill = torch.arange(max(len(share) for share in shares) - len(own), device=data.device) % len(own)
+    real = torch.arange(len(own) + len(fill), device=data.device) < len(own)
     return EpochSamples(case_pos=torch.cat([own.case_pos, own.case_pos[fill]]),
                         slice_index=torch.cat([own.slice_index, own.slice_index[fill]]),
-                        weight=torch.cat([weight, torch.zeros(pad, device=data.device)]))
+                        weight=None if own.weight is None else torch.cat([own.weight, own.weight[fill]]), real=real)

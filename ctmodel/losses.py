@@ -66,26 +66,37 @@ class DiceBCELoss(torch.nn.Module):
 
 
 class GlobalDiceBCELoss(DiceBCELoss):
-    """DiceBCELoss over the global batch of every rank: the per-rank sums of w p t, w p, w t, w bce and the weighted
-    pixel count go through ``reduce`` (an autograd-aware sum over ranks), so Dice is that of the global batch and
-    BCE its global mean; every rank returns the same value. Weight-0 samples (a lighter rank's padding) count
-    nowhere. With DDP averaging the ranks' gradients, a step's gradient equals one process's at the global batch."""
+    """DiceBCELoss over the global batch of every rank, in its weighted form: the real samples' count, weight sum
+    and max weight (``reduce_max``), and the sums of v p t, v p, v t (v = w / max w) and w bce go through the
+    reductions over ranks (``reduce``: an autograd-aware sum), so the loss is what one process computes on the
+    global batch: dice_weight * mean(w) * (1 - Dice ratio) + bce_weight * sum(w bce) / (n_real * pixels); every
+    rank returns the same value. Samples with ``real`` False (a lighter rank's padding) count nowhere, while a real
+    sample of weight 0 still counts in n_real. With DDP averaging the ranks' gradients, a step's gradient equals one
+    process's at the global batch."""
 
-    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor], dice_weight: float = 0.7,
+    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor],
+                 reduce_max: Callable[[torch.Tensor], torch.Tensor], dice_weight: float = 0.7,
                  bce_weight: float = 0.3, smooth: float = SMOOTH) -> None:
         super().__init__(dice_weight, bce_weight, smooth)
         self.reduce = reduce
+        self.reduce_max = reduce_max
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                real: torch.Tensor | None = None) -> torch.Tensor:
         probs = torch.sigmoid(logits.float()).flatten(1)  # (B, pixels)
         target = target.float().flatten(1)
-        w = torch.ones(len(probs), device=probs.device) if weight is None else weight.float()
+        ones = torch.ones(len(probs), device=probs.device)
+        real = ones if real is None else real.float()
+        w = real * (ones if weight is None else weight.float())  # padding weighs 0 everywhere below
+        top = self.reduce_max(w.max() if len(w) else w.new_zeros(()))  # weights >= 0: the real samples' max
+        v = w / torch.clamp(top, min=1e-12)
         bce = F.binary_cross_entropy_with_logits(logits.float().flatten(1), target, reduction="none").sum(1)
-        sums = torch.stack([(w * (probs * target).sum(1)).sum(), (w * probs.sum(1)).sum(),
-                            (w * target.sum(1)).sum(), (w * bce).sum(), w.sum() * probs.shape[1]])
-        inter, pred, truth, bce_sum, pixels = self.reduce(sums).unbind()
-        dice = 1.0 - (2.0 * inter + self.smooth) / (pred + truth + self.smooth)
-        return self.dice_weight * dice + self.bce_weight * bce_sum / torch.clamp(pixels, min=1e-12)
+        sums = torch.stack([(v * (probs * target).sum(1)).sum(), (v * probs.sum(1)).sum(), (v * target.sum(1)).sum(),
+                            (w * bce).sum(), real.sum(), w.sum()])
+        inter, pred, truth, bce_sum, n_real, w_sum = self.reduce(sums).unbind()
+        n_real = torch.clamp(n_real, min=1.0)
+        dice = w_sum / n_real * (1.0 - (2.0 * inter + self.smooth) / (pred + truth + self.smooth))
+        return self.dice_weight * dice + self.bce_weight * bce_sum / (n_real * probs.shape[1])
 
     def local(self) -> DiceBCELoss:
         """The same loss on this rank's samples alone (rank 0's validation: no collective)."""

@@ -19,7 +19,8 @@ from ctmodel.checkpoint import read_checkpoint, unwrap
 from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import read_metrics, truncate_metrics
 from ctmodel.device import memory_format
-from ctmodel.distributed import SINGLE, DistEnv, rank_cases, rank_device, rank_plan, sum_across_ranks
+from ctmodel.distributed import (SINGLE, DistEnv, check_distributed, max_across_ranks, rank_cases, rank_device,
+                                 rank_plan, sum_across_ranks)
 from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss, UGSLoss
 from ctmodel.nets import build_model, count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, METRICS_FILE, PLAN_FILE, PLAN_RULE, build_plan, check_new_run_dir,
@@ -142,6 +143,7 @@ def resume_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg
     """Rebuild the session of ``run_dir`` and load last.pt (model, optimizer, scheduler, RNG, best); every rank
     loads rank 0's last.pt, whatever the number of processes that wrote it."""
     model_cfg, cfg, config = resume_configs(run_dir, model_cfg, cfg, explicit)
+    check_distributed(dist, model_cfg, cfg)  # on the saved configs (inside agreed: every rank stops together)
     index = training_index(store, cfg)
     check_plan(read_run_plan(run_dir), {**config["plan"].get("params", {}),
                                         "index_fingerprint": config["store"]["index_fingerprint"]},
@@ -176,15 +178,17 @@ def make_session(store: SliceStore, run_dir: Path, model_cfg: ModelConfig, cfg: 
     if unlabeled and policy == "pseudo":
         raise UsageError("--semi mean-teacher with pseudo rows in the plan: the mean teacher uses the unlabeled "
                          "cases without their pseudo-labels; train one or the other (drop --semi or --pseudo)")
-    reason = stream_reason(store, cases + unlabeled, device, cfg)
+    reason = stream_reason(store, cases + unlabeled, device, cfg, dist.local_world_size)
     stream = None
     if reason is None:
         data = load_resident(store, cases + unlabeled, device, cfg.resident, show_progress=dist.is_main,
-                             target=cfg.target, unlabeled="empty" if unlabeled else policy, budget=cfg.budget_bytes)
+                             target=cfg.target, unlabeled="empty" if unlabeled else policy, budget=cfg.budget_bytes,
+                             processes=dist.local_world_size)
         where = f"data resident on {data.images.device} ({data.nbytes() / 2**20:,.0f} MiB)"
     else:
         stream, data, where = open_stream(store, rank_plan(dist, plan_epochs(slices), cfg.seed),
-                                          list(val_ids) if dist.is_main else [], device, model_cfg, cfg, policy)
+                                          list(val_ids) if dist.is_main else [], device, model_cfg, cfg, policy,
+                                          processes=dist.local_world_size)
         console.print(reason)  # after open_stream: a refusal stays one line
     console.print(f"{count_parameters(model):,} trainable parameters ({model_cfg.name}, width {model_cfg.width}); "
                   f"{where}" + (f"; {len(unlabeled)} unlabeled cases for the mean teacher" if unlabeled else ""))
@@ -200,7 +204,7 @@ def training_loss(cfg: TrainConfig, dist: DistEnv = SINGLE) -> DiceBCELoss | UGS
     """The run's loss: Dice + BCE on the target, or for ``--target ugs`` UGS-Net's loss over its three heads; with
     N ranks, Dice + BCE over the global batch."""
     if dist.enabled:
-        return GlobalDiceBCELoss(sum_across_ranks, cfg.dice_weight, cfg.bce_weight)
+        return GlobalDiceBCELoss(sum_across_ranks, max_across_ranks, cfg.dice_weight, cfg.bce_weight)
     loss = DiceBCELoss(cfg.dice_weight, cfg.bce_weight)
     return UGSLoss(loss) if cfg.target == "ugs" else loss
 

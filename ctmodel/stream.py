@@ -24,6 +24,7 @@ from ctprep.store import SliceStore
 
 HELD_EPOCHS = 2  # the epoch that trains and the one that loads behind it: what --memory-budget must cover
 THREAD_NAME = "ctmodel-stream"
+SCORING_BYTES = 4 + 1  # per pixel of the val volume being scored: its decoded float32 image and bool prediction
 SPARSE_SHARE = 0.25  # read only the kept chunks when they are under this share of their range (else the range)
 
 CaseRows = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # image (K, S, S), mask (K, S, S), raters (R, K..)
@@ -253,10 +254,10 @@ class StoreVolumes:
                 torch.from_numpy(mask).to(self.device))
 
 
-def default_budget() -> int:
+def default_budget(processes: int = 1) -> int:
     """The stream's budget without --memory-budget: the host share of available memory (the rows may always
-    live in pinned host memory)."""
-    return int(HOST_MEMORY_SHARE * available_host_bytes())
+    live in pinned host memory), split over the ``processes`` on this node (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(HOST_MEMORY_SHARE * available_host_bytes() / processes)
 
 
 def resident_need(store: SliceStore, case_ids: list[str], target: str = "consensus") -> int:
@@ -265,10 +266,24 @@ def resident_need(store: SliceStore, case_ids: list[str], target: str = "consens
     return resident_bytes(store, int(n_slices.sum()), 0 if n_raters is None else int((n_raters * n_slices).sum()))
 
 
-def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, cfg: TrainConfig) -> str | None:
-    """None when the run's data stays resident; else why it streams (the line `ctmodel train` prints)."""
+def val_needs(store: SliceStore, val_ids: list[str]) -> tuple[int, int]:
+    """Bytes validation takes beside the stream: (every val case resident + scoring the largest, the largest read
+    from the store and scored). Scoring a volume adds SCORING_BYTES per pixel (its float32 image and bool
+    prediction) to its stored bytes, which a volume read from the store also holds while it decodes."""
+    if not val_ids:
+        return 0, 0
+    stored = [resident_need(store, [c]) for c in val_ids]
+    n_slices, _raters = case_counts(store, val_ids)
+    scoring = int(n_slices.max()) * store.layout.size ** 2 * SCORING_BYTES
+    return sum(stored) + scoring, max(stored) + scoring
+
+
+def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, cfg: TrainConfig,
+                  processes: int = 1) -> str | None:
+    """None when the run's data stays resident; else why it streams (the line `ctmodel train` prints).
+    ``processes``: those on this node, which split the default host share (choose_residency)."""
     need = resident_need(store, case_ids, cfg.target)
-    if choose_residency(need, device, cfg.resident, cfg.budget_bytes) is not None:
+    if choose_residency(need, device, cfg.resident, cfg.budget_bytes, processes) is not None:
         return None
     if cfg.resident == "stream":
         return "--resident stream: streaming each plan epoch's rows from the store, one epoch ahead"
@@ -278,31 +293,33 @@ def stream_reason(store: SliceStore, case_ids: list[str], device: torch.device, 
 
 def open_stream(store: SliceStore, plan: list[pd.DataFrame], val_ids: list[str], device: torch.device,
                 model_cfg: ModelConfig, cfg: TrainConfig, unlabeled: str = "refuse",
-                read: CaseReader = read_case_rows) -> tuple[EpochStream, ResidentVolumes | StoreVolumes, str]:
+                read: CaseReader = read_case_rows,
+                processes: int = 1) -> tuple[EpochStream, ResidentVolumes | StoreVolumes, str]:
     """The epoch stream over ``plan``, the validation volumes (resident when they fit the budget beside two
     epochs, else read per validation) and a one-line description; UsageError when two epochs (plus one val
-    volume) do not fit ``cfg``'s budget."""
+    volume) do not fit ``cfg``'s budget (without --memory-budget: default_budget(``processes``))."""
     if cfg.semi != "none":
         raise UsageError(f"--semi {cfg.semi} with --resident stream: the mean teacher predicts every unlabeled "
                          "slice each epoch, which a stream does not hold (expected data that fits in memory); "
                          "raise --memory-budget or drop --semi")
-    budget = cfg.budget_bytes or default_budget()
+    budget = cfg.budget_bytes or default_budget(processes)
     depth = model_cfg.patch_depth if model_cfg.volumetric else None
     layouts = [epoch_rows(store, rows, cfg.target, depth) for rows in plan]
     held = max(layout.nbytes(store) for layout in layouts) * (HELD_EPOCHS if len(plan) > 1 else 1)
-    val_sizes = [resident_need(store, [c]) for c in val_ids]
-    if held + max(val_sizes, default=0) > budget:
+    all_val, one_val = val_needs(store, val_ids)
+    if held + one_val > budget:
         raise UsageError(f"{store.path}: streaming needs {size_text(held)} for {min(len(plan), HELD_EPOCHS)} plan "
-                         f"epoch(s) of rows plus {size_text(max(val_sizes, default=0))} for the largest val volume, "
-                         f"more than the {size_text(budget)} budget; raise --memory-budget or plan fewer slices per "
-                         "epoch (--ratio, --lesion-free)")
-    if held + sum(val_sizes) <= budget:
-        val = load_resident(store, val_ids, device, "auto", show_progress=False, budget=budget - held)
-        val_text = f"val cases resident ({size_text(sum(val_sizes))})" if val_ids else "no val cases"
+                         f"epoch(s) of rows plus {size_text(one_val)} to score the largest val volume, more than "
+                         f"the {size_text(budget)} budget; raise --memory-budget or plan fewer slices per epoch "
+                         "(--ratio, --lesion-free)")
+    if held + all_val <= budget:
+        val = load_resident(store, val_ids, device, "auto", show_progress=False, budget=budget - held,
+                            processes=processes)
+        val_text = f"val cases resident ({size_text(resident_need(store, val_ids))})" if val_ids else "no val cases"
     else:
         val, val_text = StoreVolumes(store, device), "val cases read from the store at each validation"
-    home = choose_residency(held, device, "auto", budget - (sum(val_sizes) if isinstance(val, ResidentVolumes)
-                                                           else max(val_sizes, default=0))) or torch.device("cpu")
+    home = choose_residency(held, device, "auto", budget - (all_val if isinstance(val, ResidentVolumes) else one_val),
+                            processes) or torch.device("cpu")
 
     def load(key: int, stop: threading.Event) -> StreamVolumes:
         return load_epoch(store, layouts[key], home, device, cfg.target, unlabeled, read, stop)

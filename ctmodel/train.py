@@ -23,7 +23,8 @@ from ctmodel.config import ModelConfig, TrainConfig
 from ctmodel.curves import append_metrics, plot_curves, read_metrics
 from ctmodel.device import autocast, inference_batch, memory_format
 from ctmodel.distributed import (SINGLE, DistEnv, agreed, barrier, broadcast_object, check_distributed,
-                                 check_same_plan, ddp_model, local_model, per_rank_batch, process_group, rank_samples)
+                                 check_same_plan, ddp_model, gradient_sync, job_samples, local_model, per_rank_batch,
+                                 process_group, rank_samples)
 from ctmodel.losses import consensus_loss
 from ctmodel.nets import count_parameters
 from ctmodel.runfolder import (CHECKPOINT_FILES, CONFIG_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
@@ -78,7 +79,8 @@ def train(store_path: Path, model_cfg: ModelConfig = ModelConfig(), cfg: TrainCo
     store = SliceStore.open(store_path)
     if resume and out is None:
         raise RunError("--resume needs --out RUN_DIR: the run folder to continue")
-    check_distributed(dist, model_cfg, cfg)
+    if not resume:  # a resumed run's configs come from its folder: resume_session checks those
+        check_distributed(dist, model_cfg, cfg)
     with process_group(dist, cfg.device), ExitStack() as held:
         run_dir = broadcast_object(dist, Path(out) if out is not None else default_run_dir(model_cfg.name))
         session = agreed(dist, lambda: open_session(held, store, run_dir, model_cfg, cfg, plan_path, resume,
@@ -114,7 +116,7 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val.loss, "val_dice_3d": val.dice_3d,
            "val_dice_slice": val.dice_slice, "val_iou_slice": val.iou_slice, "lr": lr,
            "seconds": time.perf_counter() - start,
-           "samples_per_s": samples * session.dist.world_size / train_seconds,
+           "samples_per_s": samples / train_seconds,
            "peak_mem_mb": peak_memory_mb(session.device)}
     if session.semi is not None:
         row.update(session.semi.epoch_metrics())
@@ -130,14 +132,14 @@ def run_epoch(session: Session, epoch: int, on_step: StepHook | None, console: C
 
 def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
                     console: Console) -> tuple[float, int, float]:
-    """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step;
-    returns (mean loss per sample, samples, seconds)."""
+    """One pass over the plan epoch's samples, ``accumulate`` micro-batches per optimizer step (DDP syncs
+    gradients on the last one only); returns (mean loss per sample, samples the whole job trained, seconds)."""
     cfg, model = session.cfg, session.model
     waiting = time.perf_counter()  # a streamed epoch not loaded yet: the wait counts in samples/s
     data = session.data if session.stream is None else session.stream.epoch(epoch)
     waited = time.perf_counter() - waiting
-    samples = rank_samples(session.dist, data, session.plan[(epoch - 1) % len(session.plan)], session.all_rows,
-                           cfg.seed, cfg.pseudo_weight)
+    rows = session.plan[(epoch - 1) % len(session.plan)]
+    samples = rank_samples(session.dist, data, rows, session.all_rows, cfg.seed, cfg.pseudo_weight)
     shuffle, aug = epoch_generators(cfg, epoch, session.device, session.dist.rank)
     patch, batch_size = patch_shape(session.model_cfg, session.layout.size), per_rank_batch(cfg.batch_size,
                                                                                             session.dist)
@@ -155,10 +157,11 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
     with progress_bar("samples", console) as bar:
         task = bar.add_task(f"epoch {epoch}", total=len(samples), rate="", status="")
         batches = iterate_batches(data, samples, batch_size, shuffle, patch=patch)
-        for micro, ((x, y, *sample_weight), (weight, first, last)) in enumerate(zip(batches, groups)):
+        for micro, ((x, y, *extras), (weight, first, last)) in enumerate(zip(batches, groups)):
             if first:
                 session.optimizer.zero_grad(set_to_none=True)
-            loss_sum += micro_batch_backward(session, x, y, aug, weight, sample_weight, epoch - 1 + micro / len(groups))
+            with gradient_sync(model, sync=last):
+                loss_sum += micro_batch_backward(session, x, y, aug, weight, extras, epoch - 1 + micro / len(groups))
             seen += x.shape[0]
             if not last:
                 continue
@@ -171,14 +174,15 @@ def train_one_epoch(session: Session, epoch: int, on_step: StepHook | None,
             if step % BAR_EVERY == 0 or seen == len(samples):
                 bar.update(task, completed=seen, status=f"loss {float(loss_sum) / seen:.4f}",
                            rate=rate_text(seen, time.perf_counter() - start, "samples"))
-    return float(loss_sum) / len(samples), len(samples), time.perf_counter() - start + waited
+    trained = job_samples(session.dist, samples, rows)
+    return float(loss_sum) / len(samples), trained, time.perf_counter() - start + waited
 
 
 def micro_batch_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator, weight: float,
-                         sample_weight: list[torch.Tensor], progress_epochs: float) -> torch.Tensor:
+                         extras: list[torch.Tensor | None], progress_epochs: float) -> torch.Tensor:
     """Backward of one labeled micro-batch and, with --semi, of the consistency on an unlabeled micro-batch of the
     same size; returns the labeled loss times the micro-batch's samples (detached, no GPU sync)."""
-    loss = forward_backward(session, x, y, aug, weight, *sample_weight).detach() * x.shape[0]
+    loss = forward_backward(session, x, y, aug, weight, *extras).detach() * x.shape[0]
     if session.semi is not None:
         session.semi.backward(session.model, session.data, x.shape[0], weight, progress_epochs,
                               session.cfg.augment, session.device)
@@ -202,9 +206,10 @@ def accumulation_weights(n_samples: int, batch_size: int, accumulate: int) -> li
 
 
 def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: torch.Generator,
-                     weight: float = 1.0, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Augment, forward under autocast, loss (per-sample weighted when ``sample_weight`` (B,) is given), backward
-    of ``weight`` x loss (gradients add up in .grad); returns the unweighted loss (no GPU sync)."""
+                     weight: float = 1.0, *extras: torch.Tensor | None) -> torch.Tensor:
+    """Augment, forward under autocast, loss (with ``extras``: per-sample weights (B,), and with N ranks the real
+    mask (B,) that excludes padding), backward of ``weight`` x loss (gradients add up in .grad); returns the
+    unweighted loss (no GPU sync)."""
     if session.cfg.augment and x.ndim == 5:  # unet3d patches: one geometry for every slice of a sample
         x, flat = augment_batch(x[:, 0], y.flatten(1, 2), aug)  # targets (B, C * depth, S, S)
         x, y = x[:, None], flat.view(y.shape)
@@ -214,7 +219,7 @@ def forward_backward(session: Session, x: torch.Tensor, y: torch.Tensor, aug: to
         x = x.contiguous(memory_format=memory_format(session.model_cfg))
     with autocast(session.device, session.cfg.precision):
         logits = session.model(x)
-    loss = session.loss_fn(logits, y) if sample_weight is None else session.loss_fn(logits, y, sample_weight)
+    loss = session.loss_fn(logits, y, *extras)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss
 

@@ -1,6 +1,7 @@
 """Run by tests/ctmodel/test_distributed.py under torchrun (one process per rank, gloo on the CPU):
 ``ddp_worker.py GRAD_FILE STORE RUN_DIR`` saves rank 0's loss and gradients of one DDP step on a fixed global
-batch split over the ranks, then trains STORE into RUN_DIR until a simulated kill in epoch 3 (exit code 3)."""
+batch split over the ranks (plain, with per-sample weights and a padding row, and accumulated over two
+micro-batches), then trains STORE into RUN_DIR until a simulated kill in epoch 3 (exit code 3)."""
 from __future__ import annotations
 
 import os
@@ -10,13 +11,16 @@ from pathlib import Path
 import torch
 
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.distributed import DistEnv, ddp_model, process_group, sum_across_ranks
+from ctmodel.distributed import (DistEnv, ddp_model, gradient_sync, max_across_ranks, process_group,
+                                 sum_across_ranks)
 from ctmodel.losses import GlobalDiceBCELoss
 from ctmodel.nets import build_model
 from ctmodel.train import train
 
 TINY = ModelConfig(width=4, depth=2)
 GLOBAL_BATCH = 4
+ACCUMULATED = ((0, 2), (1, 3))  # two micro-batches of the fixed batch: (rank 0's sample, rank 1's sample) each
+SAMPLE_WEIGHTS = (0.5, 0.5, 1.0, 0.0)  # pseudo rows of weight 0.5 and 0 among labeled ones; max 0.5 on rank 0 only
 KILLED_IN_EPOCH = 3
 RUN_CONFIG = TrainConfig(epochs=3, batch_size=4, lr=3e-3, device="cpu", deterministic=True, seed=1)
 
@@ -30,18 +34,41 @@ def fixed_batch(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def save_gradients(dist: DistEnv, path: Path) -> None:
-    """One forward/backward of the DDP model on this rank's share of the fixed batch; rank 0 saves loss + grads."""
+    """One forward/backward of the DDP model on this rank's share of the fixed batch, plain and weighted (the last
+    rank also holds a padding copy of its first sample); rank 0 saves both losses and gradients."""
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
     model = build_model(TINY)
     x, y = fixed_batch()
     share = GLOBAL_BATCH // dist.world_size
-    mine = slice(dist.rank * share, (dist.rank + 1) * share)
+    mine = torch.arange(dist.rank * share, (dist.rank + 1) * share)
+    real = torch.ones(share, dtype=torch.bool)
+    if dist.rank == dist.world_size - 1:
+        mine, real = torch.cat([mine, mine[:1]]), torch.cat([real, torch.tensor([False])])
     wrapped = ddp_model(model, dist, torch.device("cpu"), compile_model=False)
-    loss = GlobalDiceBCELoss(sum_across_ranks)(wrapped(x[mine]), y[mine])
-    loss.backward()
+    loss_fn = GlobalDiceBCELoss(sum_across_ranks, max_across_ranks)
+    saved = {}
+    for name, weight in (("plain", None), ("weighted", torch.tensor(SAMPLE_WEIGHTS)[mine])):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(wrapped(x[mine]), y[mine], weight, real)
+        loss.backward()
+        saved[name] = {"loss": loss.detach(), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+    saved["accumulated"] = accumulated_gradients(dist, model, wrapped, loss_fn)
     if dist.is_main:
-        torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
+        torch.save(saved, path)
+
+
+def accumulated_gradients(dist: DistEnv, model: torch.nn.Module, wrapped: torch.nn.Module,
+                          loss_fn: GlobalDiceBCELoss) -> dict:
+    """One optimizer step's gradients over two micro-batches (``--accumulate 2``, one sample per rank each, the
+    first under DDP's no_sync): micro-batch k holds samples ACCUMULATED[k] of the fixed batch."""
+    x, y = fixed_batch()
+    model.zero_grad(set_to_none=True)
+    for k, group in enumerate(ACCUMULATED):
+        mine = [group[dist.rank]]
+        with gradient_sync(wrapped, sync=k == len(ACCUMULATED) - 1):
+            (loss_fn(wrapped(x[mine]), y[mine]) * 0.5).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 class Killed(Exception):

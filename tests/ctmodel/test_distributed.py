@@ -15,24 +15,29 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cli import model_app
 from conftest import build_store, one_line_error, phantom, ras_affine
 from ctmodel.batches import ResidentVolumes
 from ctmodel.config import ModelConfig, TrainConfig
-from ctmodel.distributed import (DistEnv, case_ranks, check_distributed, partition_rows, rank_cases, rank_samples)
+from ctmodel.distributed import (DistEnv, case_ranks, check_distributed, job_samples, partition_rows, rank_cases,
+                                 rank_samples)
 from ctmodel.losses import DiceBCELoss, GlobalDiceBCELoss
 from ctmodel.nets import build_model
+from ctmodel.session import resume_session
 from ctmodel.train import train
 from ctprep.errors import UsageError
+from ctprep.store import SliceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import KILLED_IN_EPOCH, RUN_CONFIG, TINY, fixed_batch  # noqa: E402
+from ddp_worker import ACCUMULATED, KILLED_IN_EPOCH, RUN_CONFIG, SAMPLE_WEIGHTS, TINY, fixed_batch  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]  # the checkout under test: the ranks import its code
 GRADIENT_RTOL = 1e-5  # relative L2 error per parameter between N = 2 at B/2 and N = 1 at B (fp32 CPU)
+GRADIENT_FLOOR = 1e-4  # gradients smaller in norm are compared to this (a 6e-6 one is fp32 cancellation noise)
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -58,24 +63,39 @@ def two_ranks(store, tmp_path_factory) -> dict:
     done = torchrun(str(ROOT / "tests/ctmodel/ddp_worker.py"), str(folder / "grad.pt"), str(store),
                     str(folder / "run"))
     assert done.returncode != 0 and "exitcode  : 3" in done.stderr, done.stderr[-3000:]
+    assert "FutureWarning" not in done.stderr  # the loss's all-reduce is our own autograd function
     shutil.copytree(folder / "run", folder / "copy")
     return {"grad": folder / "grad.pt", "run": folder / "run", "copy": folder / "copy"}
 
 
-def test_two_ranks_at_half_the_batch_give_the_one_process_loss_and_gradient(two_ranks):
+@pytest.mark.parametrize("weights", [None, SAMPLE_WEIGHTS], ids=["plain", "weighted"])
+def test_two_ranks_at_half_the_batch_give_the_one_process_loss_and_gradient(two_ranks, weights):
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(0)
         model = build_model(TINY)
         x, y = fixed_batch()
-        loss = DiceBCELoss()(model(x), y)  # one process, the whole global batch, today's loss
+        extras = () if weights is None else (torch.tensor(weights),)
+        loss = DiceBCELoss()(model(x), y, *extras)  # one process, the whole global batch, today's loss
         loss.backward()
     finally:
         torch.use_deterministic_algorithms(False)
-    ranks = torch.load(two_ranks["grad"], weights_only=True)
+    ranks = torch.load(two_ranks["grad"], weights_only=True)["plain" if weights is None else "weighted"]
     assert float(ranks["loss"]) == pytest.approx(float(loss.detach()), rel=1e-6)
     for name, param in model.named_parameters():
-        error = (ranks["grads"][name] - param.grad).norm() / param.grad.norm()
+        error = (ranks["grads"][name] - param.grad).norm() / max(param.grad.norm(), GRADIENT_FLOOR)
+        assert error < GRADIENT_RTOL, name
+
+
+def test_two_ranks_accumulating_without_sync_give_the_one_process_accumulated_gradient(two_ranks):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    x, y = fixed_batch()
+    for group in ACCUMULATED:  # --accumulate 2 in one process: each micro-batch's loss at half weight
+        (DiceBCELoss()(model(x[list(group)]), y[list(group)]) * 0.5).backward()
+    ranks = torch.load(two_ranks["grad"], weights_only=True)["accumulated"]
+    for name, param in model.named_parameters():
+        error = (ranks[name] - param.grad).norm() / max(param.grad.norm(), GRADIENT_FLOOR)
         assert error < GRADIENT_RTOL, name
 
 
@@ -126,23 +146,39 @@ def test_one_process_never_creates_a_process_group(store, tmp_path):
     assert seen and not any(seen)
 
 
-def test_global_loss_with_identity_reduce_equals_the_one_process_loss():
+def same(values: torch.Tensor) -> torch.Tensor:
+    """The reduction over one rank: the values themselves."""
+    return values
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 1.0, 1.0, 1.0], [1.0, 0.5, 0.0, 0.5], [0.5, 0.5, 0.5, 0.5],
+                                     [0.0, 0.0, 0.0, 0.0]])
+def test_global_loss_on_one_rank_is_the_one_process_weighted_loss(weights):
     x, y = fixed_batch()
     logits = torch.randn(x.shape[0], 1, *x.shape[2:], generator=torch.Generator().manual_seed(2))
-    assert float(GlobalDiceBCELoss(lambda sums: sums)(logits, y)) == pytest.approx(float(DiceBCELoss()(logits, y)),
-                                                                                    rel=1e-6)
+    extras = () if weights is None else (torch.tensor(weights),)
+    assert float(GlobalDiceBCELoss(same, same)(logits, y, *extras)) == pytest.approx(
+        float(DiceBCELoss()(logits, y, *extras)), rel=1e-6, abs=1e-7)
 
 
-def test_weight_zero_samples_count_nowhere_in_the_global_loss():
+@pytest.mark.parametrize("weights", [None, [1.0, 0.5, 0.0]])
+def test_padding_rows_count_nowhere_but_weight_zero_rows_count_in_the_batch(weights):
     x, y = fixed_batch()
     logits = torch.randn(x.shape[0], 1, *x.shape[2:], generator=torch.Generator().manual_seed(3))
-    loss = GlobalDiceBCELoss(lambda sums: sums)
-    padded = loss(logits, y, torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    assert float(padded) == pytest.approx(float(loss(logits[:2], y[:2])), rel=1e-6)
+    rows, real = torch.tensor([0, 1, 2, 0]), torch.tensor([True, True, True, False])  # row 0 copied as padding
+    weight = None if weights is None else torch.tensor(weights + [1.0])  # padding copies its row's weight
+    padded = GlobalDiceBCELoss(same, same)(logits[rows], y[rows], weight, real)
+    extras = () if weights is None else (torch.tensor(weights),)
+    assert float(padded) == pytest.approx(float(DiceBCELoss()(logits[:3], y[:3], *extras)), rel=1e-6)
 
 
 def test_torchrun_environment_is_read_and_checked():
-    assert DistEnv.from_environ({}) == DistEnv(rank=0, world_size=1, local_rank=0)
+    assert DistEnv.from_environ({}) == DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    assert DistEnv.from_environ({"RANK": "1", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
+                                 "LOCAL_WORLD_SIZE": "4"}).local_world_size == 4
+    assert DistEnv.from_environ({"RANK": "1", "WORLD_SIZE": "3"}).local_world_size == 3  # unknown: all on this node
+    with pytest.raises(UsageError, match="LOCAL_WORLD_SIZE=3"):
+        DistEnv.from_environ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "3"})
     assert not DistEnv.from_environ({"WORLD_SIZE": "1", "RANK": "0"}).enabled
     env = DistEnv.from_environ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert env.enabled and not env.is_main and env.local_rank == 1
@@ -162,10 +198,26 @@ def test_global_batch_that_the_ranks_do_not_divide_is_one_line(store, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_checks_the_saved_batch_size_not_the_command_line_default(store, tmp_path):
+    train(store, TINY, TrainConfig(epochs=1, batch_size=5, device="cpu", augment=False), out=tmp_path / "run")
+    with pytest.raises(UsageError, match=r"--batch-size 5: .*multiple of 2"):  # the CLI's default 16 would divide
+        resume_session(SliceStore.open(store), tmp_path / "run", ModelConfig(), TrainConfig(), frozenset(),
+                       Console(quiet=True), DistEnv(rank=0, world_size=2))
+
+
 def test_more_ranks_than_train_cases_is_refused():
     slices = pd.DataFrame({"epoch": 0, "case_id": ["a", "a", "b"], "slice": [0, 1, 0]})
     with pytest.raises(UsageError, match="launch at most 2 processes"):
         rank_cases(DistEnv(rank=0, world_size=3), slices, [], seed=0)
+
+
+def test_a_plan_epoch_that_leaves_a_rank_without_rows_is_refused_before_training():
+    both = pd.DataFrame({"epoch": [0, 0, 0, 1, 1], "case_id": ["a", "a", "b", "a", "b"], "slice": [0, 1, 0, 2, 1]})
+    assert rank_cases(DistEnv(rank=1, world_size=2), both, [], seed=0) == ["b"]  # a (3 rows) on rank 0, b on 1
+    b_once = both.assign(case_id=["a", "a", "b", "a", "a"])  # b only in plan epoch 0: rank 1 idle in epoch 1
+    for rank in range(2):  # every rank refuses, with the same line
+        with pytest.raises(UsageError, match=r"plan epoch 1 with 2 processes: ranks \[1\] get no rows.*launch fewer"):
+            rank_cases(DistEnv(rank=rank, world_size=2), b_once, [], seed=0)
 
 
 def test_each_rank_holds_its_own_cases_and_rank_0_the_val_cases():
@@ -206,19 +258,24 @@ def fake_data(cases: list[str], n_slices: int) -> ResidentVolumes:
                            n_slices=torch.full((len(cases),), n_slices), device=torch.device("cpu"))
 
 
-def test_ranks_take_equal_steps_and_their_weighted_samples_are_the_epoch_plan():
+def test_ranks_take_equal_steps_and_their_real_samples_are_the_epoch_plan():
     plan = pd.DataFrame({"epoch": 0, "case_id": ["a"] * 6 + ["b"] * 3 + ["c"] * 2,
-                         "slice": [0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1]})
+                         "slice": [0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1], "role": ["lesion"] * 9 + ["pseudo"] * 2})
     data = fake_data(["a", "b", "c"], 6)
-    trained, lengths = [], set()
+    trained, lengths, weights = [], set(), {}
     for rank in range(2):
-        samples = rank_samples(DistEnv(rank=rank, world_size=2), data, plan, plan, seed=0, pseudo_weight=1.0)
+        samples = rank_samples(DistEnv(rank=rank, world_size=2), data, plan, plan, seed=0, pseudo_weight=0.0)
         lengths.add(len(samples))
-        real = samples.weight > 0
-        trained += [(data.case_ids[int(c)], int(z)) for c, z in zip(samples.case_pos[real], samples.slice_index[real])]
-        assert set(samples.weight.tolist()) <= {0.0, 1.0}
-    assert lengths == {6}  # rank 1 (b + c: 5 rows) padded with one weight-0 sample to rank 0's 6
+        real = samples.real if samples.real is not None else torch.ones(len(samples), dtype=torch.bool)
+        rows = [(data.case_ids[int(c)], int(z)) for c, z in zip(samples.case_pos[real], samples.slice_index[real])]
+        trained += rows
+        weights |= dict(zip(rows, (samples.weight[real] if samples.weight is not None else torch.ones(len(rows)))
+                            .tolist()))
+        assert samples.n_real() == len(rows)
+        assert job_samples(DistEnv(rank=rank, world_size=2), samples, plan) == len(plan)  # padding not counted
+    assert lengths == {6}  # rank 1 (b + c: 5 rows) padded with one copy marked not real to rank 0's 6
     assert sorted(trained) == sorted(zip(plan["case_id"], plan["slice"]))
+    assert weights[("c", 0)] == weights[("c", 1)] == 0.0 and weights[("b", 0)] == 1.0  # weight 0, yet real
 
 
 def test_two_ranks_stream_the_same_batches_as_they_hold_resident(store, tmp_path):

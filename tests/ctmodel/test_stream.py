@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 from cli import model_app
 from conftest import add_pseudo, build_store, one_line_error, phantom, ras_affine
-from ctmodel.batches import (epoch_samples, iterate_batches, load_resident, patch_shape, patches_per_step,
-                             volumetric_subset)
+from ctmodel.batches import (HOST_MEMORY_SHARE, epoch_samples, iterate_batches, load_resident, patch_shape,
+                             patches_per_step, volumetric_subset)
 from ctmodel.config import ModelConfig, TrainConfig, parse_bytes
+from ctmodel.distributed import DistEnv
 from ctmodel.runfolder import plan_epochs
-from ctmodel.stream import (THREAD_NAME, EpochStream, epoch_rows, load_epoch, needed_slices, open_stream,
-                            read_case_rows, resident_need, stream_reason)
+from ctmodel.stream import (THREAD_NAME, EpochStream, default_budget, epoch_rows, load_epoch, needed_slices,
+                            open_stream, read_case_rows, resident_need, stream_reason, val_needs)
 from ctmodel.train import train
 from ctprep.errors import StoreFormatError, UsageError
 from ctprep.store import SliceStore
@@ -80,9 +81,9 @@ def epoch_batches(data, rows: pd.DataFrame, epoch: int, patch: tuple[int, int] |
 
 def forced_budget(store: SliceStore, plan: list[pd.DataFrame], val_ids: list[str], target: str = "consensus",
                   depth: int | None = None) -> int:
-    """The smallest budget streaming accepts: two epochs' rows plus the val volumes."""
+    """The smallest budget that keeps the val volumes resident beside two epochs' rows."""
     held = max(epoch_rows(store, rows, target, depth).nbytes(store) for rows in plan)
-    return 2 * held + resident_need(store, val_ids)
+    return 2 * held + val_needs(store, val_ids)[0]
 
 
 def assert_same_batches(expected: list[tuple], got: list[tuple]) -> None:
@@ -234,10 +235,10 @@ def big_store(tmp_path_factory) -> Path:
 
 def test_a_store_ten_times_the_budget_trains_end_to_end(big_store, tmp_path):
     store = SliceStore.open(big_store)
-    budget = parse_bytes("80KiB")
+    budget = parse_bytes("90KiB")
     assert resident_need(store, store.case_ids()) >= 10 * budget
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, augment=False, ratio=0.0, neighbours=0,
-                      memory_budget="80KiB")
+                      memory_budget="90KiB")
     log = io.StringIO()
     result = train(big_store, TINY, cfg, out=tmp_path / "run", console=Console(file=log, width=400))
     assert "streaming each plan epoch's rows from the store (--resident stream)" in log.getvalue()
@@ -288,3 +289,24 @@ def test_parse_bytes_multiplies_by_the_unit(n, unit):
     assert parse_bytes(f"{n}{unit}") == n * factor
     with pytest.raises(UsageError):
         parse_bytes(f"-{n}{unit}")
+
+
+def test_validation_budget_counts_the_scored_volume_beside_the_stored_ones(stream_store):
+    store = SliceStore.open(stream_store)
+    pixels = 30 * store.layout.size ** 2  # every case has 30 slices
+    stored = pixels * (np.dtype(store.layout.dtype).itemsize + 1)  # image + uint8 mask
+    scoring = pixels * (4 + 1)  # the volume being scored: float32 image and bool prediction
+    assert val_needs(store, ["case4", "case5"]) == (2 * stored + scoring, stored + scoring)
+    assert val_needs(store, []) == (0, 0)
+
+
+def test_default_memory_share_is_split_over_the_processes_on_one_node(stream_store, monkeypatch):
+    store, cases = SliceStore.open(stream_store), ["case0", "case1", "case2", "case3"]
+    need = resident_need(store, cases)
+    available = int(need / HOST_MEMORY_SHARE * 2)  # the data takes half the default share of one process
+    monkeypatch.setattr("ctmodel.batches.available_host_bytes", lambda: available)
+    monkeypatch.setattr("ctmodel.stream.available_host_bytes", lambda: available)
+    node = DistEnv.from_environ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"})
+    assert stream_reason(store, cases, CPU, TrainConfig()) is None  # alone it stays resident
+    assert "streaming" in stream_reason(store, cases, CPU, TrainConfig(), node.local_world_size)  # a quarter: not
+    assert default_budget(node.local_world_size) == int(HOST_MEMORY_SHARE * available / 4)
