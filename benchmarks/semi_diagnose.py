@@ -42,7 +42,7 @@ from ctprep.store import SliceStore  # noqa: E402
 
 PSEUDO_ARMS = ("pseudo-1", "pseudo-2", "pseudo-natural")
 QUALITY_COLUMNS = ("labelled", "seed", "arm", "pseudo Dice", "recall", "precision", "pseudo-lesion slices",
-                   "true lesion slices")
+                   "true lesion slices", "case confidence range", "Spearman(confidence, case Dice)")
 ORACLE_COLUMNS = ("labelled", "seed", "supervised", "pseudo-1", "pseudo-oracle")
 
 
@@ -78,18 +78,26 @@ def truth_store(args: argparse.Namespace, unlabeled: list[str]) -> SliceStore:
 
 
 def quality(store: SliceStore, truth: SliceStore, cases: list[str]) -> list[object]:
-    """Pseudo-label Dice, recall, precision (pixels pooled over ``cases``) and lesion slices found / true."""
+    """Pseudo-label Dice, recall, precision (pixels pooled over ``cases``), lesion slices found / true, and how
+    well the case confidence (what --min-confidence cuts on) ranks the cases' own pseudo-label Dice."""
+    from scipy.stats import spearmanr
+
     inter = pred = true = pred_slices = true_slices = 0
+    confidence, case_dice = [], []
     for case in cases:
         mask, target = store.read_pseudo(case), truth.read_mask(case)
         if mask is None:
             continue
+        confidence.append(float(np.mean(store.pseudo_record(case)["confidence"])))
+        case_dice.append(2 * int((mask & target).sum()) / max(int(mask.sum()) + int(target.sum()), 1))
         inter += int((mask & target).sum())
         pred, true = pred + int(mask.sum()), true + int(target.sum())
         pred_slices += int(mask.any(axis=(1, 2)).sum())
         true_slices += int(target.any(axis=(1, 2)).sum())
+    rho = spearmanr(confidence, case_dice).statistic if len(confidence) > 2 else float("nan")
     return [f"{2 * inter / max(pred + true, 1):.3f}", f"{inter / max(true, 1):.3f}", f"{inter / max(pred, 1):.3f}",
-            pred_slices, true_slices]
+            pred_slices, true_slices, f"{min(confidence, default=0):.4f}–{max(confidence, default=0):.4f}",
+            f"{rho:+.2f}"]
 
 
 def oracle_run(args: argparse.Namespace, n_labelled: int, seed: int, truth: SliceStore, unlabeled: list[str],
