@@ -24,6 +24,7 @@ from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.executors import Scheduler, open_executor
 from ctprep.index import empty_per_lesion, lost_to_resize
+from ctprep.location import open_location
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import preprocess_image
@@ -197,7 +198,7 @@ def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), p
 
 def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) -> ConvertReport:
     start = time.perf_counter()
-    raw, store_path = Path(raw), Path(store_path)
+    raw, store_path = Path(raw), open_location(store_path)
     found = find_cases(raw)
     if not found.cases and not found.problems:
         skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""

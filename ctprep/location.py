@@ -162,12 +162,16 @@ class ObjectLocation:
 
     def sizes(self) -> dict[str, int]:
         """Every object below this prefix, in one listing: key relative to it -> bytes."""
+        return {key: size for key, size, _ in self.listing()}
+
+    def listing(self) -> list[tuple[str, int, float]]:
+        """Every object below this prefix, in one listing: (key relative to it, bytes, last-modified time)."""
         import obstore
 
         start = len(self._prefix())
         with object_errors(self):
-            return {entry["path"][start:]: int(entry["size"])
-                    for batch in obstore.list(self._store(), self._prefix(), chunk_size=1000) for entry in batch}
+            return [(entry["path"][start:], int(entry["size"]), entry["last_modified"].timestamp())
+                    for batch in obstore.list(self._store(), self._prefix(), chunk_size=1000) for entry in batch]
 
     def unlink(self, missing_ok: bool = False) -> None:
         """Delete the object (deleting an absent key is no error on object stores)."""
@@ -244,6 +248,22 @@ def zarr_target(location: StoreLocation, read_only: bool = True):
     return location.zarr_store(read_only) if is_object(location) else str(location)
 
 
+def write_file(location: StoreLocation, data: bytes) -> None:
+    """Replace a file (atomically and durably, ``ctprep.atomic``) or an object (one PUT) with ``data``; either is
+    left untouched when it already holds those bytes."""
+    if not is_object(location):
+        from ctprep.atomic import write_bytes
+
+        write_bytes(location, data)
+        return
+    try:
+        if location.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    location.write_bytes(data)
+
+
 def read_parquet(location: StoreLocation) -> "pd.DataFrame":
     """A Parquet file (local or object) as a DataFrame; bytes pass through memory, never a URL to pandas."""
     import pandas as pd
@@ -273,6 +293,14 @@ def object_errors(where: object, passing: tuple[type, ...] = ()) -> Iterator[Non
         if isinstance(err, passing) or isinstance(err, StorageError) or not _from_obstore(err):
             raise
         raise object_error(err, where) from err
+
+
+def mapped_object_error(err: Exception) -> StorageError | None:
+    """The one-line StorageError for an obstore error that reached a command unmapped (raised inside zarr's
+    object store), naming the URL obstore reports; None for any other error."""
+    if isinstance(err, StorageError) or not _from_obstore(err):
+        return None
+    return object_error(err, "object storage")
 
 
 def object_error(err: Exception, where: object) -> StorageError:
