@@ -11,6 +11,7 @@ obstore reads them. ``import obstore`` happens only for URLs, so local users nee
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,9 +61,17 @@ def require_local(location: StoreLocation, command: str) -> Path:
     return Path(location)
 
 
-@lru_cache(maxsize=None)
 def _client(url: str):
-    """The obstore client of a store URL, made once per process (a cache of connections, never of data)."""
+    """The obstore client of a store URL, made once per process and environment (credentials, endpoint)."""
+    return _cached_client(url, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENVIRONMENT))))
+
+
+_ENVIRONMENT = ("AWS_", "GOOGLE_", "AZURE_")  # what obstore reads its credentials and endpoints from
+
+
+@lru_cache(maxsize=16)
+def _cached_client(url: str, environment: tuple[tuple[str, str], ...]):
+    """A cache of connections, never of data, keyed by the environment obstore reads."""
     from obstore.store import from_url
 
     with object_errors(url):
@@ -216,14 +225,15 @@ class ObjectLocation:
         except (PreconditionError, FileNotFoundError) as err:
             raise FileExistsError(f"{self}: changed by another writer") from err
 
-    def zarr_store(self, read_only: bool = True) -> "zarr.abc.store.Store":
-        """A Zarr store rooted at this prefix (never at a parent: zarr would write implicit parent groups there)."""
-        from obstore.store import from_url
-        from zarr.storage import ObjectStore
+    def zarr_store(self, read_only: bool = True):
+        """What zarr opens at this prefix. Reading: a path in the store root's Zarr store (one connection pool).
+        Writing: a Zarr store rooted at the prefix itself, never at a parent, where zarr would also write
+        implicit parent groups (a case's zarr.json before its arrays exist)."""
+        from zarr.storage import ObjectStore, StorePath
 
-        with object_errors(self):
-            client = self._store() if not self.key else from_url(str(self), retry_config=RETRIES)
-        return ObjectStore(client, read_only=read_only)
+        if read_only:
+            return StorePath(ObjectStore(self._store(), read_only=True), self.key)
+        return ObjectStore(_client(str(self)), read_only=False)
 
     def _prefix(self) -> str:
         return f"{self.key}/" if self.key else ""
@@ -308,8 +318,26 @@ def object_error(err: Exception, where: object) -> StorageError:
     if "NoSuchBucket" in str(err):
         return StorageError(f"{where}: no such bucket (expected an existing bucket, found none); create the "
                             f"bucket first, or {CREDENTIALS_HINT}")
-    first = " ".join(str(err).split(": Error performing")[0].split()) or type(err).__name__
-    return StorageError(f"{where}: object storage refused or failed ({first[:200]}); {CREDENTIALS_HINT}")
+    return StorageError(f"{where}: object storage refused or failed ({_reason(err)}); {CREDENTIALS_HINT}")
+
+
+_KNOWN_CAUSES = (("ConnectionRefused", "connection refused by the endpoint"),
+                 ("BadScheme", "an http:// endpoint without AWS_ALLOW_HTTP=true"),
+                 ("dns error", "endpoint host name not found"),
+                 ("403 Forbidden", "access denied (403)"), ("InvalidAccessKeyId", "unknown access key"),
+                 ("SignatureDoesNotMatch", "wrong secret key"), ("401 Unauthorized", "not authenticated (401)"))
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong, in a few words: a known cause, else obstore's first sentence without the request."""
+    text = str(err)
+    for marker, cause in _KNOWN_CAUSES:
+        if marker in text:
+            return cause
+    first = text.split("\n")[0]
+    if " - " in first:  # "Generic S3 error: Error performing GET <url> in 3ms - HTTP error: ..."
+        first = f"{first.split(':')[0]}: {first.rsplit(' - ', 1)[-1]}"
+    return first[:200] or type(err).__name__
 
 
 def _from_obstore(err: BaseException) -> bool:

@@ -22,8 +22,10 @@ def damage_error(path: Path, faults: list[str]) -> StoreFormatError:
     return StoreFormatError(f"{faults[0]}{more}; {repair_hint(path)}")
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 4 MiB blocks."""
+def file_sha256(path: StoreLocation) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks (an object's, read whole)."""
+    if is_object(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(4 * 1024**2), b""):
