@@ -304,8 +304,8 @@ def plan(
 def train(
     ctx: typer.Context,
     store: Annotated[str, typer.Argument(help="Slice store made by `ctprep convert` (a folder or a URL).")],
-    plan: Annotated[Optional[Path], typer.Option(help="Plan from `ctsample plan` (default: build one, one "
-                                                      "fresh fill per epoch).")] = None,
+    plan: Annotated[Optional[str], typer.Option(help="Plan from `ctsample plan`, a file or a URL (default: build "
+                                                     "one, one fresh fill per epoch).")] = None,
     ratio: Annotated[str, typer.Option(help="Without --plan: empty:lesion target ratio, or 'natural' (every "
                                             "slice: the study's regime).")] = "1.75",
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,

@@ -115,6 +115,7 @@ def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path | str, 
     from ctprep.errors import UsageError
     from ctprep.location import is_url
 
+    inputs = tuple(path for path in inputs if not is_url(path))
     stores = tuple(path for path in stores if not is_url(path))
     for path in inputs:
         if path is not None and not os.path.lexists(path):

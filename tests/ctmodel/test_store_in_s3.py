@@ -6,11 +6,12 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import build_store, phantom, ras_affine
+from conftest import build_store, one_line_error, phantom, ras_affine, save_random_run
 from typer.testing import CliRunner
 
 from cli import model_app, prep_app, sample_app
 from ctprep.info import store_info
+from ctprep.store import StoreLayout
 from ctsample.plan import PlanConfig, load_plan, plan_store
 
 SPLITS = {"case0": "train", "case1": "train", "case2": "train", "case3": "val", "case4": "test"}
@@ -48,14 +49,25 @@ def test_plan_of_a_store_in_s3_is_saved_inside_it_or_where_out_says(s3_tiny, tin
     assert runner.invoke(sample_app, ["stats", s3_tiny]).exit_code == 0
 
 
-def test_train_and_evaluate_from_a_store_in_s3(s3_tiny, tmp_path):
-    run = tmp_path / "run"
-    result = runner.invoke(model_app, ["train", s3_tiny, "--epochs", "1", "--width", "4", "--depth", "2",
-                                       "--device", "cpu", "--batch-size", "4", "--out", str(run)])
+def test_train_on_a_plan_in_s3_and_evaluate_from_a_store_in_s3(s3_tiny, tmp_path):
+    run, plan = tmp_path / "run", f"{s3_tiny}/plans/train-r1.75-k1-e1-s0.parquet"
+    assert runner.invoke(sample_app, ["plan", s3_tiny]).exit_code == 0
+    result = runner.invoke(model_app, ["train", s3_tiny, "--plan", plan, "--epochs", "1", "--width", "4",
+                                       "--depth", "2", "--device", "cpu", "--batch-size", "4", "--out", str(run)])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "config.json").read_text())["store"]["path"] == s3_tiny
+    config = json.loads((run / "config.json").read_text())
+    assert config["store"]["path"] == s3_tiny and config["plan"]["source"] == plan
     result = runner.invoke(model_app, ["evaluate", str(run), s3_tiny, "--split", "all", "--device", "cpu",
                                        "--grid", "store", "--out", str(tmp_path / "eval.csv")])
     assert result.exit_code == 0, result.output
     scores = pd.read_csv(tmp_path / "eval.csv")
     assert sorted(scores["case_id"]) == sorted(SPLITS)
+
+
+def test_split_and_pseudo_label_need_a_local_store(s3_tiny, tmp_path):
+    run = save_random_run(tmp_path / "run", StoreLayout(size=16))
+    for app, args in ((sample_app, ["split", s3_tiny]), (model_app, ["pseudo-label", str(run), s3_tiny])):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert one_line_error(result).endswith("needs a local store (expected a folder, found an object-storage "
+                                               "URL); copy the store down, or use a local path")
