@@ -31,7 +31,8 @@ def write_group_metadata(folder: StoreLocation, metadata: GroupMetadata) -> None
     write_file(folder / "zarr.json", data)
 
 
-def write_array(parent: zarr.Group | StoreLocation, name: str, data: np.ndarray, attributes: dict | None = None) -> zarr.Array:
+def write_array(parent: zarr.Group | StoreLocation, name: str, data: np.ndarray,
+                attributes: dict | None = None) -> zarr.Array:
     """One chunk per slice (per rater and slice for (R, Z, S, S) rater masks), all slices of the case (of one
     rater) in one shard; empty chunks are written too, so every shard file exists (a missing one is damage, never
     an all-zero array). ``parent`` is a group, or a folder (or object prefix) whose own zarr.json is written later

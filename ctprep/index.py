@@ -5,7 +5,6 @@ the index lists (``read_index(check=True)``) or to explain an old store's missin
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np

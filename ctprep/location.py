@@ -24,7 +24,6 @@ from ctprep.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
-    import zarr.abc.store
 
 URL_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "abfss://", "adl://", "azure://", "http://", "https://")
 CREDENTIALS_HINT = ("check the URL and the credentials in the environment (AWS_ACCESS_KEY_ID, "

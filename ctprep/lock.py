@@ -39,7 +39,8 @@ def folder_lock(folder: Path, busy: CtstackError, wait_s: float = 0.0) -> Iterat
 
 
 @contextmanager
-def store_lock(store_path: StoreLocation | str, wait_s: float = 0.0, then: str = "wait for it to finish") -> Iterator[None]:
+def store_lock(store_path: StoreLocation | str, wait_s: float = 0.0,
+               then: str = "wait for it to finish") -> Iterator[None]:
     """Hold the store's exclusive write lock; raise StoreLockedError if another process keeps it for ``wait_s``
     seconds (0: at once), its message ending with ``then`` (what to do).
 

@@ -211,7 +211,7 @@ def commit_case(built: Path, target: Path, area: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock", ".lease")  # names in a store that ctstack writes or removes
+RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock", ".lease")  # names ctstack writes or removes in a store
 
 
 def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:
@@ -367,8 +367,8 @@ def stored_cases(path: StoreLocation | str) -> list[StoreLocation]:
 
 def root_missing_text(path: Path) -> str:
     """The one line for a store whose root zarr.json is gone but whose cases are there."""
-    return (f"{open_location(path) / 'zarr.json'}: root metadata missing (expected the ctstack store's zarr.json, found "
-            f"{len(stored_cases(path))} cases without it); run `ctprep verify {path} --repair RAW` to restore it")
+    return (f"{open_location(path) / 'zarr.json'}: root metadata missing (expected the ctstack store's zarr.json, "
+            f"found {len(stored_cases(path))} cases without it); run `ctprep verify {path} --repair RAW` to restore it")
 
 
 def check_format_version(path: Path, attrs: dict) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ctprep.errors import StoreFormatError
-from ctprep.location import open_location, require_local
 from ctprep.index import INDEX_FILE, PSEUDO_COLUMNS, write_index
+from ctprep.location import open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.store import FORMAT_VERSION, UPGRADABLE, check_format_version, reconvert_hint, root_attrs, \
     update_root_attrs

@@ -15,9 +15,9 @@ from zarr.core.group import GroupMetadata
 
 from ctprep import __version__
 from ctprep.arrays import write_group_metadata
-from ctprep.location import StoreLocation, is_object, open_location, require_local
 from ctprep.console import echo, print_problems, print_table, track
 from ctprep.errors import StoreFormatError, StoreNotFoundError, UsageError
+from ctprep.location import StoreLocation, is_object, open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.shards import case_faults, file_sha256
 from ctprep.store import (CASES, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, PARTIAL, SHARDS, SliceStore, StoreLayout,

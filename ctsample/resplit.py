@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctprep.location import open_location, require_local
 from ctprep.index import read_index, write_index
+from ctprep.location import open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.splits import (NO_FOLD, SPLITS, FoldConfig, SplitConfig, assign_folds, assign_splits, read_split_csv,
                            split_counts, unlabeled_cases)

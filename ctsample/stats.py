@@ -11,8 +11,8 @@ import pandas as pd
 from ctprep.atomic import replacing, write_text
 from ctprep.console import ratio_text
 from ctprep.errors import UsageError
-from ctprep.location import open_location
 from ctprep.index import lost_slices, rater_disagreement, read_index
+from ctprep.location import open_location
 from ctprep.outputs import check_output, check_outputs
 from ctprep.splits import check_split_choice
 from ctsample.plan import classify, kind_counts, labeled_rows
