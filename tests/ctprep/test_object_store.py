@@ -95,6 +95,15 @@ def test_an_abandoned_lease_is_taken_over_by_one_writer(s3_store):
     assert (store / LEASE_FILE).exists()
 
 
+def test_a_holder_whose_lease_was_taken_over_fails_in_one_line_when_done(s3_store):
+    store = open_location(s3_store)
+    with pytest.raises(StoreLockedError, match="the write lease was lost while writing"):
+        with object_lease(store, "wait", terms=LeaseTerms(ttl_s=0.3)) as lease:  # renewed every 0.1 s
+            (store / LEASE_FILE).write_bytes(b'{"owner": "another writer"}')  # as a takeover would
+            assert lease.lost.wait(timeout=30)  # the next renewal's If-Match fails
+    assert (store / LEASE_FILE).read_bytes() == b'{"owner": "another writer"}'  # left to its new holder
+
+
 def test_a_store_that_ignores_create_only_writes_is_refused(s3_store, monkeypatch):
     monkeypatch.setattr(ObjectLocation, "create", lambda self, data: self.write_bytes(data) or "tag")
     with pytest.raises(StorageError, match="ignores create-only writes"):
