@@ -62,10 +62,15 @@ def require_local(location: StoreLocation, command: str) -> Path:
 
 def _client(url: str):
     """The obstore client of a store URL, made once per process and environment (credentials, endpoint)."""
-    return _cached_client(url, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENVIRONMENT))))
+    return _cached_client(url, tuple(sorted(storage_environment().items())))
 
 
-_ENVIRONMENT = ("AWS_", "GOOGLE_", "AZURE_")  # what obstore reads its credentials and endpoints from
+STORAGE_VARIABLES = ("AWS_", "GOOGLE_", "AZURE_")  # the prefixes of what obstore reads credentials and endpoints from
+
+
+def storage_environment() -> dict[str, str]:
+    """This process's object-storage variables (credentials, endpoints), which worker processes are given."""
+    return {name: value for name, value in os.environ.items() if name.startswith(STORAGE_VARIABLES)}
 
 
 @lru_cache(maxsize=16)

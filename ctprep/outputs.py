@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ctprep.errors import UsageError
-from ctprep.location import StoreLocation, is_object
+from ctprep.location import ObjectLocation, StoreLocation, is_object
 from ctprep.store import FORMAT_NAME, RESERVED
 
 GROUP_FILE = "zarr.json"
@@ -83,7 +83,7 @@ def _refuse_reserved(path: Path, what: str, is_folder: bool) -> None:
                      f"write it beside the store or under {store / ALLOWED_EXAMPLE}")
 
 
-def _check_object_output(key, what: str):
+def _check_object_output(key: ObjectLocation, what: str) -> ObjectLocation:
     """UsageError when an object-storage key is one of its store's reserved files (outputs go below plans/)."""
     parts = key.key.split("/")
     if parts[0] in RESERVED_TOP or GROUP_FILE in parts:
