@@ -35,7 +35,8 @@ def convert(
     ctx: typer.Context,
     raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
                                              "(imagesTs) or images/ + masks/.")],
-    store: Annotated[Path, typer.Argument(help="Slice store to create or update, e.g. store.zarr.")],
+    store: Annotated[str, typer.Argument(help="Slice store to create or update: a folder (store.zarr) or an "
+                                             "object-storage URL (s3://bucket/store.zarr); needs ctstack[cloud].")],
     window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
     size: Annotated[int, typer.Option(min=8, max=4096, help="Stored in-plane size S (pixels).")] = 256,
     dtype: Annotated[str, typer.Option(help="Stored image dtype: float16 (0..1) or uint8 (0..255).")] = "float16",
@@ -302,9 +303,9 @@ def plan(
 @model_app.command(cls=Command)
 def train(
     ctx: typer.Context,
-    store: Annotated[Path, typer.Argument(help="Slice store made by `ctprep convert`.")],
-    plan: Annotated[Optional[Path], typer.Option(help="Plan from `ctsample plan` (default: build one, one "
-                                                      "fresh fill per epoch).")] = None,
+    store: Annotated[str, typer.Argument(help="Slice store made by `ctprep convert` (a folder or a URL).")],
+    plan: Annotated[Optional[str], typer.Option(help="Plan from `ctsample plan`, a file or a URL (default: build "
+                                                     "one, one fresh fill per epoch).")] = None,
     ratio: Annotated[str, typer.Option(help="Without --plan: empty:lesion target ratio, or 'natural' (every "
                                             "slice: the study's regime).")] = "1.75",
     neighbours: Annotated[int, typer.Option(min=0, help="Without --plan: empty neighbours always taken.")] = 1,
@@ -407,7 +408,8 @@ def train(
 def evaluate(
     ctx: typer.Context,
     run: RunArgument,
-    store: Annotated[Path, typer.Argument(help="Slice store with the run's layout (window, size, dtype).")],
+    store: Annotated[str, typer.Argument(help="Slice store with the run's layout (window, size, dtype); a folder "
+                                             "or a URL.")],
     split: SplitOption = "test",
     checkpoint: CheckpointOption = "best",
     tolerance: ToleranceOption = 1.0,
@@ -449,7 +451,7 @@ def evaluate(
 @model_app.command(cls=Command)
 def compare(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(metavar="RUN... STORE",
+    paths: Annotated[list[str], typer.Argument(metavar="RUN... STORE",
                                                 help="Run folders, then the store: RUN_A RUN_B ... STORE.")],
     split: SplitOption = "test",
     checkpoint: CheckpointOption = "best",
@@ -474,9 +476,10 @@ def compare(
     from ctmodel.evaluate import EvaluateConfig
     from ctprep.console import print_files, print_table
 
-    with errors(ctx, inputs=tuple(paths[:-1]), stores=tuple(paths[-1:])):
+    runs = [Path(path) for path in paths[:-1]]
+    with errors(ctx, inputs=tuple(runs), stores=tuple(paths[-1:])):
         cfg = EvaluateConfig(split=split, checkpoint=checkpoint, tolerance_mm=tolerance, device=device, grid=grid)
-        report = compare_report(paths[:-1], paths[-1], cfg, StatsConfig(resamples=resamples, seed=stats_seed),
+        report = compare_report(runs, paths[-1], cfg, StatsConfig(resamples=resamples, seed=stats_seed),
                                 out, plot)
     for table in report.tables():
         print_table(*table)
@@ -523,7 +526,7 @@ def predict(
 def pseudo_label(
     ctx: typer.Context,
     run: RunArgument,
-    store: Annotated[Path, typer.Argument(help="Slice store with the run's layout; its unlabeled train cases get "
+    store: Annotated[str, typer.Argument(help="Slice store with the run's layout; its unlabeled train cases get "
                                                "pseudo-labels.")],
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the pseudo mask.")]
     = 0.5,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ctmodel.config import check_inference
 from ctprep.errors import RunError, UsageError
+from ctprep.location import open_location, require_local
 from ctprep.store import SliceStore
 
 CASE_CHOICES = ("unlabeled", "all-unlabeled-in-split")  # incremental (skip what this checkpoint did) | every one
@@ -148,7 +149,7 @@ def pseudo_label(run_dir: Path, store_path: Path, cfg: PseudoLabelConfig = Pseud
     from ctprep.partials import clear_partial
 
     start = time.perf_counter()
-    store = SliceStore.open(store_path)
+    store = SliceStore.open(require_local(open_location(store_path), "ctmodel pseudo-label"))
     device = resolve_device(cfg.device)
     run = load_run(Path(run_dir), cfg.checkpoint, device)
     check_layout(run.layout, store, Path(run_dir), doing="pseudo-label")

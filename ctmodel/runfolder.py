@@ -18,6 +18,7 @@ from ctprep.atomic import replacing, write_text
 from ctprep.clock import NAME_UTC, utc_stamp
 from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
+from ctprep.location import open_location
 from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
 from ctsample.planfile import PLAN_COLUMNS
@@ -96,13 +97,13 @@ def with_plan_rule(cfg: TrainConfig, params: dict) -> TrainConfig:
     return replace(cfg, **{name: params[name] for name in PLAN_RULE if name in params})
 
 
-def read_plan_file(path: Path) -> tuple[pd.DataFrame, dict]:
-    """A plan written by `ctsample plan` (through ctsample's loader)."""
+def read_plan_file(path: Path | str) -> tuple[pd.DataFrame, dict]:
+    """A plan written by `ctsample plan`, a file or a URL (through ctsample's loader)."""
     from ctsample.plan import load_plan
 
-    if not Path(path).exists():
+    if not open_location(path).exists():
         raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
-    plan = load_plan(Path(path))
+    plan = load_plan(path)
     return plan.slices, dict(plan.params)
 
 

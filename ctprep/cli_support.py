@@ -58,7 +58,8 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks
 VersionOption = Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                        help="Print the version and exit.")]
 
-StoreArgument = Annotated[Path, typer.Argument(help="A store made by `ctprep convert`.")]
+StoreArgument = Annotated[str, typer.Argument(help="A store made by `ctprep convert`: a folder, or an "
+                                                   "object-storage URL (s3://bucket/store.zarr, gs://, az://).")]
 RunArgument = Annotated[Path, typer.Argument(help="Run folder written by `ctmodel train`.")]
 WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores; "
                                                                   "1 runs in-process).")]
@@ -75,23 +76,30 @@ BatchSizeOption = Annotated[Optional[int], typer.Option(min=1, help="Slices per 
 
 @contextmanager
 def errors(ctx: typer.Context, inputs: tuple[Optional[Path], ...] = (),
-           stores: tuple[Path, ...] = ()) -> Iterator[None]:
+           stores: tuple[Path | str, ...] = ()) -> Iterator[None]:
     """Run a command's library call under the one exit-code scheme of every command, and print one line on error.
 
     Exit codes: 0 success; 1 the data, store, run or a case is wrong or damaged (a CtstackError, including a full
     disk, a read-only file system or denied access while writing); 2 the command line is wrong (UsageError: bad
     option values, conflicting options, an input path that does not exist). Click's own usage errors also exit 2.
-    ``inputs`` (files or folders) and ``stores`` are checked to exist first; None entries (unset options) are
-    skipped. With --debug the error keeps its traceback.
+    ``inputs`` (files or folders) and ``stores`` (store URLs are left to the command) are checked to exist first;
+    None entries (unset options) are skipped. Object-storage failures (refused credentials, an unreachable
+    endpoint) are one line too. With --debug the error keeps its traceback.
     """
     from ctprep.errors import CtstackError, UsageError, storage_error
+    from ctprep.location import mapped_object_error
 
     try:
         _check_inputs(inputs, stores)
         try:
             yield
         except OSError as err:
-            mapped = storage_error(err)
+            mapped = storage_error(err) or mapped_object_error(err)
+            if mapped is None:
+                raise
+            raise mapped from err
+        except Exception as err:
+            mapped = mapped_object_error(err)
             if mapped is None:
                 raise
             raise mapped from err
@@ -102,10 +110,13 @@ def errors(ctx: typer.Context, inputs: tuple[Optional[Path], ...] = (),
         raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
 
 
-def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path, ...]) -> None:
-    """UsageError (exit 2) for the first input path or store that does not exist."""
+def _check_inputs(inputs: tuple[Optional[Path], ...], stores: tuple[Path | str, ...]) -> None:
+    """UsageError (exit 2) for the first input path or store that does not exist (store URLs: not checked here)."""
     from ctprep.errors import UsageError
+    from ctprep.location import is_url
 
+    inputs = tuple(path for path in inputs if not is_url(path))
+    stores = tuple(path for path in stores if not is_url(path))
     for path in inputs:
         if path is not None and not os.path.lexists(path):
             raise UsageError(f"{path}: no such file or folder (expected an existing path, found nothing); "

@@ -24,6 +24,7 @@ from ctprep.discover import CaseSource, find_cases
 from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.executors import Scheduler, open_executor
 from ctprep.index import empty_per_lesion, lost_to_resize
+from ctprep.location import StoreLocation, open_location
 from ctprep.lock import store_lock
 from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import preprocess_image
@@ -156,7 +157,7 @@ def source_fingerprint(source: dict, layout: StoreLayout, consensus: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict,
+def convert_case(case: CaseSource, store_path: StoreLocation | str, layout: StoreLayout, source: dict,
                  consensus: str = "majority", area: Path | None = None) -> CaseResult:
     """Read, validate, preprocess and atomically write one case, built under ``area`` (the run's partial area);
     a CaseError becomes the result's error line.
@@ -186,8 +187,10 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
                       _source_bytes(source))
 
 
-def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), progress: bool = True) -> ConvertReport:
-    """Convert every case found in ``raw`` into the store at ``store_path``; see the module docstring.
+def convert(raw: Path, store_path: StoreLocation | str, cfg: ConvertConfig = ConvertConfig(),
+            progress: bool = True) -> ConvertReport:
+    """Convert every case found in ``raw`` into the store at ``store_path`` (a folder, or a URL in object storage:
+    docs/scaling.md); see the module docstring.
 
     A full disk, read-only file system or denied access raises StorageError naming the file.
     """
@@ -195,9 +198,9 @@ def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), p
         return _convert(raw, store_path, cfg, progress)
 
 
-def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) -> ConvertReport:
+def _convert(raw: Path, store_path: StoreLocation | str, cfg: ConvertConfig, progress: bool) -> ConvertReport:
     start = time.perf_counter()
-    raw, store_path = Path(raw), Path(store_path)
+    raw, store_path = Path(raw), open_location(store_path)
     found = find_cases(raw)
     if not found.cases and not found.problems:
         skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""

@@ -5,7 +5,6 @@ the index lists (``read_index(check=True)``) or to explain an old store's missin
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +13,7 @@ from pyarrow.lib import ArrowException
 
 from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
+from ctprep.location import StoreLocation, is_object, open_location, parquet_bytes, read_parquet, write_file
 from ctprep.splits import NO_FOLD, FoldConfig, assign_folds
 
 if TYPE_CHECKING:
@@ -95,24 +95,29 @@ def build_index(store: SliceStore, splits: dict[str, str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_index(store_path: Path, index: pd.DataFrame) -> Path:
-    """Replace the store's index.parquet atomically (temp file + os.replace); rows sorted by case, slice."""
+def write_index(store_path: StoreLocation | str, index: pd.DataFrame) -> StoreLocation:
+    """Replace the store's index.parquet atomically (temp file + os.replace, or one PUT in object storage); rows
+    sorted by case, slice."""
     index = with_fold_column(index).loc[:, list(COLUMNS)]
     index = index.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
-    target = Path(store_path) / INDEX_FILE
+    target = open_location(store_path) / INDEX_FILE
+    if is_object(target):
+        write_file(target, parquet_bytes(index, index=False, compression="zstd"))
+        return target
     with replacing(target) as tmp:
         index.to_parquet(tmp, index=False, compression="zstd")
     return target
 
 
-def read_index(store_path: Path, check: bool = True) -> pd.DataFrame:
+def read_index(store_path: StoreLocation | str, check: bool = True) -> pd.DataFrame:
     """Read index.parquet; raises with what to do when it is missing or lacks columns, or (``check``) when a case
     it lists is missing or damaged in the store (``store.check_index_cases``: file stats, no decoding)."""
-    path = Path(store_path) / INDEX_FILE
+    store_path = open_location(store_path)
+    path = store_path / INDEX_FILE
     if not path.exists():
         raise StoreNotFoundError(f"{path}: no index; run `ctprep convert RAW {store_path}` to build it")
     try:
-        index = pd.read_parquet(path)
+        index = read_parquet(path)
     except (ArrowException, ValueError, EOFError) as err:  # random bytes, a truncated or corrupt file
         raise StoreFormatError(f"{path}: not a readable index (expected Parquet, found damaged data: "
                                f"{_first_line(err)}); rebuild it with `ctprep convert RAW {store_path}`") from err

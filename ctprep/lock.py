@@ -1,5 +1,6 @@
 """Per-folder write locks on FOLDER/.lock (filelock: flock on POSIX, LockFileEx on Windows), released by the OS
-even when the holder is killed: ``store_lock`` for stores, ``folder_lock`` for any folder (run folders)."""
+even when the holder is killed: ``store_lock`` for stores, ``folder_lock`` for any folder (run folders).
+A store in object storage is locked by a lease object instead (``ctprep.lease``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ctprep.errors import CtstackError, StoreFormatError, StoreLockedError
+from ctprep.location import StoreLocation, is_object, open_location
 
 LOCK_FILE = ".lock"
 
@@ -37,15 +39,23 @@ def folder_lock(folder: Path, busy: CtstackError, wait_s: float = 0.0) -> Iterat
 
 
 @contextmanager
-def store_lock(store_path: Path, wait_s: float = 0.0, then: str = "wait for it to finish") -> Iterator[None]:
+def store_lock(store_path: StoreLocation | str, wait_s: float = 0.0,
+               then: str = "wait for it to finish") -> Iterator[None]:
     """Hold the store's exclusive write lock; raise StoreLockedError if another process keeps it for ``wait_s``
     seconds (0: at once), its message ending with ``then`` (what to do).
 
     Writers of cases need no lock (``ctprep.store.write_case``); it guards the root metadata and the index.
 
-    A store path that is a file (or a broken link) raises StoreFormatError.
+    A store path that is a file (or a broken link) raises StoreFormatError. A store URL is locked by its lease
+    (``ctprep.lease.object_lease``).
     """
-    store_path = Path(store_path)
+    store_path = open_location(store_path)
+    if is_object(store_path):
+        from ctprep.lease import object_lease
+
+        with object_lease(store_path, then, wait_s):
+            yield
+        return
     if store_path.exists() and not store_path.is_dir():
         raise StoreFormatError(f"{store_path}: not a store (expected a folder or a new path, found a file); "
                                "choose another path for the store")

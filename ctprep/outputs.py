@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ctprep.errors import UsageError
+from ctprep.location import ObjectLocation, StoreLocation, is_object
 from ctprep.store import FORMAT_NAME, RESERVED
 
 GROUP_FILE = "zarr.json"
@@ -44,8 +45,11 @@ def reserved_in(path: Path, is_folder: bool = False) -> tuple[Path, Path] | None
     return None
 
 
-def check_output(path: Path, what: str = "output") -> Path:
-    """UsageError unless ``path`` may be written as a file: not an existing folder, not a store's reserved file."""
+def check_output(path: StoreLocation, what: str = "output") -> StoreLocation:
+    """UsageError unless ``path`` may be written as a file: not an existing folder, not a store's reserved file.
+    An object-storage key is checked against its own store's reserved names."""
+    if is_object(path):
+        return _check_object_output(path, what)
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: expected a file path for the {what}, found a folder; name a file inside it")
@@ -77,3 +81,12 @@ def _refuse_reserved(path: Path, what: str, is_folder: bool) -> None:
     inside = "the store folder itself" if not relative.parts else f"its reserved {relative.as_posix()}"
     raise UsageError(f"{path}: expected the {what} outside the files of store {store}, found {inside}; "
                      f"write it beside the store or under {store / ALLOWED_EXAMPLE}")
+
+
+def _check_object_output(key: ObjectLocation, what: str) -> ObjectLocation:
+    """UsageError when an object-storage key is one of its store's reserved files (outputs go below plans/)."""
+    parts = key.key.split("/")
+    if parts[0] in RESERVED_TOP or GROUP_FILE in parts:
+        raise UsageError(f"{key}: expected the {what} outside the files of store {key.store_root}, found its "
+                         f"reserved {key.key}; write it under {key.store_root / ALLOWED_EXAMPLE.rstrip('/')}/")
+    return key

@@ -5,7 +5,8 @@ filesystem), so a run never clears another live run's work: each run builds its 
 ``.partial/run-<host>-<pid>-<hex>/`` with an ``owner.json`` (host, pid, start time), and a starting run clears
 only areas that are stale (older than ``stale_after_s``) or owned by a process of this host that no longer exists.
 Any other entry of ``.partial/`` (written by a lock holder: ``ctprep verify --repair``, pseudo-labels, ctstack
-before run areas) is cleared only by a caller that holds the store lock.
+before run areas) is cleared only by a caller that holds the store lock. Stores in object storage have no partial
+areas: cases are written in place, their zarr.json last (``ctprep.store.write_case_in_place``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ctprep.location import is_object, open_location
 from ctprep.store import PARTIAL, refuse_links
 
 OWNER_FILE = "owner.json"
@@ -38,8 +40,12 @@ class Owner:
 
 
 @contextmanager
-def run_area(store_path: Path) -> Iterator[Path]:
-    """A fresh partial area for one run of this process, removed with what is left in it when the run ends."""
+def run_area(store_path: Path) -> Iterator[Path | None]:
+    """A fresh partial area for one run of this process, removed with what is left in it when the run ends
+    (None for a store in object storage, which needs none)."""
+    if is_object(open_location(store_path)):
+        yield None
+        return
     area = new_run_area(store_path)
     try:
         yield area
@@ -66,8 +72,11 @@ def clear_partial(path: Path, stale_after_s: float = STALE_AFTER_S, locked: bool
 
     With ``runs``, run areas go when abandoned (``is_abandoned``); any other entry only when ``locked`` (the caller
     holds the store lock, so no lock holder is writing it). Never follows a link: a ``.partial`` that is a link is
-    refused (StoreFormatError), and a link inside it is removed itself, not what it points to.
+    refused (StoreFormatError), and a link inside it is removed itself, not what it points to. A store in object
+    storage has no ``.partial/``: 0.
     """
+    if is_object(open_location(path)):
+        return 0
     partial = Path(path) / PARTIAL
     refuse_links(path, (PARTIAL,))
     if not partial.is_dir():

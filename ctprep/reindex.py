@@ -4,16 +4,18 @@ Convert ends with the same step; it is also the one to run after `ctprep convert
 convert whose client died once its workers had written their cases (docs/scaling.md)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from ctprep.atomic import remove_temp_files
 from ctprep.index import build_index, write_index
+from ctprep.location import ObjectLocation, is_object, open_location
 from ctprep.lock import store_lock
 from ctprep.partials import STALE_AFTER_S, clear_partial
 from ctprep.splits import SplitConfig, assign_splits
-from ctprep.store import SliceStore, update_root_attrs
+from ctprep.store import CASES, SliceStore, update_root_attrs
 
 INDEX_LOCK_WAIT_S = 600.0  # a writer finishing a big index (or a repair) may hold the lock for minutes
 
@@ -40,7 +42,7 @@ def rebuild_index(store_path: Path, split: SplitConfig | None = None, drop_obsol
 def index_store(store_path: Path, stale_after_s: float = STALE_AFTER_S) -> pd.DataFrame:
     """`ctprep index`: clear leftovers of killed writers (as convert does when it starts), then rebuild the index
     from the cases present with the store's split config; returns the index."""
-    store_path = Path(store_path)
+    store_path = open_location(store_path)
     SliceStore.open(store_path)  # a missing or old store: one line saying what to do, before any lock
     with store_lock(store_path, wait_s=INDEX_LOCK_WAIT_S):
         clear_leftovers(store_path, stale_after_s)
@@ -58,8 +60,31 @@ def index_rows(index: pd.DataFrame) -> list[tuple[str, object]]:
 
 def clear_leftovers(store_path: Path, stale_after_s: float = STALE_AFTER_S, runs: bool = True) -> None:
     """Remove what killed writers left: partial cases of lock holders, with ``runs`` abandoned run areas too
-    (``ctprep.partials``), and stray temp files of index and root metadata writes. Call under the store lock."""
+    (``ctprep.partials``), and stray temp files of index and root metadata writes; in object storage, case
+    prefixes without zarr.json (killed writers') older than ``stale_after_s``. Call under the store lock."""
+    if is_object(store_path):
+        clear_orphan_cases(store_path, stale_after_s)
+        return
     clear_partial(store_path, stale_after_s, runs=runs)
     remove_temp_files(store_path)  # ctprep.atomic's .<random>.index.parquet, .<random>.zarr.json
     for stray in store_path.glob("zarr.*.partial"):  # zarr's own temp names (stores of ctstack 0.1)
         stray.unlink(missing_ok=True)
+
+
+def clear_orphan_cases(store: ObjectLocation, stale_after_s: float = STALE_AFTER_S) -> int:
+    """In object storage: delete the case prefixes that have no zarr.json (a writer was killed before committing
+    the case) and whose newest object is older than ``stale_after_s`` (a live writer's case is younger); returns
+    how many. One listing of cases/."""
+    newest: dict[str, float] = {}
+    committed = set()
+    for key, _, modified in (store / CASES).listing():
+        case, _, rest = key.partition("/")
+        if rest == "zarr.json":
+            committed.add(case)
+        elif rest:
+            newest[case] = max(modified, newest.get(case, modified))
+    now = time.time()
+    stale = [case for case, modified in newest.items() if case not in committed and now - modified > stale_after_s]
+    for case in stale:
+        (store / CASES / case).delete_prefix()
+    return len(stale)

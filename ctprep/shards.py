@@ -8,6 +8,7 @@ from itertools import product
 from pathlib import Path
 
 from ctprep.errors import StoreFormatError
+from ctprep.location import StoreLocation, is_object, open_location
 
 
 def repair_hint(path: Path) -> str:
@@ -21,8 +22,10 @@ def damage_error(path: Path, faults: list[str]) -> StoreFormatError:
     return StoreFormatError(f"{faults[0]}{more}; {repair_hint(path)}")
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 4 MiB blocks."""
+def file_sha256(path: StoreLocation) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks (an object's, read whole)."""
+    if is_object(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(4 * 1024**2), b""):
@@ -30,9 +33,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shard_keys(array_dir: Path, meta: dict | None = None) -> list[str]:
+def shard_keys(array_dir: StoreLocation, meta: dict | None = None) -> list[str]:
     """Keys ('c/0/0/0') of every shard file the array needs, from its zarr.json (``meta`` if already read)."""
-    meta = read_metadata(Path(array_dir) / "zarr.json") if meta is None else meta
+    meta = read_metadata(open_location(array_dir) / "zarr.json") if meta is None else meta
     try:
         shape = [int(n) for n in meta["shape"]]
         grid = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
@@ -44,16 +47,20 @@ def shard_keys(array_dir: Path, meta: dict | None = None) -> list[str]:
     return [sep.join(["c", *map(str, idx)]) for idx in product(*(range(c) for c in counts))]
 
 
-def shard_record(array_dir: Path) -> dict:
+def shard_record(array_dir: StoreLocation) -> dict:
     """{shard key: {"bytes", "sha256"}} of an array just written: the per-case ``shards`` attribute."""
-    return {key: {"bytes": (Path(array_dir) / key).stat().st_size, "sha256": file_sha256(Path(array_dir) / key)}
+    array_dir = open_location(array_dir)
+    if is_object(array_dir):
+        shards = {key: (array_dir / key).read_bytes() for key in shard_keys(array_dir)}
+        return {key: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for key, data in shards.items()}
+    return {key: {"bytes": (array_dir / key).stat().st_size, "sha256": file_sha256(array_dir / key)}
             for key in shard_keys(array_dir)}
 
 
-def read_metadata(path: Path) -> dict:
+def read_metadata(path: StoreLocation) -> dict:
     """A zarr.json as a dict; StoreFormatError when it is unreadable (FileNotFoundError passes through)."""
     try:
-        meta = json.loads(Path(path).read_bytes())
+        meta = json.loads(open_location(path).read_bytes())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
@@ -69,10 +76,13 @@ def is_labeled(attrs: dict) -> bool:
     return bool(attrs.get("labeled", attrs.get("lesion_pixels") is not None))
 
 
-def case_faults(store_path: Path, case_id: str, size: int, index_slices: int | None = None) -> list[str]:
+def case_faults(store_path: StoreLocation | str, case_id: str, size: int,
+                index_slices: int | None = None) -> list[str]:
     """One line per structural fault of a case: missing case or array metadata, shapes that disagree with
-    n_slices (and the index's row count, when given), shard files missing or not of their recorded size."""
-    folder = Path(store_path) / "cases" / case_id
+    n_slices (and the index's row count, when given), shard files missing or not of their recorded size.
+    In object storage the case's sizes come from one listing."""
+    store_path = open_location(store_path)
+    folder = store_path / "cases" / case_id
     try:
         attrs = read_metadata(folder / "zarr.json").get("attributes") or {}
     except FileNotFoundError:
@@ -83,29 +93,33 @@ def case_faults(store_path: Path, case_id: str, size: int, index_slices: int | N
     n_slices = attrs.get("n_slices")
     faults = []
     if index_slices is not None and index_slices != n_slices:
-        faults.append(f"{Path(store_path) / 'index.parquet'}: case {case_id!r} has {index_slices} slices in the index "
+        faults.append(f"{store_path / 'index.parquet'}: case {case_id!r} has {index_slices} slices in the index "
                       f"(expected the case's n_slices, {n_slices})")
     records = attrs.get("shards") or {}
     pixels = attrs.get("lesion_pixels") or []
     arrays = {"image": True, "mask": any(pixels)} if is_labeled(attrs) else {"image": True}
+    sizes = folder.sizes() if is_object(folder) else None
     for name, has_data in arrays.items():
-        faults += array_faults(folder / name, (n_slices, size, size), records.get(name), has_data)
+        faults += array_faults(folder / name, (n_slices, size, size), records.get(name), has_data, sizes)
     rater_ids = attrs.get("rater_ids")
     if is_labeled(attrs) and rater_ids is not None:  # format v3: every labeled case has its rater masks
         faults += array_faults(folder / "raters", (len(rater_ids), n_slices, size, size), records.get("raters"),
-                               any(attrs.get("raters_with_lesion") or []))
+                               any(attrs.get("raters_with_lesion") or []), sizes)
     pseudo = attrs.get("pseudo")
     if pseudo is not None and not is_labeled(attrs):  # format v4: an unlabeled case's pseudo-label
         faults += array_faults(folder / "pseudo", (n_slices, size, size), records.get("pseudo"),
-                               any(pseudo.get("lesion_pixels") or []))
+                               any(pseudo.get("lesion_pixels") or []), sizes)
     return faults
 
 
-def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: bool = True) -> list[str]:
+def array_faults(array_dir: StoreLocation, shape: tuple, record: dict | None, has_data: bool = True,
+                 case_sizes: dict[str, int] | None = None) -> list[str]:
     """Faults of one array: metadata missing, shape other than ``shape``, shards missing or of another size than
     recorded. Without a record (stores written before shards were recorded) a shard may be absent only when the
-    array holds no data (``has_data`` false: zarr did not write all-zero shards then)."""
-    meta_path = Path(array_dir) / "zarr.json"
+    array holds no data (``has_data`` false: zarr did not write all-zero shards then). ``case_sizes`` (key below
+    the case -> bytes, one listing) replaces a stat per shard in object storage."""
+    array_dir = open_location(array_dir)
+    meta_path = array_dir / "zarr.json"
     try:
         meta = read_metadata(meta_path)
         found = tuple(meta.get("shape") or ())
@@ -120,7 +134,7 @@ def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: b
     for key in shard_keys(array_dir, meta):
         expected = (record or {}).get(key, {}).get("bytes")
         try:
-            found_bytes = (Path(array_dir) / key).stat().st_size
+            found_bytes = _shard_bytes(array_dir, key, case_sizes)
         except FileNotFoundError:
             if record is not None or has_data:
                 want = f"a shard of {expected} bytes" if expected is not None else "a shard file"
@@ -130,3 +144,13 @@ def array_faults(array_dir: Path, shape: tuple, record: dict | None, has_data: b
             faults.append(f"{array_dir / key}: {array_dir.name} shard truncated or changed (expected {expected} "
                           f"bytes, found {found_bytes})")
     return faults
+
+
+def _shard_bytes(array_dir: StoreLocation, key: str, case_sizes: dict[str, int] | None) -> int:
+    """Size of one shard file: from the case's listing when given, else a stat; FileNotFoundError when absent."""
+    if case_sizes is None:
+        return (array_dir / key).stat().st_size
+    listed = case_sizes.get(f"{array_dir.name}/{key}")
+    if listed is None:
+        raise FileNotFoundError(str(array_dir / key))
+    return listed

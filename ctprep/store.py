@@ -25,6 +25,7 @@ from ctprep.crashpoint import crash_point
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
+from ctprep.location import StoreLocation, is_object, open_location, zarr_target
 from ctprep.raters import DEFAULT_CONSENSUS, check_consensus
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
 from ctprep.window import STORED_DTYPES, decode
@@ -69,14 +70,14 @@ class StoreLayout:
         return cls(window_hu=(float(lo), float(hi)), size=int(attrs["size"]), dtype=str(attrs["dtype"]))
 
 
-def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None) -> "SliceStore":
+def create_or_open(path: StoreLocation | str, layout: StoreLayout, consensus: str | None = None) -> "SliceStore":
     """Create a new store at ``path`` or open an existing one whose layout matches ``layout``.
 
     ``consensus`` (majority, union, intersection) is the rule that formed the stored masks: recorded when the store
     is created (None: majority); an existing store must have been made with it (None: whatever it was made with).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
+    path = open_location(path)
+    if not is_object(path) and path.exists() and not path.is_dir():
         raise StoreFormatError(f"{path}: not a store (expected a folder or a new path, found a file); "
                                "choose another path for the store")
     refuse_links(path)
@@ -94,7 +95,7 @@ def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None
         return store
     if stored_cases(path):
         raise StoreFormatError(root_missing_text(path))
-    if path.exists() and any(p.name not in _CREATION_LEFTOVERS for p in path.iterdir()):
+    if path.is_dir() and any(p.name not in _CREATION_LEFTOVERS for p in path.iterdir()):
         raise StoreFormatError(f"{path}: exists and is not a ctstack store; choose an empty or new path")
     # cases/ first, root metadata (with every attribute) last in one atomic, fsynced write: a store killed while
     # being created is simply created again, and the .lock file of store_lock is left in place.
@@ -109,14 +110,15 @@ def create_or_open(path: Path, layout: StoreLayout, consensus: str | None = None
 OBSOLETE_ROOT_ATTRS = ("last_run",)  # per-run statistics that ctstack 0.1 kept in the store; no longer written
 
 
-def update_root_attrs(path: Path, updates: dict, drop_obsolete: bool = False) -> bool:
+def update_root_attrs(path: StoreLocation | str, updates: dict, drop_obsolete: bool = False) -> bool:
     """Set root attributes; returns whether zarr.json was rewritten. Unchanged values leave it byte-identical.
 
     Obsolete attributes (``OBSOLETE_ROOT_ATTRS``) go whenever the file is rewritten; ``drop_obsolete`` rewrites it
     for them alone (convert passes it when it changed cases, so a no-op run still changes nothing). Call under
     the store lock.
     """
-    metadata = zarr.open_group(str(path), mode="r").metadata
+    path = open_location(path)
+    metadata = zarr.open_group(zarr_target(path), mode="r", zarr_format=3).metadata
     kept = {k: v for k, v in metadata.attributes.items() if k not in OBSOLETE_ROOT_ATTRS}
     wanted = {**kept, **updates}
     if wanted == kept and (wanted == metadata.attributes or not drop_obsolete):
@@ -125,10 +127,10 @@ def update_root_attrs(path: Path, updates: dict, drop_obsolete: bool = False) ->
     return True
 
 
-_CREATION_LEFTOVERS = {".lock", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
+_CREATION_LEFTOVERS = {".lock", ".lease", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
 
 
-def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict,
+def write_case(path: StoreLocation | str, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict,
                raters: np.ndarray | None = None, rater_ids: list[str] | None = None, area: Path | None = None) -> None:
     """Write one case atomically: build it under ``area``, its zarr.json last, fsync it, rename it into cases/.
 
@@ -136,10 +138,26 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
     (R, Z, S, S) uint8 {0, 1} with its ``rater_ids`` (every labeled case of a v3 store has them). ``area`` is the
     writer's partial area (``ctprep.partials.run_area``); None builds in ``.partial/`` itself, for callers that
     hold the store lock. An existing case of that name is replaced only once the new one is complete and on disk.
+    In object storage (no renames) the case is written in place, its zarr.json last (``write_case_in_place``).
     """
-    path = Path(path)
+    path = open_location(path)
+    arrays = case_arrays(case_id, image, mask, raters, rater_ids)
+    if is_object(path):
+        write_case_in_place(path / CASES / case_id, case_id, arrays, attrs, rater_ids)
+        return
     area = path / PARTIAL if area is None else Path(area)
     tmp = area / f"{case_id}-{uuid.uuid4().hex[:8]}"
+    for name, data in arrays.items():
+        write_array(tmp, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
+    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
+    shards = {SHARDS: {name: shard_record(tmp / name) for name in arrays}}
+    write_group_metadata(tmp, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
+    commit_case(tmp, path / CASES / case_id, area)
+
+
+def case_arrays(case_id: str, image: np.ndarray, mask: np.ndarray | None, raters: np.ndarray | None,
+                rater_ids: list[str] | None) -> dict[str, np.ndarray]:
+    """The arrays of one case by name (image, mask, raters), masks as uint8."""
     arrays = {"image": image}
     if mask is not None:
         arrays["mask"] = mask.astype(np.uint8, copy=False)
@@ -147,12 +165,23 @@ def write_case(path: Path, case_id: str, image: np.ndarray, mask: np.ndarray | N
         if rater_ids is None or len(rater_ids) != raters.shape[0]:
             raise ValueError(f"{case_id}: {raters.shape[0]} rater masks need as many rater ids, found {rater_ids}")
         arrays[RATERS] = raters.astype(np.uint8, copy=False)
+    return arrays
+
+
+def write_case_in_place(folder: StoreLocation, case_id: str, arrays: dict[str, np.ndarray], attrs: dict,
+                        rater_ids: list[str] | None = None) -> None:
+    """Write a case into object storage, which has no rename: its zarr.json goes first (readers no longer see the
+    case), then everything below it, then the new arrays, and the new zarr.json last, which commits the case.
+
+    A writer killed midway leaves a prefix without zarr.json: invisible to readers, replaced by the next convert
+    and removed by `ctprep index` (``ctprep.reindex.clear_leftovers``)."""
+    (folder / "zarr.json").unlink(missing_ok=True)
+    folder.delete_prefix()
     for name, data in arrays.items():
-        write_array(tmp, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
-    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
-    shards = {SHARDS: {name: shard_record(tmp / name) for name in arrays}}
-    write_group_metadata(tmp, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
-    commit_case(tmp, path / CASES / case_id, area)
+        write_array(folder, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
+    crash_point(case_id)
+    shards = {SHARDS: {name: shard_record(folder / name) for name in arrays}}
+    write_group_metadata(folder, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
 
 
 COMMIT_TRIES = 5  # concurrent writers of one case: each try moves the case another writer just published aside
@@ -182,12 +211,14 @@ def commit_case(built: Path, target: Path, area: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock")  # names in a store that ctstack writes or removes
+RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock", ".lease")  # names ctstack writes or removes in a store
 
 
 def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:
     """Raise StoreFormatError if any reserved path of the store is a symbolic link: writes and clean-ups there
-    would act on whatever the link points to. (The store folder itself may be a link.)"""
+    would act on whatever the link points to. (The store folder itself may be a link; object stores have none.)"""
+    if is_object(path):
+        return
     for name in names:
         if (Path(path) / name).is_symlink():
             raise StoreFormatError(f"{Path(path) / name}: expected a real file or folder inside the store, found a "
@@ -199,15 +230,16 @@ class SliceStore:
     """Read access to a format-v4 store: layout, consensus rule, cases, per-case attributes, images, masks, rater
     masks, pseudo-labels, index."""
 
-    def __init__(self, path: Path, root_attrs: dict) -> None:
-        self.path = Path(path)
+    def __init__(self, path: StoreLocation | str, root_attrs: dict) -> None:
+        self.path = open_location(path)  # a Path, or an ObjectLocation (ctprep.location) for a URL
         self.attrs = root_attrs
         self.layout = StoreLayout.from_attrs(root_attrs)
 
     @classmethod
-    def open(cls, path: Path | str) -> "SliceStore":
-        """Open and validate a store; raises StoreNotFoundError / StoreFormatError with what to do."""
-        path = Path(path)
+    def open(cls, path: StoreLocation | str) -> "SliceStore":
+        """Open and validate a store (a folder or a URL); raises StoreNotFoundError / StoreFormatError with what
+        to do."""
+        path = open_location(path)
         attrs = root_attrs(path)
         check_format_version(path, attrs)
         return cls(path, attrs)
@@ -219,10 +251,7 @@ class SliceStore:
 
     def case_ids(self) -> list[str]:
         """Complete cases, sorted."""
-        cases = self.path / CASES
-        if not cases.exists():
-            return []
-        return sorted(p.name for p in cases.iterdir() if (p / "zarr.json").exists())
+        return [p.name for p in stored_cases(self.path)]
 
     def _group(self, case_id: str) -> zarr.Group:
         folder = self.path / CASES / case_id
@@ -230,7 +259,7 @@ class SliceStore:
             raise StoreFormatError(f"{folder}: case {case_id!r} is missing from the store (expected {CASES}/"
                                    f"{case_id}/zarr.json, found no file); {repair_hint(self.path)}")
         try:
-            return zarr.open_group(str(folder), mode="r")
+            return zarr.open_group(zarr_target(folder), mode="r", zarr_format=3)
         except Exception as err:  # zarr raises several types for damaged metadata
             raise StoreFormatError(f"{folder}/zarr.json: case {case_id!r} metadata unreadable ({err}); "
                                    f"{repair_hint(self.path)}") from err
@@ -297,7 +326,7 @@ class SliceStore:
             raise damage_error(self.path, faults)
         array_dir = self.path / CASES / case_id / name
         try:
-            return _read(zarr.open_array(str(array_dir), mode="r"), slices)
+            return _read(zarr.open_array(zarr_target(array_dir), mode="r", zarr_format=3), slices)
         except (ValueError, RuntimeError, OSError, EOFError) as err:
             found = " ".join(str(err).split()) or type(err).__name__
             raise StoreFormatError(f"{array_dir}: case {case_id!r} {name} unreadable (expected decodable shards, "
@@ -310,15 +339,15 @@ class SliceStore:
         return read_index(self.path)
 
 
-def root_attrs(path: Path) -> dict:
+def root_attrs(path: StoreLocation | str) -> dict:
     """The root attributes of the ctstack store at ``path`` (any format version)."""
-    path = Path(path)
+    path = open_location(path)
     if not (path / "zarr.json").exists():
         if stored_cases(path):
             raise StoreFormatError(root_missing_text(path))
         raise StoreNotFoundError(f"{path}: no ctstack store here; create one with `ctprep convert RAW {path}`")
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        attrs = dict(zarr.open_group(zarr_target(path), mode="r", zarr_format=3).attrs)
     except Exception as err:  # zarr raises several types for damaged metadata
         raise StoreFormatError(f"{path}: unreadable store metadata ({err}); re-run `ctprep convert`") from err
     if attrs.get("format") != FORMAT_NAME:
@@ -326,16 +355,20 @@ def root_attrs(path: Path) -> dict:
     return attrs
 
 
-def stored_cases(path: Path) -> list[Path]:
-    """Case folders (with their zarr.json) under ``path``/cases, whether or not the root zarr.json exists."""
-    cases = Path(path) / CASES
+def stored_cases(path: StoreLocation | str) -> list[StoreLocation]:
+    """Case folders (with their zarr.json) under ``path``/cases, sorted, whether or not the root zarr.json exists.
+    On object storage, one listing of cases/ (a case is there once its zarr.json is)."""
+    cases = open_location(path) / CASES
+    if is_object(cases):
+        names = {key.split("/")[0] for key in cases.sizes() if key.count("/") == 1 and key.endswith("/zarr.json")}
+        return [cases / name for name in sorted(names)]
     return sorted(p for p in cases.iterdir() if (p / "zarr.json").exists()) if cases.is_dir() else []
 
 
 def root_missing_text(path: Path) -> str:
     """The one line for a store whose root zarr.json is gone but whose cases are there."""
-    return (f"{Path(path) / 'zarr.json'}: root metadata missing (expected the ctstack store's zarr.json, found "
-            f"{len(stored_cases(path))} cases without it); run `ctprep verify {path} --repair RAW` to restore it")
+    return (f"{open_location(path) / 'zarr.json'}: root metadata missing (expected the ctstack store's zarr.json, "
+            f"found {len(stored_cases(path))} cases without it); run `ctprep verify {path} --repair RAW` to restore it")
 
 
 def check_format_version(path: Path, attrs: dict) -> None:
@@ -370,10 +403,10 @@ def _read(array: zarr.Array, slices: slice | np.ndarray | None) -> np.ndarray:
     return array.get_orthogonal_selection((*lead, np.asarray(slices, dtype=np.int64), slice(None), slice(None)))
 
 
-def check_index_cases(store_path: Path, index) -> None:
+def check_index_cases(store_path: StoreLocation | str, index) -> None:
     """StoreFormatError naming the first damaged case of ``index`` (an index DataFrame): rows per case must
     equal its n_slices and the case's arrays must pass ``case_faults``. Cheap: no array is decoded."""
-    store_path = Path(store_path)
+    store_path = open_location(store_path)
     if index.empty:
         return
     size = int(root_attrs(store_path)["size"])
@@ -388,6 +421,9 @@ def check_index_cases(store_path: Path, index) -> None:
             raise damage_error(store_path, faults)
 
 
-def disk_bytes(path: Path) -> int:
-    """Bytes of every file below ``path``."""
-    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())
+def disk_bytes(path: StoreLocation | str) -> int:
+    """Bytes of every file (object) below ``path``."""
+    path = open_location(path)
+    if is_object(path):
+        return sum(path.sizes().values())
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())

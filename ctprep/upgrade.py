@@ -9,6 +9,7 @@ import pandas as pd
 
 from ctprep.errors import StoreFormatError
 from ctprep.index import INDEX_FILE, PSEUDO_COLUMNS, write_index
+from ctprep.location import open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.store import FORMAT_VERSION, UPGRADABLE, check_format_version, reconvert_hint, root_attrs, \
     update_root_attrs
@@ -20,7 +21,7 @@ def upgrade_store(store_path: Path) -> tuple[int, int]:
     The index is rewritten first (atomically), the root version last: a run killed in between leaves a store that
     an upgrade finishes. A store already current is left untouched; an older one is refused with what to do.
     """
-    store_path = Path(store_path)
+    store_path = require_local(open_location(store_path), "ctprep upgrade")
     found = root_attrs(store_path).get("format_version")
     if found == FORMAT_VERSION:
         return found, found

@@ -17,6 +17,7 @@ from ctprep import __version__
 from ctprep.arrays import write_group_metadata
 from ctprep.console import echo, print_problems, print_table, track
 from ctprep.errors import StoreFormatError, StoreNotFoundError, UsageError
+from ctprep.location import StoreLocation, is_object, open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.shards import case_faults, file_sha256
 from ctprep.store import (CASES, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, PARTIAL, SHARDS, SliceStore, StoreLayout,
@@ -71,11 +72,12 @@ def verify(store_path: Path, progress: bool = True) -> VerifyReport:
     return report
 
 
-def _existing(path: Path, what: str) -> Path:
-    """``path`` itself; UsageError (exit 2) when it does not exist."""
-    if not Path(path).exists():
+def _existing(path: StoreLocation | str, what: str) -> StoreLocation:
+    """``path`` as a location; UsageError (exit 2) when a local one does not exist (a URL is checked on opening)."""
+    location = open_location(path)
+    if not is_object(location) and not location.exists():
         raise UsageError(f"{path}: expected an existing {what} folder, found nothing; check the path")
-    return Path(path)
+    return location
 
 
 def _index_rows(store: SliceStore, report: VerifyReport) -> dict:
@@ -183,6 +185,7 @@ def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bo
     from ctprep.convert import ConvertConfig, convert
     from ctprep.discover import find_cases
 
+    require_local(open_location(store_path), "ctprep verify --repair")
     store_path, raw = _existing(store_path, "STORE"), _existing(raw, "RAW")
     with store_lock(store_path):
         restored = restore_root(store_path)

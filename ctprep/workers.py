@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from multiprocessing import spawn
 from pathlib import Path
 
+from ctprep.location import STORAGE_VARIABLES, storage_environment
+
 PRELOAD = ["ctprep.convert", "ctprep.demo"]  # imported once by the fork server: cheap starts, as with fork
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 # forkserver where the platform has it (Linux, macOS); spawn elsewhere (Windows): never plain fork, whose children
@@ -26,13 +28,15 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``workers`` processes for library functions (this package's, never the caller's ``__main__``).
 
     A plain script without an ``if __name__ == "__main__":`` guard works: the workers never re-import it
-    (see ``_without_main``). Workers use one BLAS thread each and exit when this process dies.
+    (see ``_without_main``). Workers use one BLAS thread each, exit when this process dies, and see this process's
+    object-storage credentials as they are now (``start_worker``).
     """
     context = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":  # forked from a clean single-threaded server that imported PRELOAD once
         context.set_forkserver_preload(PRELOAD)
     with pool_environment(), ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+            max_workers=workers, mp_context=context, initializer=start_worker,
+            initargs=(os.getpid(), storage_environment())) as pool:
         yield pool  # the executor starts workers lazily (in submit): the whole lifetime is covered
 
 
@@ -122,6 +126,15 @@ def single_threaded_libraries() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def start_worker(owner_pid: int, environment: dict[str, str]) -> None:
+    """Worker initializer: take the caller's object-storage ``environment`` (a fork-server child inherits the
+    server's, frozen when the first pool of the process started), then ``exit_with_parent``."""
+    for name in [name for name in os.environ if name.startswith(STORAGE_VARIABLES)]:
+        del os.environ[name]
+    os.environ.update(environment)
+    exit_with_parent(owner_pid)
 
 
 def exit_with_parent(owner_pid: int) -> None:

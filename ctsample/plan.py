@@ -27,6 +27,7 @@ from ctprep.atomic import replacing
 from ctprep.console import ratio_text
 from ctprep.errors import PlanError, PlanNotFoundError, UsageError
 from ctprep.index import index_fingerprint, read_index
+from ctprep.location import StoreLocation, is_object, open_location, write_file
 from ctprep.outputs import check_output
 from ctprep.splits import check_split_choice
 from ctsample.planfile import PLAN_COLUMNS, ROLES, check_rows
@@ -101,9 +102,11 @@ def parse_ratio(text: str) -> float | None:
         raise UsageError(f"--ratio {text!r}: expected a number such as 1.75, 0, or 'natural'") from err
 
 
-def plan_store(store_path: Path, cfg: PlanConfig = PlanConfig(), out: Path | None = None) -> tuple[Plan, Path]:
-    """Plan the store's slices and save the plan to ``out`` (default ``default_plan_path``): what `ctsample plan`
-    runs. The output path is checked first: never one of a store's own files."""
+def plan_store(store_path: StoreLocation | str, cfg: PlanConfig = PlanConfig(),
+               out: Path | None = None) -> tuple[Plan, StoreLocation]:
+    """Plan the store's slices and save the plan to ``out`` (default ``default_plan_path``, inside the store: a
+    key below STORE/plans/ for a store in object storage): what `ctsample plan` runs. The output path is checked
+    first: never one of a store's own files."""
     path = check_output(out or default_plan_path(store_path, cfg), "plan")
     plan = make_plan(read_index(store_path), cfg)
     return plan, save_plan(plan, path)
@@ -358,32 +361,40 @@ def off_target_rows(plan: Plan) -> list[tuple]:
     return [(r.case_id, r.lesion, r.neighbour, r.fill, r.target_empty, r.reason) for r in unmet.itertuples()]
 
 
-def default_plan_path(store_path: Path, cfg: PlanConfig) -> Path:
+def default_plan_path(store_path: StoreLocation | str, cfg: PlanConfig) -> StoreLocation:
     """STORE/plans/<split>-r<ratio>-k<neighbours>-e<epochs>-s<seed>[-strict][-any|-all][-pseudo[-w<weight>]
     [-c<cut>]].parquet (weight and cut only when not their defaults, 1 and 0)."""
     strict = "-strict" if cfg.strict else ""
     rule = "" if cfg.lesion_by == "consensus" else f"-{cfg.lesion_by}"
-    return Path(store_path) / PLANS_DIR / (f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}"
-                                           f"-s{cfg.seed}{strict}{rule}{pseudo_name(cfg)}.parquet")
+    return open_location(store_path) / PLANS_DIR / (f"{cfg.split}-r{cfg.ratio_name}-k{cfg.neighbours}-e{cfg.epochs}"
+                                                    f"-s{cfg.seed}{strict}{rule}{pseudo_name(cfg)}.parquet")
 
 
-def save_plan(plan: Plan, path: Path) -> Path:
-    """Write the plan's rows as Parquet with its parameters in the file metadata (temp file + rename)."""
+def save_plan(plan: Plan, path: StoreLocation) -> StoreLocation:
+    """Write the plan's rows as Parquet with its parameters in the file metadata (temp file + rename; one PUT
+    for an object-storage key)."""
     table = pa.Table.from_pandas(plan.slices, preserve_index=False)
-    meta = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(plan.params).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           METADATA_KEY: json.dumps(plan.params).encode()})
+    if is_object(path):
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        write_file(path, buffer.getvalue().to_pybytes())
+        return path
     with replacing(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd")
     return Path(path)
 
 
-def load_plan(path: Path) -> Plan:
-    """Read a plan written by save_plan; PlanError for a missing file, one that is not a ctstack plan, or rows
-    that break the plan's invariants (planfile.check_rows: integer, in range, known roles, no repeats)."""
-    path = Path(path)
+def load_plan(path: StoreLocation | str) -> Plan:
+    """Read a plan written by save_plan (a file, or an object-storage URL); PlanError for a missing file, one that
+    is not a ctstack plan, or rows that break the plan's invariants (planfile.check_rows: integer, in range, known
+    roles, no repeats)."""
+    path = open_location(path)
     if not path.exists():
         raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(path.read_bytes()) if is_object(path) else path)
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-Parquet files
         raise PlanError(f"{path}: not a Parquet file ({err}); make a plan with `ctsample plan`") from err
     raw = (table.schema.metadata or {}).get(METADATA_KEY)

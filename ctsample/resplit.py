@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctprep.index import read_index, write_index
+from ctprep.location import open_location, require_local
 from ctprep.lock import store_lock
 from ctprep.splits import (NO_FOLD, SPLITS, FoldConfig, SplitConfig, assign_folds, assign_splits, read_split_csv,
                            split_counts, unlabeled_cases)
@@ -38,7 +39,7 @@ class SplitReport:
 def resplit(store_path: Path, cfg: SplitConfig, folds: int | None = None) -> SplitReport:
     """Rewrite the index's split and fold columns per patient under the store lock; record both rules for later
     converts. ``folds`` None keeps the store's recorded number of folds (with this call's seed and CSV)."""
-    store_path = Path(store_path)
+    store_path = require_local(open_location(store_path), "ctsample split")
     with store_lock(store_path):
         index = read_index(store_path)
         recorded = root_attrs(store_path).get("fold_config")

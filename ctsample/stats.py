@@ -12,6 +12,7 @@ from ctprep.atomic import replacing, write_text
 from ctprep.console import ratio_text
 from ctprep.errors import UsageError
 from ctprep.index import lost_slices, rater_disagreement, read_index
+from ctprep.location import open_location
 from ctprep.outputs import check_output, check_outputs
 from ctprep.splits import check_split_choice
 from ctsample.plan import classify, kind_counts, labeled_rows
@@ -66,7 +67,7 @@ def store_stats(store_path: Path, split: str = "all", neighbours: int = 1, plot:
     index = read_index(store_path)
     table = patient_stats(index, split, neighbours)
     if plot is not None:
-        plot_stats(table, plot, f"{Path(store_path).name}: {split} split, {len(table)} labeled patients")
+        plot_stats(table, plot, f"{open_location(store_path).name}: {split} split, {len(table)} labeled patients")
     if csv is not None:
         save_stats_csv(table, csv)
     return StoreStats(table, unlabeled_patients(index, split), neighbours, pseudo_patients(index, split))

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny NIfTI volumes written the way real datasets ship them, and tiny stores."""
 from __future__ import annotations
 
+import logging
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -156,3 +158,34 @@ def add_pseudo(store_path: Path, case_id: str, mask: np.ndarray, confidence: lis
     write_pseudo(store_path, case_id, mask, record)
     splits = read_index(store_path, check=False).groupby("case_id")["split"].first().astype(str).to_dict()
     write_index(store_path, build_index(SliceStore.open(store_path), splits))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto) on 127.0.0.1 for the session; yields its endpoint URL."""
+    pytest.importorskip("obstore", reason="obstore is not installed (pip install 'ctstack[cloud]')")
+    server_module = pytest.importorskip("moto.server", reason="moto's server is not installed "
+                                                              "(pip install 'ctstack[dev]')")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch) -> str:
+    """The URL of a store in a fresh, empty bucket of the local S3 server ("s3://<bucket>/store.zarr"), with the
+    credentials and endpoint in the environment as a user would set them (worker processes inherit them)."""
+    import boto3
+
+    for name, value in {**S3_ENVIRONMENT, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"t{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/store.zarr"

@@ -52,3 +52,16 @@ def test_an_unguarded_script_converts_with_workers_and_leaves_no_process_behind(
     while processes_mentioning(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_mentioning(marker) == []
+
+
+def test_workers_see_the_callers_storage_credentials_as_they_are_now(monkeypatch):
+    from ctprep.workers import process_pool
+
+    with process_pool(1) as pool:  # the fork server starts now (if no earlier pool started it), without the key
+        assert pool.submit(os.getpid).result() > 0
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "set-after-the-fork-server-started")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    with process_pool(1) as pool:
+        seen = pool.submit(os.getenv, "AWS_SECRET_ACCESS_KEY").result()
+        token = pool.submit(os.getenv, "AWS_SESSION_TOKEN").result()
+    assert seen == "set-after-the-fork-server-started" and token is None
