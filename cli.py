@@ -34,7 +34,8 @@ for _app in (prep_app, sample_app, model_app):  # each app needs a callback, or 
 def convert(
     ctx: typer.Context,
     raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
-                                             "(imagesTs) or images/ + masks/.")],
+                                             "(imagesTs) or images/ + masks/; or DICOM series folders (a SEG "
+                                             "inside or FOLDER_seg.nii.gz beside; needs ctstack[dicom]).")],
     store: Annotated[Path, typer.Argument(help="Slice store to create or update, e.g. store.zarr.")],
     window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
     size: Annotated[int, typer.Option(min=8, max=4096, help="Stored in-plane size S (pixels).")] = 256,
@@ -59,8 +60,10 @@ def convert(
                                                       "N jobs.")] = None,
     stale_after: Annotated[float, typer.Option(min=0.001, help="Hours after which another run's partial area "
                                                                "counts as abandoned and is cleared.")] = 24.0,
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series (not implemented yet: "
+                                                  "refused; without it such a series fails).")] = False,
 ) -> None:
-    """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
+    """Convert NIfTI (or DICOM series) cases into a windowed, resized Zarr slice store with index.parquet.
 
     Re-running skips unchanged cases; without split options the store keeps its split config. Several converts
     (--shard jobs, machines) may write one store at once.
@@ -75,9 +78,10 @@ def convert(
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
                                                        split=split, consensus=consensus, scheduler=scheduler,
-                                                       shard=shard, stale_after_s=stale_after * 3600))
+                                                       shard=shard, stale_after_s=stale_after * 3600,
+                                                       allow_tilt=allow_tilt))
     orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
-    print_problems([*orphans, *report.skipped_files], report.failed)
+    print_problems([*orphans, *report.skipped_files, *report.notes], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
     if report.shard is not None:
         echo(f"index not written (shard {report.shard}): run `ctprep index {store}` once every shard has finished")

@@ -25,9 +25,9 @@ from ctprep.errors import CaseError, UsageError, storage_errors
 from ctprep.executors import Scheduler, open_executor
 from ctprep.index import empty_per_lesion, lost_to_resize
 from ctprep.lock import store_lock
-from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import preprocess_image
 from ctprep.raters import check_consensus, label_case
+from ctprep.readers import image_notes, read_case_mask, read_image
 from ctprep.shards import case_faults
 from ctprep.sources import source_attrs
 from ctprep.partials import STALE_AFTER_S, clear_partial, run_area
@@ -59,6 +59,7 @@ class ConvertConfig:
     scheduler: Scheduler | str | None = None  # Dask: 'local:N' or 'tcp://HOST:8786'; None: ``workers`` processes
     shard: Shard | str | None = None  # 'i/N': convert only share i of N and leave the index to `ctprep index`
     stale_after_s: float = STALE_AFTER_S  # another run's partial area this old is abandoned (cleared)
+    allow_tilt: bool = False  # DICOM series with gantry tilt: resample (not implemented yet: refused)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
@@ -70,6 +71,9 @@ class ConvertConfig:
             raise UsageError(f"--stale-after {self.stale_after_s / 3600:g}: expected a positive number of hours")
         if self.consensus is not None:
             check_consensus(self.consensus)
+        if self.allow_tilt:
+            raise UsageError("--allow-tilt: resampling gantry-tilted DICOM series is not implemented yet; "
+                             "reconstruct the series without tilt (docs/dicom.md)")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected 1 or more processes")
         self.layout  # validates size and dtype
@@ -101,6 +105,7 @@ class CaseResult:
     lesion_slices: int = 0
     source_bytes: int = 0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # warnings: DICOM localizers dropped, other series ignored
 
 
 @dataclass
@@ -113,6 +118,7 @@ class ConvertReport:
     failed: list[str] = field(default_factory=list)  # one line each: file, fault, what to do
     orphans: list[Path] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)  # one line each: NIfTI-named entries not read, and why
+    notes: list[str] = field(default_factory=list)  # one line each: DICOM images dropped or series ignored (warnings)
     cases: int = 0
     slices: int = 0
     labeled_slices: int = 0
@@ -164,10 +170,11 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
     Every rater mask is validated against the image (shape, affine, values), so a case whose raters disagree in
     geometry fails alone, naming the file; the stored mask is the raters' ``consensus`` (docs/raters.md)."""
     try:
-        image = read_volume(case.image_path)
-        masks = {rater: read_mask(path, image) for rater, path in case.masks.items()}
+        image = read_image(case.image_path)
+        masks = {rater: read_case_mask(path, image) for rater, path in case.masks.items()}
     except CaseError as err:
         return CaseResult(case.case_id, error=str(err))
+    notes = image_notes(image)
     unit, geom = preprocess_image(image.data, image.affine, layout)
     del image
     labeled = label_case(masks, geom, consensus) if masks else None
@@ -183,7 +190,7 @@ def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source
         write_case(store_path, case.case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
                    labeled.rater_ids, area=area)
     return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in attrs["lesion_pixels"] or []),
-                      _source_bytes(source))
+                      _source_bytes(source), notes=notes)
 
 
 def convert(raw: Path, store_path: Path, cfg: ConvertConfig = ConvertConfig(), progress: bool = True) -> ConvertReport:
@@ -201,8 +208,8 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
     found = find_cases(raw)
     if not found.cases and not found.problems:
         skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""
-        raise UsageError(f"{raw}: no NIfTI cases found{skipped}; expected NAME_ct/NAME_seg files, imagesTr/ + "
-                         "labelsTr/ or images/ + masks/ (see docs/store-format.md)")
+        raise UsageError(f"{raw}: no NIfTI or DICOM cases found{skipped}; expected NAME_ct/NAME_seg files, "
+                         "imagesTr/ + labelsTr/, images/ + masks/ or DICOM series folders (see docs/store-format.md)")
     first = cfg.shard is None or cfg.shard.index == 1  # RAW's own problems are reported by one job of an array
     report = ConvertReport(store_path, failed=list(found.problems) if first else [],
                            orphans=list(found.orphans) if first else [],
@@ -289,6 +296,7 @@ def _died(call: tuple) -> CaseResult:
 
 def _record(result: CaseResult, report: ConvertReport) -> None:
     """Add one case's outcome to the report."""
+    report.notes.extend(result.notes)
     if result.error:
         report.failed.append(result.error)
     else:
