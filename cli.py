@@ -176,13 +176,16 @@ def demo(
     unlabeled: Annotated[int, typer.Option(min=0, max=10_000, help="Extra scans without masks, numbered after "
                                                                    "the labeled ones (no NAME_seg; imagesTr "
                                                                    "without labelsTr).")] = 0,
+    format: Annotated[str, typer.Option("--format", help="nifti, or dicom: a series folder per case with a SEG "
+                                                         "and real-world quirks (shuffled names, localizer, a "
+                                                         "second series; needs ctstack[dicom]).")] = "nifti",
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
     Int16 (plain HU or scl_inter -1024), some LPS with -3024 HU outside the field of view; 0-6 ground-glass or
     consolidation lesions per patient, about 1.75 empty slices per lesion slice over the set.
 
-    Example: ctprep demo raw/ --cases 12 --layout nnunet
+    Example: ctprep demo raw/ --cases 12 --layout nnunet   (DICOM: ctprep demo raw/ --format dicom)
     """
     import time
 
@@ -191,7 +194,7 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty, raters=raters, unlabeled=unlabeled)
+                         difficulty=difficulty, raters=raters, unlabeled=unlabeled, format=format)
         start = time.perf_counter()
         rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.total, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))

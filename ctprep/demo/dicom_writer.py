@@ -25,11 +25,12 @@ class SeriesSpec:
 
     entropy: tuple[str, ...]  # e.g. ("ctstack demo", seed, case): the study's and frame of reference's UIDs
     series_number: int = 2
-    description: str = "axial 1 mm"
+    description: str = "axial"
     intercept: float = 0.0  # RescaleIntercept: stored = HU - intercept (slope 1)
     names: str = "ordered"  # "ordered": CT0001.dcm.. by position; "shuffled": UID names, no suffix, random order
     transfer_syntax: str | None = None  # None: Explicit VR Little Endian; else a pydicom compressed syntax UID
     patient_id: str = "DEMO"
+    prefix: str = "CT"  # "ordered" names: PREFIX0001.dcm, ...
 
 
 def uid(*entropy: object) -> str:
@@ -54,7 +55,7 @@ def _file_names(datasets: list, spec: SeriesSpec) -> list[str]:
     """Files in position order, or (shuffled) named by UID without a suffix so that names tell nothing."""
     if spec.names == "shuffled":
         return [str(ds.SOPInstanceUID) for ds in datasets]
-    return [f"CT{k + 1:04d}.dcm" for k in range(len(datasets))]
+    return [f"{spec.prefix}{k + 1:04d}.dcm" for k in range(len(datasets))]
 
 
 def _slice(pixels: np.ndarray, lps: np.ndarray, k: int, spec: SeriesSpec):
@@ -112,7 +113,7 @@ def _set_pixels(ds, stored: np.ndarray, transfer_syntax: str | None) -> None:
 def write_localizer(folder: Path, size: int, pixel_mm: float, spec: SeriesSpec) -> None:
     """A one-image coronal localizer (ImageType LOCALIZER, series 1) in the case folder, as scanners export."""
     pydicom = require_pydicom()
-    scout = SeriesSpec(spec.entropy, 1, "topogram", 0.0, spec.names, None, spec.patient_id)
+    scout = SeriesSpec(spec.entropy, 1, "topogram", 0.0, spec.names, None, spec.patient_id, "SCOUT")
     ds = _ct_base(scout, series_uid(scout), 0, ("ORIGINAL", "PRIMARY", "LOCALIZER"))
     ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 0, -1], _ds([-size * pixel_mm / 2, 0, 0])
     ds.PixelSpacing, ds.SliceThickness = _ds([pixel_mm, pixel_mm]), "1"
@@ -139,10 +140,20 @@ def write_seg(path: Path, mask_xyz: np.ndarray, sources: list, spec: SeriesSpec)
         segment_descriptions=[lesion], series_instance_uid=uid(*spec.entropy, "seg series"), series_number=100,
         sop_instance_uid=uid(*spec.entropy, "seg instance"), instance_number=1, manufacturer="ctstack demo",
         manufacturer_model_name="ctprep demo", software_versions="0.1.0", device_serial_number="0",
-        content_label="LESION", content_creator_name="Demo^Truth")
-    seg.SeriesDate, seg.SeriesTime = STUDY_DATE, STUDY_TIME
-    seg.ContentDate, seg.ContentTime = STUDY_DATE, STUDY_TIME
+        content_label="LESION", content_creator_name="Demo^Truth", omit_empty_frames=bool(frames.any()))
+    _fix_stamps(seg, uid(*spec.entropy, "seg dimensions"))
     seg.save_as(path)
+
+
+def _fix_stamps(seg, dimension_uid: str) -> None:
+    """Replace what highdicom stamps from the clock or a random UID, so that the SEG's bytes are reproducible."""
+    seg.SeriesDate = seg.ContentDate = seg.InstanceCreationDate = STUDY_DATE
+    seg.SeriesTime = seg.ContentTime = seg.InstanceCreationTime = STUDY_TIME
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = STUDY_DATE + STUDY_TIME
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        item.DimensionOrganizationUID = dimension_uid
 
 
 def _ds(values) -> list[str]:
@@ -158,3 +169,30 @@ def _decimal(value: float) -> str:
             return text
         text = f"{value:.{digits}g}"
     return text
+
+
+QUIRKS = ("plain", "shuffled names", "localizer", "two series")  # cycled over the demo's cases
+
+
+def quirk_of(index: int) -> str:
+    """The real-world quirk case ``index`` of a DICOM demo set is written with (cycled; docs/dicom.md)."""
+    return QUIRKS[index % len(QUIRKS)]
+
+
+def write_demo_series(folder: Path, hu_xyz: np.ndarray, mask_xyz: np.ndarray | None, affine: np.ndarray,
+                      intercept: float, entropy: tuple[str, ...], quirk: str) -> None:
+    """One demo case as a DICOM folder: the series (``quirk``: shuffled names, a localizer, or a second,
+    thicker reconstruction with half the slices), then its SEG when ``mask_xyz`` is given."""
+    spec = SeriesSpec(entropy, intercept=intercept, names="shuffled" if quirk == "shuffled names" else "ordered",
+                      patient_id=str(entropy[-1]))
+    sources = write_series(folder, hu_xyz, affine, spec)
+    if quirk == "localizer":
+        write_localizer(folder, hu_xyz.shape[0], float(np.linalg.norm(affine[:3, 0])), spec)
+    if quirk == "two series":
+        thick_affine = affine.copy()
+        thick_affine[:3, 2] *= 2
+        thick = SeriesSpec(entropy, 3, "axial thick (every 2nd slice)", intercept, "ordered", None, spec.patient_id,
+                           "THICK")
+        write_series(folder, hu_xyz[:, :, ::2], thick_affine, thick)
+    if mask_xyz is not None:
+        write_seg(folder / "seg.dcm", mask_xyz, sources, spec)
