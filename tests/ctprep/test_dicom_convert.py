@@ -1,0 +1,153 @@
+"""DICOM cases through `ctprep convert`: discovery (case id = folder name, SEG or NIfTI masks), the same stored
+arrays as the same volume in NIfTI, the SEG round trip, the demo's DICOM set end to end (docs/dicom.md)."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import phantom, ras_affine, save_nifti, to_lps
+from dicom_helpers import pydicom, write_dicom
+from typer.testing import CliRunner
+
+from cli import prep_app
+from ctprep.convert import ConvertConfig, convert
+from ctprep.demo.dicom_writer import SeriesSpec, write_seg
+from ctprep.dicom import read_series
+from ctprep.dicom_files import RTSTRUCT_CLASS
+from ctprep.dicom_seg import read_seg_mask
+from ctprep.discover import find_cases
+from ctprep.errors import CaseError, UsageError
+from ctprep.store import SliceStore
+
+runner = CliRunner()
+
+
+def hu_and_mask(seed: int = 0):
+    hu, mask = phantom(seed=seed)
+    return np.rint(hu), mask
+
+
+def dicom_case(folder, hu, mask, affine, **spec):
+    """A DICOM case folder with its SEG."""
+    sources = write_dicom(folder, hu, affine, **spec)
+    write_seg(folder / "seg.dcm", mask, sources, SeriesSpec(("test", folder.name)))
+    return folder
+
+
+def stored(store_path, case_id):
+    store = SliceStore.open(store_path)
+    return store.read_image_raw(case_id), store.read_mask(case_id), store.case_attrs(case_id)["geometry"]
+
+
+def test_a_dicom_folder_is_a_case_named_after_the_folder_with_its_seg(tmp_path):
+    hu, mask = hu_and_mask()
+    dicom_case(tmp_path / "raw" / "site1" / "patient7", hu, mask, ras_affine())
+    (tmp_path / "raw" / "site1" / "patient7" / "README.txt").write_text("not DICOM")
+    found = find_cases(tmp_path / "raw")
+    assert [(c.case_id, c.image_path.name, c.mask_path.name) for c in found.cases] == [("patient7", "patient7",
+                                                                                         "seg.dcm")]
+    assert found.problems == []
+
+
+def test_a_nifti_mask_beside_the_folder_is_its_mask(tmp_path):
+    hu, mask = hu_and_mask()
+    write_dicom(tmp_path / "raw" / "p1", hu, ras_affine())
+    save_nifti(tmp_path / "raw" / "p1_seg.nii.gz", mask.astype(np.uint8), ras_affine())
+    (case,) = find_cases(tmp_path / "raw").cases
+    assert case.mask_path == tmp_path / "raw" / "p1_seg.nii.gz"
+
+
+def test_two_folders_with_one_name_fail_naming_both(tmp_path):
+    hu, _ = hu_and_mask()
+    write_dicom(tmp_path / "raw" / "a" / "scan", hu, ras_affine())
+    write_dicom(tmp_path / "raw" / "b" / "scan", hu, ras_affine())
+    (problem,) = find_cases(tmp_path / "raw").problems
+    assert str(tmp_path / "raw" / "a" / "scan") in problem and str(tmp_path / "raw" / "b" / "scan") in problem
+    assert "rename one folder" in problem
+
+
+def test_an_rtstruct_mask_is_refused_as_not_supported_yet(tmp_path):
+    hu, _ = hu_and_mask()
+    write_dicom(tmp_path / "raw" / "p1", hu, ras_affine())
+    rt = pydicom.Dataset()
+    rt.file_meta = pydicom.dataset.FileMetaDataset()
+    rt.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    rt.SOPClassUID = rt.file_meta.MediaStorageSOPClassUID = RTSTRUCT_CLASS
+    rt.SOPInstanceUID = rt.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    rt.Modality = "RTSTRUCT"
+    rt.save_as(tmp_path / "raw" / "p1" / "rt.dcm", enforce_file_format=True)
+    found = find_cases(tmp_path / "raw")
+    assert found.cases == [] and len(found.problems) == 1
+    assert "RTSTRUCT masks are not supported yet" in found.problems[0]
+
+
+def test_without_the_dicom_extra_a_dicom_folder_gives_the_install_line(tmp_path, monkeypatch):
+    write_dicom(tmp_path / "raw" / "p1", hu_and_mask()[0], ras_affine())
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'ctstack\[dicom\]'"):
+        find_cases(tmp_path / "raw")
+
+
+def test_seg_mask_reads_back_equal_to_the_mask_written(tmp_path):
+    hu, mask = hu_and_mask()
+    dicom_case(tmp_path / "p1", hu, mask, ras_affine(), names="shuffled")
+    assert np.array_equal(read_seg_mask(tmp_path / "p1" / "seg.dcm", read_series(tmp_path / "p1")), mask)
+
+
+def test_seg_of_another_series_is_refused(tmp_path):
+    hu, mask = hu_and_mask()
+    dicom_case(tmp_path / "p1", hu, mask, ras_affine())
+    write_dicom(tmp_path / "p2", hu, ras_affine(), entropy=("other",))
+    with pytest.raises(CaseError, match="SEG references series .* expected the series read from"):
+        read_seg_mask(tmp_path / "p1" / "seg.dcm", read_series(tmp_path / "p2"))
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_dicom_case_gives_the_same_store_as_the_volume_in_nifti(tmp_path, orientation):
+    hu, mask = hu_and_mask()
+    affine = ras_affine()
+    if orientation == "LPS":
+        (hu, affine), (mask, _) = to_lps(hu, affine), to_lps(mask, affine)
+    dicom_case(tmp_path / "dicom" / "p1", hu, mask, affine, intercept=-1024.0)
+    save_nifti(tmp_path / "nifti" / "p1_ct.nii.gz", hu, affine, slope=1.0, inter=-1024.0)
+    save_nifti(tmp_path / "nifti" / "p1_seg.nii.gz", mask.astype(np.uint8), affine)
+    for name in ("dicom", "nifti"):
+        report = convert(tmp_path / name, tmp_path / f"{name}.zarr", ConvertConfig(size=16, workers=1), progress=False)
+        assert report.converted == ["p1"] and report.failed == []
+    (image_d, mask_d, geom_d), (image_n, mask_n, geom_n) = (stored(tmp_path / f"{n}.zarr", "p1")
+                                                           for n in ("dicom", "nifti"))
+    np.testing.assert_allclose(image_d.astype(np.float32), image_n.astype(np.float32), atol=1e-3)
+    assert np.array_equal(mask_d, mask_n) and mask_d.any()
+    assert geom_d["source_shape"] == geom_n["source_shape"] and geom_d["pad"] == geom_n["pad"]
+    np.testing.assert_allclose(geom_d["source_affine"], geom_n["source_affine"], atol=1e-5)
+
+
+def test_a_changed_series_is_reconverted_and_an_unchanged_one_skipped(tmp_path):
+    hu, mask = hu_and_mask()
+    dicom_case(tmp_path / "raw" / "p1", hu, mask, ras_affine())
+    cfg = ConvertConfig(size=16, workers=1)
+    convert(tmp_path / "raw", tmp_path / "s.zarr", cfg, progress=False)
+    assert convert(tmp_path / "raw", tmp_path / "s.zarr", cfg, progress=False).skipped == ["p1"]
+    (tmp_path / "raw" / "p1" / "CT0009.dcm").unlink()
+    assert convert(tmp_path / "raw", tmp_path / "s.zarr", cfg, progress=False).converted == ["p1"]
+
+
+def test_allow_tilt_is_refused_as_not_implemented_yet():
+    with pytest.raises(UsageError, match="--allow-tilt: resampling .* not implemented yet"):
+        ConvertConfig(allow_tilt=True)
+
+
+def test_demo_dicom_set_converts_to_the_store_of_the_nifti_set(tmp_path):
+    options = ["--cases", "4", "--size", "40", "--max-slices", "6", "--workers", "1"]
+    for fmt in ("dicom", "nifti"):
+        made = runner.invoke(prep_app, ["demo", str(tmp_path / fmt), "--format", fmt, *options])
+        assert made.exit_code == 0, made.output
+    converted = runner.invoke(prep_app, ["convert", str(tmp_path / "dicom"), str(tmp_path / "d.zarr"), "--size",
+                                         "16", "--workers", "1"])
+    assert converted.exit_code == 0, converted.output
+    assert "dropped 1 localizer image(s)" in converted.output and "ignored 'axial thick" in converted.output
+    convert(tmp_path / "nifti", tmp_path / "n.zarr", ConvertConfig(size=16, workers=1), progress=False)
+    for case_id in ("demo_000", "demo_001", "demo_002", "demo_003"):
+        (image_d, mask_d, _), (image_n, mask_n, _) = (stored(tmp_path / s, case_id) for s in ("d.zarr", "n.zarr"))
+        assert np.array_equal(image_d, image_n) and np.array_equal(mask_d, mask_n)
