@@ -269,16 +269,18 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, inter: float | None 
 def _save_dicom(folder: Path, phantom: Phantom, storage: Storage, affine: np.ndarray, seed_index: tuple[int, int],
                 labeled: bool) -> None:
     """Write a case as a DICOM series folder (+ SEG): HU with the storage's FOV padding and intercept, the quirk
-    of its index (ctprep.demo.dicom_writer.QUIRKS)."""
+    of its index (ctprep.demo.dicom_writer.QUIRKS); built under a hidden name and renamed when complete."""
     from ctprep.demo.dicom_writer import quirk_of, write_demo_series
 
     hu = phantom.hu.copy()
     if storage.fov_padding:
         hu[:, _outside_fov(phantom.patient.size)] = FOV_PADDING_HU
     seed, index = seed_index
-    write_demo_series(folder, _orient(hu, storage.lps), _orient(phantom.mask, storage.lps) if labeled else None,
+    partial = folder.with_name(f".{folder.name}.partial")  # hidden: discovery skips it until the rename
+    write_demo_series(partial, _orient(hu, storage.lps), _orient(phantom.mask, storage.lps) if labeled else None,
                       affine, SCALED_INTER if storage.scaled else 0.0, ("ctstack demo", str(seed), case_id(index)),
                       quirk_of(index))
+    os.replace(partial, folder)
 
 
 def _bytes(path: Path) -> int:
