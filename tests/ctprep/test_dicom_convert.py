@@ -151,3 +151,23 @@ def test_demo_dicom_set_converts_to_the_store_of_the_nifti_set(tmp_path):
     for case_id in ("demo_000", "demo_001", "demo_002", "demo_003"):
         (image_d, mask_d, _), (image_n, mask_n, _) = (stored(tmp_path / s, case_id) for s in ("d.zarr", "n.zarr"))
         assert np.array_equal(image_d, image_n) and np.array_equal(mask_d, mask_n)
+
+
+def test_demo_dicom_set_is_byte_identical_for_the_same_options(tmp_path):
+    from ctprep.demo import DemoConfig, make_demo
+
+    cfg = DemoConfig(cases=4, size=32, max_slices=4, workers=1, format="dicom")
+    for name in ("a", "b"):
+        make_demo(tmp_path / name, cfg)
+    files = {name: sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file())
+             for name in ("a", "b")}
+    assert files["a"] == files["b"] and any(p.name == "seg.dcm" for p in files["a"])
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in files["a"])
+
+
+def test_demo_dicom_refuses_the_nnunet_layout_and_several_raters():
+    from ctprep.demo import DemoConfig
+
+    for options in ({"layout": "nnunet"}, {"raters": 3}):
+        with pytest.raises(UsageError, match="--format dicom writes one series folder per case"):
+            DemoConfig(format="dicom", **options)
