@@ -24,6 +24,7 @@ UNEVEN_TOLERANCE = 0.1  # any other gap beyond +-10 % of the median spacing is u
 TILT_TOLERANCE_DEG = 0.5  # slice positions may stray this far from the slice normal (gantry tilt beyond)
 ORIENTATION_DECIMALS = 3  # ImageOrientationPatient cosines equal to 3 decimals are one orientation
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes (x left, y posterior) -> NIfTI's RAS
+CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT and Enhanced CT Image Storage
 HEADER_DEFER = "64 KB"  # values larger than this (the pixel data) are read only for the chosen series
 
 
@@ -61,6 +62,9 @@ def _image_headers(folder: Path) -> tuple[list, list[str]]:
             raise CaseError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err}); re-export the "
                             "series") from err
         if "PixelData" not in ds or "ImagePositionPatient" not in ds:
+            if str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", "")) in CT_CLASSES:
+                raise CaseError(f"{path}: expected a CT slice with pixel data and ImagePositionPatient, found "
+                                "neither (a truncated file?); re-export the series")
             continue  # SEG, RTSTRUCT, SR, presentation states: not slices of a volume
         if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             localizers += 1

@@ -37,9 +37,14 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def sop_class(path: Path) -> str:
-    """The file's Media Storage SOP Class UID (from the file meta group only; no pixel data is read)."""
+    """The file's Media Storage SOP Class UID (from the file meta group only; no pixel data is read); "" when the
+    meta group is unreadable (the series reader then refuses the file, naming it)."""
     pydicom = require_pydicom()
-    return str(pydicom.filereader.read_file_meta_info(path).get("MediaStorageSOPClassUID", ""))
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # pydicom raises many types for damaged headers
+        return ""
+    return str(meta.get("MediaStorageSOPClassUID", ""))
 
 
 def require_pydicom() -> ModuleType:

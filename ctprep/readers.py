@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctprep.dicom_files import is_dicom_file
+from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError
 from ctprep.nifti import NiftiVolume, read_mask, read_volume
 
@@ -23,7 +24,7 @@ def read_image(path: Path) -> NiftiVolume:
 
 def read_case_mask(path: Path, image: NiftiVolume) -> np.ndarray:
     """A mask on ``image``'s grid as bool: a NIfTI file, or a DICOM SEG of the DICOM series ``image`` came from."""
-    if not is_dicom_file(Path(path)):
+    if nifti_stem(Path(path)) is not None or not is_dicom_file(Path(path)):
         return read_mask(path, image)
     from ctprep.dicom import DicomVolume
     from ctprep.dicom_seg import read_seg_mask

@@ -151,3 +151,14 @@ def test_two_axial_series_of_equal_length_are_ambiguous(tmp_path, volume):
     write_dicom(tmp_path / "c", hu, affine, series_number=4, description="lung", prefix="LUNG")
     message = refused(tmp_path / "c")
     assert "ambiguous: 2 axial CT series with 9 slices" in message and "'soft'" in message and "'lung'" in message
+
+
+def test_a_damaged_slice_file_fails_the_case_naming_the_file(tmp_path, volume):
+    from ctprep.convert import ConvertConfig, convert
+
+    write_dicom(tmp_path / "raw" / "c", *volume)
+    damaged = tmp_path / "raw" / "c" / "CT0003.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # the preamble survives, the header does not
+    report = convert(tmp_path / "raw", tmp_path / "s.zarr", ConvertConfig(size=16, workers=1), progress=False)
+    (line,) = report.failed
+    assert line.startswith(f"{damaged}: expected a CT slice with pixel data") and "\n" not in line
