@@ -35,7 +35,7 @@ def convert(
     ctx: typer.Context,
     raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
                                              "(imagesTs) or images/ + masks/; or DICOM series folders (a SEG "
-                                             "inside or FOLDER_seg.nii.gz beside; needs ctstack[dicom]).")],
+                                             "or RTSTRUCT inside, or FOLDER_seg.nii.gz; needs ctstack[dicom]).")],
     store: Annotated[Path, typer.Argument(help="Slice store to create or update, e.g. store.zarr.")],
     window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
     size: Annotated[int, typer.Option(min=8, max=4096, help="Stored in-plane size S (pixels).")] = 256,

@@ -33,6 +33,7 @@ class DicomVolume(NiftiVolume):
     """A volume read from a DICOM series: ``path`` is the case folder; slice k is ``instance_uids[k]``."""
 
     series_uid: str = ""
+    frame_of_reference_uid: str = ""
     instance_uids: tuple[str, ...] = ()  # SOPInstanceUID of each slice, in array order (along the normal)
     notes: tuple[str, ...] = ()  # one line per thing dropped or ignored (localizers, other series)
 
@@ -48,7 +49,7 @@ def read_series(folder: Path) -> DicomVolume:
     affine = _affine(folder, ordered[0], positions)
     data = _pixels(folder, ordered)
     return DicomVolume(data=data, affine=affine, path=folder, series_uid=str(ordered[0].SeriesInstanceUID),
-                       instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered), notes=tuple(notes))
+                       frame_of_reference_uid=str(ordered[0].get("FrameOfReferenceUID", "")), instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered), notes=tuple(notes))
 
 
 def _image_headers(folder: Path) -> tuple[list, list[str]]:

@@ -17,6 +17,7 @@ MAGIC = b"DICM"
 INSTALL_HINT = "pip install 'ctstack[dicom]'"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set Storage
+MASK_CLASSES = (SEG_CLASS, RTSTRUCT_CLASS)  # objects in a case folder that are its mask
 
 
 def is_dicom_file(path: Path) -> bool:

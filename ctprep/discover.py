@@ -10,7 +10,8 @@ Layouts (see docs/store-format.md, "Inputs"), all of which may sit in one raw fo
 - QUBIQ case folders: ``NAME/image.nii[.gz]`` + ``NAME/*seg*.nii[.gz]``, one file per rater; the rater id is the
   stem's text after its last ``_`` (``task01_seg01`` -> ``seg01``).
 - DICOM series folders (docs/dicom.md): any folder below RAW holding DICOM files (``DICM`` preamble, any name) is
-  case ``FOLDER``; its mask is a DICOM SEG in the folder or ``FOLDER_seg.nii[.gz]`` (raters ``FOLDER_seg_<r>``).
+  case ``FOLDER``; its mask is a DICOM SEG or RTSTRUCT in the folder, or ``FOLDER_seg.nii[.gz]`` (raters
+  ``FOLDER_seg_<r>``).
 An image without a mask is an unlabeled case; a mask without an image is an orphan (reported). A case whose
 masks mix an unnamed (``NAME_seg``) and named raters, or name one rater twice, is a problem (docs/raters.md).
 """
@@ -21,7 +22,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctprep.dicom_files import RTSTRUCT_CLASS, SEG_CLASS, is_dicom_file, sop_class
+from ctprep.dicom_files import MASK_CLASSES, is_dicom_file, sop_class
 from ctprep.errors import UsageError
 from ctprep.raters import RATER_ID, SINGLE_RATER, sorted_raters
 
@@ -219,24 +220,16 @@ def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: Masks, fo
 
 def _find_dicom_folders(raw: Path, images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None:
     """DICOM case folders anywhere below raw (hidden folders skipped): the folder is the image of case FOLDER; a
-    SEG in it is the case's mask; a folder with an RTSTRUCT is reported (not supported yet) and not read. Imports pydicom only when a
-    DICOM file is found."""
+    SEG or RTSTRUCT in it is the case's mask. Imports pydicom only when a DICOM file is found."""
     for folder in sorted(path for path in [raw, *raw.rglob("*")] if path.is_dir() and not _hidden(path, raw)):
         files = [path for path in sorted(folder.iterdir()) if not _looks_nifti(path) and is_dicom_file(path)]
-        if not files:
-            continue
-        slices, rtstruct = False, False
+        slices = False
         for path in files:
-            kind = sop_class(path)
-            if kind == SEG_CLASS:
+            if sop_class(path) in MASK_CLASSES:
                 masks.setdefault(folder.name, []).append((None, path))
-            elif kind == RTSTRUCT_CLASS:
-                found.problems.append(f"{path}: RTSTRUCT masks are not supported yet; export the mask as a DICOM "
-                                      f"SEG or as {folder.name}_seg.nii.gz beside the folder")
-                rtstruct = True
             else:
                 slices = True
-        if slices and not rtstruct:
+        if slices:
             images.setdefault(folder.name, []).append(folder)
 
 

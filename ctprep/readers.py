@@ -1,5 +1,5 @@
 """A case's image and masks from whichever format holds them: a NIfTI file, or a DICOM series folder with a
-DICOM SEG (or NIfTI) mask. Both give ``ctprep.nifti.NiftiVolume`` (HU, RAS affine), so nothing downstream
+DICOM SEG, RTSTRUCT or NIfTI mask. Both give ``ctprep.nifti.NiftiVolume`` (HU, RAS affine), so nothing downstream
 knows the format; the DICOM modules (and pydicom) are imported only for a DICOM case."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctprep.dicom_files import is_dicom_file
+from ctprep.dicom_files import RTSTRUCT_CLASS, is_dicom_file, sop_class
 from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError
 from ctprep.nifti import NiftiVolume, read_mask, read_volume
@@ -23,15 +23,22 @@ def read_image(path: Path) -> NiftiVolume:
 
 
 def read_case_mask(path: Path, image: NiftiVolume) -> np.ndarray:
-    """A mask on ``image``'s grid as bool: a NIfTI file, or a DICOM SEG of the DICOM series ``image`` came from."""
-    if nifti_stem(Path(path)) is not None or not is_dicom_file(Path(path)):
+    """A mask on ``image``'s grid as bool: a NIfTI file, or a DICOM SEG or RTSTRUCT (rasterised) of the DICOM
+    series ``image`` came from."""
+    path = Path(path)
+    if nifti_stem(path) is not None or not is_dicom_file(path):
         return read_mask(path, image)
     from ctprep.dicom import DicomVolume
-    from ctprep.dicom_seg import read_seg_mask
 
     if not isinstance(image, DicomVolume):
-        raise CaseError(f"{path}: a DICOM SEG mask needs a DICOM series image, found {image.path}; export the "
-                        "mask as NIfTI on the image grid")
+        raise CaseError(f"{path}: a DICOM mask needs a DICOM series image, found {image.path}; export the mask "
+                        "as NIfTI on the image grid")
+    if sop_class(path) == RTSTRUCT_CLASS:
+        from ctprep.dicom_rtstruct import read_rtstruct_mask
+
+        return read_rtstruct_mask(path, image)
+    from ctprep.dicom_seg import read_seg_mask
+
     return read_seg_mask(path, image)
 
 

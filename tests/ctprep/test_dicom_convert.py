@@ -7,17 +7,17 @@ import sys
 import numpy as np
 import pytest
 from conftest import phantom, ras_affine, save_nifti, to_lps
-from dicom_helpers import pydicom, write_dicom
+from dicom_helpers import box, write_dicom, write_rtstruct
 from typer.testing import CliRunner
 
 from cli import prep_app
 from ctprep.convert import ConvertConfig, convert
 from ctprep.demo.dicom_writer import SeriesSpec, write_seg
 from ctprep.dicom import read_series
-from ctprep.dicom_files import RTSTRUCT_CLASS
 from ctprep.dicom_seg import read_seg_mask
 from ctprep.discover import find_cases
 from ctprep.errors import CaseError, UsageError
+from ctprep.readers import read_case_mask, read_image
 from ctprep.store import SliceStore
 
 runner = CliRunner()
@@ -67,19 +67,35 @@ def test_two_folders_with_one_name_fail_naming_both(tmp_path):
     assert "rename one folder" in problem
 
 
-def test_an_rtstruct_mask_is_refused_as_not_supported_yet(tmp_path):
+def test_rtstruct_is_rasterised_on_the_image_grid_with_holes_and_without_organs(tmp_path):
     hu, _ = hu_and_mask()
-    write_dicom(tmp_path / "raw" / "p1", hu, ras_affine())
-    rt = pydicom.Dataset()
-    rt.file_meta = pydicom.dataset.FileMetaDataset()
-    rt.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    rt.SOPClassUID = rt.file_meta.MediaStorageSOPClassUID = RTSTRUCT_CLASS
-    rt.SOPInstanceUID = rt.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    rt.Modality = "RTSTRUCT"
-    rt.save_as(tmp_path / "raw" / "p1" / "rt.dcm", enforce_file_format=True)
-    found = find_cases(tmp_path / "raw")
-    assert found.cases == [] and len(found.problems) == 1
-    assert "RTSTRUCT masks are not supported yet" in found.problems[0]
+    sources = write_dicom(tmp_path / "raw" / "p1", hu, ras_affine(), names="shuffled")
+    lesion = [(k, box((2.5, 3.5), (10.5, 12.5))) for k in (3, 4, 5)] + [(4, box((5.5, 6.5), (7.5, 8.5)))]  # a hole
+    write_rtstruct(tmp_path / "raw" / "p1" / "rt.dcm", sources,
+                   [("body", "EXTERNAL", [(k, box((0, 0), (22, 16))) for k in range(9)]), ("GGO", "", lesion)])
+    (case,) = find_cases(tmp_path / "raw").cases
+    assert case.mask_path.name == "rt.dcm"
+    expected = np.zeros(hu.shape, bool)
+    expected[3:11, 4:13, 3:6] = True  # voxel centres 3..10 (columns) and 4..12 (rows) lie inside the box
+    expected[6:8, 7:9, 4] = False
+    assert np.array_equal(read_case_mask(case.mask_path, read_image(case.image_path)), expected)
+
+
+def test_rtstruct_contour_between_slices_is_refused(tmp_path):
+    hu, _ = hu_and_mask()
+    sources = write_dicom(tmp_path / "p1", hu, ras_affine())
+    write_rtstruct(tmp_path / "p1" / "rt.dcm", sources, [("GGO", "", [(3.5, box((2.5, 3.5), (10.5, 12.5)))])])
+    with pytest.raises(CaseError, match="lies between slices"):
+        read_case_mask(tmp_path / "p1" / "rt.dcm", read_image(tmp_path / "p1"))
+
+
+def test_rtstruct_of_another_series_is_refused(tmp_path):
+    hu, _ = hu_and_mask()
+    sources = write_dicom(tmp_path / "p1", hu, ras_affine())
+    write_rtstruct(tmp_path / "p1" / "rt.dcm", sources, [("GGO", "", [(3, box((2.5, 3.5), (10.5, 12.5)))])])
+    write_dicom(tmp_path / "p2", hu, ras_affine(), entropy=("other",))
+    with pytest.raises(CaseError, match="RTSTRUCT references series"):
+        read_case_mask(tmp_path / "p1" / "rt.dcm", read_image(tmp_path / "p2"))
 
 
 def test_without_the_dicom_extra_a_dicom_folder_gives_the_install_line(tmp_path, monkeypatch):
