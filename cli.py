@@ -60,8 +60,8 @@ def convert(
                                                       "N jobs.")] = None,
     stale_after: Annotated[float, typer.Option(min=0.001, help="Hours after which another run's partial area "
                                                                "counts as abandoned and is cleared.")] = 24.0,
-    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series (not implemented yet: "
-                                                  "refused; without it such a series fails).")] = False,
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series onto an orthogonal grid "
+                                                  "(without it such a series fails).")] = False,
 ) -> None:
     """Convert NIfTI (or DICOM series) cases into a windowed, resized Zarr slice store with index.parquet.
 

@@ -59,7 +59,7 @@ class ConvertConfig:
     scheduler: Scheduler | str | None = None  # Dask: 'local:N' or 'tcp://HOST:8786'; None: ``workers`` processes
     shard: Shard | str | None = None  # 'i/N': convert only share i of N and leave the index to `ctprep index`
     stale_after_s: float = STALE_AFTER_S  # another run's partial area this old is abandoned (cleared)
-    allow_tilt: bool = False  # DICOM series with gantry tilt: resample (not implemented yet: refused)
+    allow_tilt: bool = False  # DICOM series with gantry tilt: resample onto an orthogonal grid instead of refusing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
@@ -71,9 +71,6 @@ class ConvertConfig:
             raise UsageError(f"--stale-after {self.stale_after_s / 3600:g}: expected a positive number of hours")
         if self.consensus is not None:
             check_consensus(self.consensus)
-        if self.allow_tilt:
-            raise UsageError("--allow-tilt: resampling gantry-tilted DICOM series is not implemented yet; "
-                             "reconstruct the series without tilt (docs/dicom.md)")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected 1 or more processes")
         self.layout  # validates size and dtype
@@ -163,14 +160,14 @@ def source_fingerprint(source: dict, layout: StoreLayout, consensus: str) -> str
 
 
 def convert_case(case: CaseSource, store_path: Path, layout: StoreLayout, source: dict,
-                 consensus: str = "majority", area: Path | None = None) -> CaseResult:
+                 consensus: str = "majority", area: Path | None = None, allow_tilt: bool = False) -> CaseResult:
     """Read, validate, preprocess and atomically write one case, built under ``area`` (the run's partial area);
     a CaseError becomes the result's error line.
 
     Every rater mask is validated against the image (shape, affine, values), so a case whose raters disagree in
     geometry fails alone, naming the file; the stored mask is the raters' ``consensus`` (docs/raters.md)."""
     try:
-        image = read_image(case.image_path)
+        image = read_image(case.image_path, allow_tilt)
         masks = {rater: read_case_mask(path, image) for rater, path in case.masks.items()}
     except CaseError as err:
         return CaseResult(case.case_id, error=str(err))
@@ -220,7 +217,8 @@ def _convert(raw: Path, store_path: Path, cfg: ConvertConfig, progress: bool) ->
     workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
     with run_area(store_path) as area, open_executor(workers, cfg.scheduler if todo else None) as executor:
         report.workers = executor.workers
-        calls = [(case, store_path, cfg.layout, source, store.consensus, area) for case, source in todo]
+        calls = [(case, store_path, cfg.layout, source, store.consensus, area, cfg.allow_tilt)
+                 for case, source in todo]
         for result in _with_progress(executor.results(convert_case, calls, _died), len(calls), progress):
             _record(result, report)
     if cfg.shard is None:

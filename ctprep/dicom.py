@@ -36,19 +36,30 @@ class DicomVolume(NiftiVolume):
     frame_of_reference_uid: str = ""
     instance_uids: tuple[str, ...] = ()  # SOPInstanceUID of each slice, in array order (along the normal)
     notes: tuple[str, ...] = ()  # one line per thing dropped or ignored (localizers, other series)
+    tilt_shift: tuple[float, float] = (0.0, 0.0)  # (columns, rows) each slice k was shifted by k x this (--allow-tilt)
 
 
-def read_series(folder: Path) -> DicomVolume:
-    """Read the CT series of a DICOM case folder as float32 HU with its RAS affine; CaseError when refused."""
+def read_series(folder: Path, allow_tilt: bool = False) -> DicomVolume:
+    """Read the CT series of a DICOM case folder as float32 HU with its RAS affine; CaseError when refused.
+
+    ``allow_tilt``: a gantry-tilted series is resampled onto the orthogonal grid of its slice planes (each slice
+    shifted in-plane, linear interpolation; see ``untilt``) instead of refused."""
     folder = Path(folder)
     headers, notes = _image_headers(folder)
     series = _pick_series(folder, headers, notes)
     series = _drop_other_orientations(folder, series, notes)
     _check_sizes(folder, series)
-    ordered, positions = _sort_along_normal(folder, series)
+    ordered, positions = _sort_along_normal(folder, series, allow_tilt)
     affine = _affine(folder, ordered[0], positions)
     data = _pixels(folder, ordered)
-    return DicomVolume(data=data, affine=affine, path=folder, series_uid=str(ordered[0].SeriesInstanceUID),
+    shift = (0.0, 0.0)
+    if allow_tilt and _tilt_degrees(affine) > TILT_TOLERANCE_DEG:
+        notes.append(f"{folder}: gantry tilt of {_tilt_degrees(affine):.2f} deg resampled onto an orthogonal "
+                     "grid (--allow-tilt)")
+        affine, shift = _orthogonal(affine)
+        data = untilt(data, shift, fill=float(data.min()))
+    return DicomVolume(data=data, affine=affine, path=folder, tilt_shift=shift,
+                       series_uid=str(ordered[0].SeriesInstanceUID),
                        frame_of_reference_uid=str(ordered[0].get("FrameOfReferenceUID", "")), instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered), notes=tuple(notes))
 
 
@@ -159,9 +170,9 @@ def _check_sizes(folder: Path, series: list) -> None:
                         f"most {MAX_IN_PLANE} in-plane, {MAX_SLICES} slices and {MAX_BYTES // 1024**3} GiB")
 
 
-def _sort_along_normal(folder: Path, series: list) -> tuple[list, np.ndarray]:
+def _sort_along_normal(folder: Path, series: list, allow_tilt: bool = False) -> tuple[list, np.ndarray]:
     """Slices sorted by position along the slice normal, with their (n, 3) LPS positions; spacing and tilt
-    checked (missing slices, duplicates, uneven spacing, gantry tilt)."""
+    checked (missing slices, duplicates, uneven spacing, gantry tilt unless ``allow_tilt``)."""
     cosines = np.asarray(series[0].ImageOrientationPatient, dtype=np.float64)
     row, col = cosines[:3], cosines[3:]
     if abs(float(row @ col)) > 1e-3:
@@ -173,7 +184,8 @@ def _sort_along_normal(folder: Path, series: list) -> tuple[list, np.ndarray]:
     order = np.argsort(along, kind="stable")
     ordered, positions, along = [series[i] for i in order], positions[order], along[order]
     _check_spacing(folder, np.diff(along))
-    _check_tilt(folder, positions, normal)
+    if not allow_tilt:
+        _check_tilt(folder, positions, normal)
     return ordered, positions
 
 
@@ -201,7 +213,41 @@ def _check_tilt(folder: Path, positions: np.ndarray, normal: np.ndarray) -> None
     angle = float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
     if angle > TILT_TOLERANCE_DEG:
         raise CaseError(f"{folder}: gantry tilt: slices step {angle:.2f} deg off their normal (tolerance "
-                        f"{TILT_TOLERANCE_DEG} deg); --allow-tilt is not implemented yet, reconstruct without tilt")
+                        f"{TILT_TOLERANCE_DEG} deg); convert with --allow-tilt to resample, or reconstruct "
+                        "without tilt")
+
+
+def _tilt_degrees(affine: np.ndarray) -> float:
+    """Angle between the slice axis (the step from slice to slice) and the slice normal."""
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    step = affine[:3, 2]
+    cosine = abs(float(step @ normal)) / float(np.linalg.norm(step) * np.linalg.norm(normal))
+    return float(np.degrees(np.arccos(min(cosine, 1.0))))
+
+
+def _orthogonal(affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """The affine with its slice axis replaced by the step's component along the normal, and the in-plane shift
+    (columns, rows) per slice that maps the tilted voxels onto it."""
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    step = affine[:3, 2]
+    along = float(step @ normal) * normal
+    in_plane = np.linalg.lstsq(affine[:3, :2], step - along, rcond=None)[0]  # the shear in (column, row) voxels
+    orthogonal = affine.copy()
+    orthogonal[:3, 2] = along
+    return orthogonal, (float(in_plane[0]), float(in_plane[1]))
+
+
+def untilt(volume: np.ndarray, shift: tuple[float, float], fill: float, order: int = 1) -> np.ndarray:
+    """Shift slice k of an (X, Y, Z) volume in-plane by k x ``shift`` voxels (spline ``order``; ``fill`` outside),
+    so a tilted stack lines up on the orthogonal grid of ``_orthogonal``."""
+    from scipy import ndimage
+
+    out = np.empty_like(volume)
+    for k in range(volume.shape[2]):
+        ndimage.shift(volume[:, :, k], (k * shift[0], k * shift[1]), output=out[:, :, k], order=order,
+                      mode="constant", cval=fill)
+    return out
 
 
 def _affine(folder: Path, first, positions: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctprep.dicom import DicomVolume
+from ctprep.dicom import DicomVolume, untilt
 from ctprep.dicom_files import require_highdicom
 from ctprep.errors import CaseError
 
@@ -15,7 +15,8 @@ FRACTIONAL_LESION = 0.5  # a FRACTIONAL SEG's voxel is lesion from this probabil
 
 def read_seg_mask(path: Path, image: DicomVolume) -> np.ndarray:
     """The union of a SEG's segments on ``image``'s slices as bool (X, Y, Z): binary segments any nonzero,
-    fractional ones from FRACTIONAL_LESION; the SEG must reference the series read (CaseError otherwise)."""
+    fractional ones from FRACTIONAL_LESION; the SEG must reference the series read (CaseError otherwise).
+    A tilted series resampled by ``--allow-tilt`` has its mask resampled alike."""
     hd = require_highdicom()
     path = Path(path)
     try:
@@ -38,6 +39,8 @@ def read_seg_mask(path: Path, image: DicomVolume) -> np.ndarray:
     else:
         lesion = (frames != 0).any(axis=-1)
     mask = lesion.transpose(2, 1, 0)  # (cols, rows, slices): the volume's (X, Y, Z)
+    if any(image.tilt_shift):  # the image was resampled (--allow-tilt): the mask follows, linear then >= 0.5
+        mask = untilt(mask.astype(np.float32), image.tilt_shift, fill=0.0) >= 0.5
     if mask.shape != image.data.shape:
         raise CaseError(f"{path}: SEG shape {mask.shape} != image shape {image.data.shape} ({image.path}); "
                         "export the mask on the image grid")

@@ -13,12 +13,13 @@ from ctprep.errors import CaseError
 from ctprep.nifti import NiftiVolume, read_mask, read_volume
 
 
-def read_image(path: Path) -> NiftiVolume:
-    """A NIfTI image file, or a DICOM case folder's CT series (a ``DicomVolume`` with notes and instance UIDs)."""
+def read_image(path: Path, allow_tilt: bool = False) -> NiftiVolume:
+    """A NIfTI image file, or a DICOM case folder's CT series (a ``DicomVolume`` with notes and instance UIDs;
+    ``allow_tilt`` resamples a gantry-tilted series instead of refusing it)."""
     if Path(path).is_dir():
         from ctprep.dicom import read_series
 
-        return read_series(path)
+        return read_series(path, allow_tilt)
     return read_volume(path)
 
 

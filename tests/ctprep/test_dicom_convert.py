@@ -149,9 +149,23 @@ def test_a_changed_series_is_reconverted_and_an_unchanged_one_skipped(tmp_path):
     assert convert(tmp_path / "raw", tmp_path / "s.zarr", cfg, progress=False).converted == ["p1"]
 
 
-def test_allow_tilt_is_refused_as_not_implemented_yet():
-    with pytest.raises(UsageError, match="--allow-tilt: resampling .* not implemented yet"):
-        ConvertConfig(allow_tilt=True)
+def test_allow_tilt_converts_a_tilted_series_and_its_seg_onto_the_orthogonal_grid(tmp_path):
+    hu, mask = hu_and_mask()
+    tilted = ras_affine()
+    tilted[:3, 2] = [0.0, 0.8, 2.5]  # each slice one row (0.8 mm) further anterior: 17.7 deg of gantry tilt
+    shear = lambda volume, fill: np.stack([np.pad(volume[:, k:, k], ((0, 0), (0, k)), constant_values=fill)
+                                           for k in range(volume.shape[2])], axis=2)
+    dicom_case(tmp_path / "raw" / "p1", shear(hu, -1024.0), shear(mask, False), tilted)
+    refused = convert(tmp_path / "raw", tmp_path / "a.zarr", ConvertConfig(size=16, workers=1), progress=False)
+    assert "gantry tilt" in refused.failed[0]
+    report = convert(tmp_path / "raw", tmp_path / "b.zarr", ConvertConfig(size=16, workers=1, allow_tilt=True),
+                     progress=False)
+    assert report.converted == ["p1"] and any("resampled onto an orthogonal grid" in n for n in report.notes)
+    image = read_image(tmp_path / "raw" / "p1", allow_tilt=True)
+    np.testing.assert_allclose(image.affine, ras_affine(), atol=1e-9)
+    seg = read_case_mask(tmp_path / "raw" / "p1" / "seg.dcm", image)
+    for k in range(hu.shape[2]):  # rows below k were outside the tilted slice: filled
+        assert np.array_equal(image.data[:, k:, k], hu[:, k:, k]) and np.array_equal(seg[:, k:, k], mask[:, k:, k])
 
 
 def test_demo_dicom_set_converts_to_the_store_of_the_nifti_set(tmp_path):

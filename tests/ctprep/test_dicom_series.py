@@ -127,7 +127,8 @@ def test_gantry_tilt_is_refused(tmp_path, volume):
     write_dicom(tmp_path / "c", *volume)
     edit_slices(tmp_path / "c", lambda ds, k: setattr(ds, "ImagePositionPatient", [
         ds.ImagePositionPatient[0], ds.ImagePositionPatient[1] + 0.2 * k, ds.ImagePositionPatient[2]]))
-    assert "gantry tilt" in refused(tmp_path / "c")
+    message = refused(tmp_path / "c")
+    assert "gantry tilt: slices step 4.57 deg off their normal" in message and "--allow-tilt" in message
 
 
 def test_mixed_slice_sizes_are_refused(tmp_path, volume):
