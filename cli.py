@@ -34,7 +34,8 @@ for _app in (prep_app, sample_app, model_app):  # each app needs a callback, or 
 def convert(
     ctx: typer.Context,
     raw: Annotated[Path, typer.Argument(help="Folder of NIfTI images (+ masks): NAME_ct/NAME_seg, imagesTr/labelsTr "
-                                             "(imagesTs) or images/ + masks/.")],
+                                             "(imagesTs) or images/ + masks/; or DICOM series folders (a SEG "
+                                             "or RTSTRUCT inside, or FOLDER_seg.nii.gz; needs ctstack[dicom]).")],
     store: Annotated[str, typer.Argument(help="Slice store to create or update: a folder (store.zarr) or an "
                                              "object-storage URL (s3://bucket/store.zarr); needs ctstack[cloud].")],
     window: Annotated[str, typer.Option(help="HU window LO,HI mapped to [0, 1].")] = "-1000,400",
@@ -60,8 +61,10 @@ def convert(
                                                       "N jobs.")] = None,
     stale_after: Annotated[float, typer.Option(min=0.001, help="Hours after which another run's partial area "
                                                                "counts as abandoned and is cleared.")] = 24.0,
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series onto an orthogonal grid "
+                                                  "(without it such a series fails).")] = False,
 ) -> None:
-    """Convert NIfTI cases into a windowed, resized Zarr slice store with index.parquet.
+    """Convert NIfTI (or DICOM series) cases into a windowed, resized Zarr slice store with index.parquet.
 
     Re-running skips unchanged cases; without split options the store keeps its split config. Several converts
     (--shard jobs, machines) may write one store at once.
@@ -76,9 +79,10 @@ def convert(
         split = SplitConfig.from_options(test=test, val=val, seed=seed, csv=splits)
         report = run_convert(raw, store, ConvertConfig(window_hu=window, size=size, dtype=dtype, workers=workers,
                                                        split=split, consensus=consensus, scheduler=scheduler,
-                                                       shard=shard, stale_after_s=stale_after * 3600))
+                                                       shard=shard, stale_after_s=stale_after * 3600,
+                                                       allow_tilt=allow_tilt))
     orphans = [f"{path}: mask without an image; ignored" for path in report.orphans]
-    print_problems([*orphans, *report.skipped_files], report.failed)
+    print_problems([*orphans, *report.skipped_files, *report.notes], report.failed)
     print_table(f"ctprep convert -> {store}", ["", "value"], report.summary_rows())
     if report.shard is not None:
         echo(f"index not written (shard {report.shard}): run `ctprep index {store}` once every shard has finished")
@@ -173,13 +177,16 @@ def demo(
     unlabeled: Annotated[int, typer.Option(min=0, max=10_000, help="Extra scans without masks, numbered after "
                                                                    "the labeled ones (no NAME_seg; imagesTr "
                                                                    "without labelsTr).")] = 0,
+    format: Annotated[str, typer.Option("--format", help="nifti, or dicom: a series folder per case with a SEG "
+                                                         "and real-world quirks (shuffled names, localizer, a "
+                                                         "second series; needs ctstack[dicom]).")] = "nifti",
 ) -> None:
     """Write synthetic chest CTs with lesion masks, stored the way real datasets ship them.
 
     Int16 (plain HU or scl_inter -1024), some LPS with -3024 HU outside the field of view; 0-6 ground-glass or
     consolidation lesions per patient, about 1.75 empty slices per lesion slice over the set.
 
-    Example: ctprep demo raw/ --cases 12 --layout nnunet
+    Example: ctprep demo raw/ --cases 12 --layout nnunet   (DICOM: ctprep demo raw/ --format dicom)
     """
     import time
 
@@ -188,7 +195,7 @@ def demo(
 
     with errors(ctx):
         cfg = DemoConfig(cases=cases, seed=seed, layout=layout, size=size, max_slices=max_slices, workers=workers,
-                         difficulty=difficulty, raters=raters, unlabeled=unlabeled)
+                         difficulty=difficulty, raters=raters, unlabeled=unlabeled, format=format)
         start = time.perf_counter()
         rows = list(track(iter_demo(out_dir, cfg), "demo", total=cfg.total, unit="cases"))
     print_table(f"ctprep demo -> {out_dir}", ["", "value"], summary_rows(rows, time.perf_counter() - start))

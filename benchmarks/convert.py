@@ -16,6 +16,10 @@ Dask (when `distributed` is installed; --skip-dask leaves it out):
      against the fork-server pool with as many processes;
 (e)  cases/s on running LocalClusters of 1, 2 and 4 worker processes (scaling; ideal 1 : 2 : 4 with 4 cores).
 Goal: b <= 1.3 a, c scaling with cores.
+With --dicom (only these runs; needs ctstack[dicom]): the same demo cases written both as .nii.gz and as DICOM
+series folders with a SEG (`ctprep demo --format dicom`, same seed: the same volumes), then
+(f)  ctprep's NIfTI reader, image f32 + mask, against (g) ctprep's DICOM reader (series + SEG) on the same volumes;
+(h)  `convert`, 1 worker, of the NIfTI set against (i) of the DICOM set.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round (shared CPUs)")
     parser.add_argument("--skip-dask", action="store_true", help="leave out the Dask runs (d), (d') and (e)")
+    parser.add_argument("--dicom", action="store_true", help="only the DICOM-series vs NIfTI runs (f)-(i)")
     return parser.parse_args()
 
 
@@ -112,6 +117,9 @@ def run_convert(raw: Path, store: Path, workers: int, size: int, scheduler: str 
 
 def main() -> None:
     args = parse_args()
+    if args.dicom:
+        dicom_main(args)
+        return
     with tempfile.TemporaryDirectory(prefix="ctprep-bench-") as tmp:
         raw = args.raw or make_raw(Path(tmp) / "raw", args.cases, args.max_slices)
         cases = find_cases(raw).cases
@@ -181,12 +189,47 @@ def report_dask(best: dict[str, float], n_cases: int, c: float, workers: int) ->
           f"cores {os.cpu_count()})")
 
 
-def make_raw(out: Path, cases: int, max_slices: int) -> Path:
+def make_raw(out: Path, cases: int, max_slices: int, format: str = "nifti") -> Path:
     from ctprep.demo import DemoConfig, make_demo
 
-    seconds = timed(lambda: make_demo(out, DemoConfig(cases=cases, seed=0, size=512, max_slices=max_slices)))
-    print(f"made {cases} demo cases (512x512, <= {max_slices} slices) in {seconds:.1f} s")
+    cfg = DemoConfig(cases=cases, seed=0, size=512, max_slices=max_slices, format=format)
+    seconds = timed(lambda: make_demo(out, cfg))
+    print(f"made {cases} demo cases (512x512, <= {max_slices} slices, {format}) in {seconds:.1f} s")
     return out
+
+
+def dicom_main(args) -> None:
+    """(f)-(i): the same volumes read and converted from NIfTI and from DICOM series, best of ``repeat`` rounds."""
+    from ctprep.readers import read_case_mask, read_image
+
+    def read_all(cases) -> None:
+        for case in cases:
+            image = read_image(case.image_path)
+            for path in case.masks.values():
+                read_case_mask(path, image)
+
+    with tempfile.TemporaryDirectory(prefix="ctprep-bench-") as tmp:
+        raws = {fmt: make_raw(Path(tmp) / fmt, args.cases, args.max_slices, fmt) for fmt in ("nifti", "dicom")}
+        cases = {fmt: find_cases(raw).cases for fmt, raw in raws.items()}
+        slices = source_sizes(cases["nifti"])[2]
+        best: dict[str, float] = {}
+        for fmt in raws:
+            read_all(cases[fmt])  # warm the page cache
+        for _ in range(args.repeat):
+            for fmt, raw in raws.items():
+                best[f"read {fmt}"] = min(best.get(f"read {fmt}", float("inf")), timed(lambda: read_all(cases[fmt])))
+                seconds = run_convert(raw, Path(tmp) / f"{fmt}.zarr", 1, args.size)
+                best[f"convert {fmt}"] = min(best.get(f"convert {fmt}", float("inf")), seconds)
+    print(f"\n{len(cases['nifti'])} cases, {slices} slices of 512x512, the same volumes in both formats")
+    print(f"{'run':48s} {'s':>7s} {'slices/s':>9s}")
+    rows = [("(f)  NIfTI reader, image f32 + mask", best["read nifti"]),
+            ("(g)  DICOM reader, series f32 + SEG", best["read dicom"]),
+            ("(h)  convert NIfTI set, 1 worker", best["convert nifti"]),
+            ("(i)  convert DICOM set, 1 worker", best["convert dicom"])]
+    for name, seconds in rows:
+        print(f"{name:48s} {seconds:7.2f} {slices / seconds:9.1f}")
+    print(f"\ng / f = {best['read dicom'] / best['read nifti']:.2f}   (DICOM-series read vs NIfTI read)")
+    print(f"i / h = {best['convert dicom'] / best['convert nifti']:.2f}   (convert from DICOM vs from NIfTI)")
 
 
 def report(args, n_cases, slices, compressed, uncompressed, store_bytes, a, a_isal, b0, b, c) -> None:

@@ -26,9 +26,9 @@ from ctprep.executors import Scheduler, open_executor
 from ctprep.index import empty_per_lesion, lost_to_resize
 from ctprep.location import StoreLocation, open_location
 from ctprep.lock import store_lock
-from ctprep.nifti import read_mask, read_volume
 from ctprep.preprocess import preprocess_image
 from ctprep.raters import check_consensus, label_case
+from ctprep.readers import image_notes, read_case_mask, read_image
 from ctprep.shards import case_faults
 from ctprep.sources import source_attrs
 from ctprep.partials import STALE_AFTER_S, clear_partial, run_area
@@ -60,6 +60,7 @@ class ConvertConfig:
     scheduler: Scheduler | str | None = None  # Dask: 'local:N' or 'tcp://HOST:8786'; None: ``workers`` processes
     shard: Shard | str | None = None  # 'i/N': convert only share i of N and leave the index to `ctprep index`
     stale_after_s: float = STALE_AFTER_S  # another run's partial area this old is abandoned (cleared)
+    allow_tilt: bool = False  # DICOM series with gantry tilt: resample onto an orthogonal grid instead of refusing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_hu", parse_window_hu(self.window_hu))
@@ -102,6 +103,7 @@ class CaseResult:
     lesion_slices: int = 0
     source_bytes: int = 0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # warnings: DICOM localizers dropped, other series ignored
 
 
 @dataclass
@@ -114,6 +116,7 @@ class ConvertReport:
     failed: list[str] = field(default_factory=list)  # one line each: file, fault, what to do
     orphans: list[Path] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)  # one line each: NIfTI-named entries not read, and why
+    notes: list[str] = field(default_factory=list)  # one line each: DICOM images dropped or series ignored (warnings)
     cases: int = 0
     slices: int = 0
     labeled_slices: int = 0
@@ -158,17 +161,19 @@ def source_fingerprint(source: dict, layout: StoreLayout, consensus: str) -> str
 
 
 def convert_case(case: CaseSource, store_path: StoreLocation | str, layout: StoreLayout, source: dict,
-                 consensus: str = "majority", area: Path | None = None) -> CaseResult:
+                 consensus: str = "majority", area: Path | None = None,
+                 allow_tilt: bool = False) -> CaseResult:
     """Read, validate, preprocess and atomically write one case, built under ``area`` (the run's partial area);
     a CaseError becomes the result's error line.
 
     Every rater mask is validated against the image (shape, affine, values), so a case whose raters disagree in
     geometry fails alone, naming the file; the stored mask is the raters' ``consensus`` (docs/raters.md)."""
     try:
-        image = read_volume(case.image_path)
-        masks = {rater: read_mask(path, image) for rater, path in case.masks.items()}
+        image = read_image(case.image_path, allow_tilt)
+        masks = {rater: read_case_mask(path, image) for rater, path in case.masks.items()}
     except CaseError as err:
         return CaseResult(case.case_id, error=str(err))
+    notes = image_notes(image)
     unit, geom = preprocess_image(image.data, image.affine, layout)
     del image
     labeled = label_case(masks, geom, consensus) if masks else None
@@ -184,7 +189,7 @@ def convert_case(case: CaseSource, store_path: StoreLocation | str, layout: Stor
         write_case(store_path, case.case_id, encode(unit, layout.dtype), labeled.mask, attrs, labeled.raters,
                    labeled.rater_ids, area=area)
     return CaseResult(case.case_id, int(unit.shape[0]), sum(p > 0 for p in attrs["lesion_pixels"] or []),
-                      _source_bytes(source))
+                      _source_bytes(source), notes=notes)
 
 
 def convert(raw: Path, store_path: StoreLocation | str, cfg: ConvertConfig = ConvertConfig(),
@@ -204,8 +209,8 @@ def _convert(raw: Path, store_path: StoreLocation | str, cfg: ConvertConfig, pro
     found = find_cases(raw)
     if not found.cases and not found.problems:
         skipped = f" ({len(found.skipped)} skipped, first: {found.skipped[0]})" if found.skipped else ""
-        raise UsageError(f"{raw}: no NIfTI cases found{skipped}; expected NAME_ct/NAME_seg files, imagesTr/ + "
-                         "labelsTr/ or images/ + masks/ (see docs/store-format.md)")
+        raise UsageError(f"{raw}: no NIfTI or DICOM cases found{skipped}; expected NAME_ct/NAME_seg files, "
+                         "imagesTr/ + labelsTr/, images/ + masks/ or DICOM series folders (see docs/store-format.md)")
     first = cfg.shard is None or cfg.shard.index == 1  # RAW's own problems are reported by one job of an array
     report = ConvertReport(store_path, failed=list(found.problems) if first else [],
                            orphans=list(found.orphans) if first else [],
@@ -216,7 +221,8 @@ def _convert(raw: Path, store_path: StoreLocation | str, cfg: ConvertConfig, pro
     workers = min(cfg.workers or os.cpu_count() or 1, max(len(todo), 1))
     with run_area(store_path) as area, open_executor(workers, cfg.scheduler if todo else None) as executor:
         report.workers = executor.workers
-        calls = [(case, store_path, cfg.layout, source, store.consensus, area) for case, source in todo]
+        calls = [(case, store_path, cfg.layout, source, store.consensus, area, cfg.allow_tilt)
+                 for case, source in todo]
         for result in _with_progress(executor.results(convert_case, calls, _died), len(calls), progress):
             _record(result, report)
     if cfg.shard is None:
@@ -292,6 +298,7 @@ def _died(call: tuple) -> CaseResult:
 
 def _record(result: CaseResult, report: ConvertReport) -> None:
     """Add one case's outcome to the report."""
+    report.notes.extend(result.notes)
     if result.error:
         report.failed.append(result.error)
     else:

@@ -9,6 +9,9 @@ Layouts (see docs/store-format.md, "Inputs"), all of which may sit in one raw fo
 - ``images/`` + ``masks/`` (or ``labels/``) with equal stems (raters as ``masks/NAME_<rater>``).
 - QUBIQ case folders: ``NAME/image.nii[.gz]`` + ``NAME/*seg*.nii[.gz]``, one file per rater; the rater id is the
   stem's text after its last ``_`` (``task01_seg01`` -> ``seg01``).
+- DICOM series folders (docs/dicom.md): any folder below RAW holding DICOM files (``DICM`` preamble, any name) is
+  case ``FOLDER``; its mask is a DICOM SEG or RTSTRUCT in the folder, or ``FOLDER_seg.nii[.gz]`` (raters
+  ``FOLDER_seg_<r>``).
 An image without a mask is an unlabeled case; a mask without an image is an orphan (reported). A case whose
 masks mix an unnamed (``NAME_seg``) and named raters, or name one rater twice, is a problem (docs/raters.md).
 """
@@ -19,6 +22,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ctprep.dicom_files import MASK_CLASSES, is_dicom_file, sop_class
 from ctprep.errors import UsageError
 from ctprep.raters import RATER_ID, SINGLE_RATER, sorted_raters
 
@@ -145,6 +149,7 @@ def find_cases(raw: Path) -> Discovery:
             _merge(layout_masks, _nifti_files(raw / mask_dir, found.skipped))
     masks: Masks = {}
     _find_covid_pairs(raw, images, masks, found)
+    _find_dicom_folders(raw, images, masks, found)
     _merge(masks, _layout_raters(layout_masks, images))
     _pair(images, masks, found)
     return found
@@ -213,6 +218,26 @@ def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: Masks, fo
                             "or images/ + masks/ (see docs/store-format.md)")
 
 
+def _find_dicom_folders(raw: Path, images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None:
+    """DICOM case folders anywhere below raw (hidden folders skipped): the folder is the image of case FOLDER; a
+    SEG or RTSTRUCT in it is the case's mask. Imports pydicom only when a DICOM file is found."""
+    for folder in sorted(path for path in [raw, *raw.rglob("*")] if path.is_dir() and not _hidden(path, raw)):
+        files = [path for path in sorted(folder.iterdir()) if not _looks_nifti(path) and is_dicom_file(path)]
+        slices = False
+        for path in files:
+            if sop_class(path) in MASK_CLASSES:
+                masks.setdefault(folder.name, []).append((None, path))
+            else:
+                slices = True
+        if slices:
+            images.setdefault(folder.name, []).append(folder)
+
+
+def _hidden(path: Path, raw: Path) -> bool:
+    """Whether a folder below raw has a hidden part (.git, .DS_Store folders) in its relative path."""
+    return any(part.startswith(".") for part in path.relative_to(raw).parts)
+
+
 def _merge(target: dict[str, list], more: dict[str, list]) -> None:
     for stem, paths in more.items():
         target.setdefault(stem, []).extend(paths)
@@ -238,6 +263,9 @@ def _pair(images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None
 def _case_problem(case_id: str, image_paths: list[Path], entries: list[tuple[str | None, Path]]) -> str | None:
     """One line describing why a case cannot be converted as found, or None."""
     mask_paths = [path for _, path in entries]
+    if len(image_paths) > 1 and all(path.is_dir() for path in image_paths):
+        return (f"{image_paths[0]}: case {case_id!r} names {len(image_paths)} DICOM folders ({_names(image_paths)}); "
+                "the case id is the folder name: rename one folder")
     if len(image_paths) > 1:
         return f"{image_paths[0]}: case {case_id!r} has {len(image_paths)} images ({_names(image_paths)}); keep one"
     unnamed = [path for rater, path in entries if rater is None]

@@ -13,7 +13,12 @@ FINGERPRINT_BYTES = 1024**2  # sha256 over the first and the last MiB of each so
 
 
 def file_fingerprint(path: Path) -> dict:
-    """Size, mtime_ns and sha256 of the first and last MiB: cheap, and changes whenever the file does."""
+    """Size, mtime_ns and sha256 of the first and last MiB: cheap, and changes whenever the file does.
+
+    A folder (a DICOM series) gets its files' total size, latest mtime_ns and a sha256 over each file's name,
+    size and mtime_ns: any file added, removed, renamed or rewritten changes it."""
+    if os.path.isdir(path):
+        return _folder_fingerprint(Path(path))
     stat = os.stat(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -35,3 +40,16 @@ def source_attrs(case: CaseSource) -> dict:
     mask = next(iter(raters.values())) if case.mask_path is not None else None
     return {"image": one(case.image_path), "mask": mask, "raters": raters}
 
+
+
+def _folder_fingerprint(folder: Path) -> dict:
+    """``file_fingerprint`` of a folder: over the regular, non-hidden files directly in it."""
+    digest = hashlib.sha256()
+    size = latest = 0
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        stat = path.stat()
+        size, latest = size + stat.st_size, max(latest, stat.st_mtime_ns)
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"size": size, "mtime_ns": latest, "sha256_head_tail": digest.hexdigest()}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LAYOUTS = ("covid19", "nnunet")
+FORMATS = ("nifti", "dicom")  # dicom: one series folder per case with a SEG (needs ctstack[dicom])
 ISAL_LEVEL = 2  # ISA-L's level 2 compresses as well as zlib's level 1 (gzip_bytes' fallback; ~4x faster than 6)
 FOV_PADDING_HU = -3024  # what scanners store outside the reconstruction circle
 SCALED_INTER = -1024.0  # stored 0.. with scl_slope 1 / scl_inter -1024, as DICOM-derived NIfTI often are
@@ -62,6 +63,7 @@ class DemoConfig:
     difficulty: str = "easy"  # "realistic": faint soft lesions, look-alikes, artefacts (easy keeps its bytes)
     raters: int = 1  # annotators per labeled case; 1 writes the truth as the one mask (the bytes of before)
     unlabeled: int = 0  # extra scans without masks, numbered after the ``cases`` (0: the set of before)
+    format: str = "nifti"  # "dicom": NAME/ series folders with NAME/seg.dcm, real-world quirks (docs/dicom.md)
 
     def __post_init__(self) -> None:
         _check_range("cases", self.cases, 1, 10_000)
@@ -77,6 +79,7 @@ class DemoConfig:
             _check_range("workers", self.workers, 1, 1024)
         _check_range("raters", self.raters, 1, MAX_RATERS)
         _check_range("unlabeled", self.unlabeled, 0, 10_000)
+        _check_format(self)
 
     @property
     def total(self) -> int:
@@ -90,6 +93,15 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
         raise UsageError(f"demo option {name}={value!r}: expected an integer in {lo}..{hi}")
 
 
+def _check_format(cfg: DemoConfig) -> None:
+    """A known format; DICOM cases are folders of their own (no nnU-Net layout) with one SEG (one rater)."""
+    if cfg.format not in FORMATS:
+        raise UsageError(f"format {cfg.format!r}: expected one of {', '.join(FORMATS)}")
+    if cfg.format == "dicom" and (cfg.layout != "covid19" or cfg.raters != 1):
+        raise UsageError("--format dicom writes one series folder per case with one SEG: drop --layout and "
+                         "--raters (or use --format nifti)")
+
+
 def case_id(index: int) -> str:
     """Name of case ``index`` (zero-padded so that names sort in case order)."""
     return f"demo_{index:03d}"
@@ -101,10 +113,13 @@ def unlabeled_count(cfg: DemoConfig) -> int:
 
 
 def case_paths(out_dir: Path, cfg: DemoConfig, index: int) -> tuple[Path, Path | None]:
-    """Image and mask file of case ``index`` in the configured layout (mask None for unlabeled cases: the nnU-Net
+    """Image and mask file of case ``index`` in the configured layout (DICOM: the series folder and its SEG; mask
+    None for unlabeled cases: the nnU-Net
     layout's imagesTs cases, and the ``--unlabeled`` extras, which keep the train names without a mask file)."""
     name = case_id(index)
     extra = index >= cfg.cases
+    if cfg.format == "dicom":
+        return out_dir / name, None if extra else out_dir / name / "seg.dcm"
     if cfg.layout == "covid19":
         return out_dir / f"{name}_ct.nii.gz", None if extra else out_dir / f"{name}_seg.nii.gz"
     if extra:
@@ -182,11 +197,18 @@ def write_demo_case(out_dir: Path, cfg: DemoConfig, index: int) -> dict:
             _save(path, _orient(mask, storage.lps), affine)
         dice = lesion_dice(phantom.mask, masks)
         mask_path = None
-    elif mask_path is not None:
+    elif mask_path is not None and cfg.format == "nifti":
         _save(mask_path, _orient(phantom.mask, storage.lps), affine)
     stored, inter = encode_hu(phantom, storage)
-    _save(image_path, _orient(stored, storage.lps), affine, inter)
+    if cfg.format == "dicom":
+        _save_dicom(image_path, phantom, storage, affine, (cfg.seed, index), labeled=mask_path is not None)
+    else:
+        _save(image_path, _orient(stored, storage.lps), affine, inter)
     row = _row(phantom, storage, index, image_path, mask_path, time.perf_counter() - start)
+    if cfg.format == "dicom":
+        from ctprep.demo.dicom_writer import quirk_of
+
+        row["dicom_quirk"] = quirk_of(index)
     if raters:
         row.update(labeled=True, raters=[str(p) for p in raters], lesion_dice=dice,
                    bytes=row["bytes"] + sum(p.stat().st_size for p in raters))
@@ -244,6 +266,28 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, inter: float | None 
     write_bytes(path, gzip_bytes(img.to_bytes(), ISAL_LEVEL, mtime=0))  # mtime 0: reproducible
 
 
+def _save_dicom(folder: Path, phantom: Phantom, storage: Storage, affine: np.ndarray, seed_index: tuple[int, int],
+                labeled: bool) -> None:
+    """Write a case as a DICOM series folder (+ SEG): HU with the storage's FOV padding and intercept, the quirk
+    of its index (ctprep.demo.dicom_writer.QUIRKS); built under a hidden name and renamed when complete."""
+    from ctprep.demo.dicom_writer import quirk_of, write_demo_series
+
+    hu = phantom.hu.copy()
+    if storage.fov_padding:
+        hu[:, _outside_fov(phantom.patient.size)] = FOV_PADDING_HU
+    seed, index = seed_index
+    partial = folder.with_name(f".{folder.name}.partial")  # hidden: discovery skips it until the rename
+    write_demo_series(partial, _orient(hu, storage.lps), _orient(phantom.mask, storage.lps) if labeled else None,
+                      affine, SCALED_INTER if storage.scaled else 0.0, ("ctstack demo", str(seed), case_id(index)),
+                      quirk_of(index))
+    os.replace(partial, folder)
+
+
+def _bytes(path: Path) -> int:
+    """Size of a file, or of the files in a (DICOM) folder."""
+    return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
 def _row(phantom: Phantom, storage: Storage, index: int, image_path: Path, mask_path: Path | None,
          seconds: float) -> dict:
     """The summary row of one written case; slice counts are measured on the mask as written."""
@@ -259,7 +303,8 @@ def _row(phantom: Phantom, storage: Storage, index: int, image_path: Path, mask_
         "lesion_kinds": ",".join(les.kind for les, v in zip(phantom.lesions, visible) if v),
         "lesion_voxels": int(phantom.lesion_voxels.sum()), "lesion_slices": lesion_slices,
         "empty_slices": p.n_slices - lesion_slices, "pct_empty": 100.0 * (p.n_slices - lesion_slices) / p.n_slices,
-        "bytes": image_path.stat().st_size + (mask_path.stat().st_size if mask_path else 0),
+        "bytes": _bytes(image_path) + (mask_path.stat().st_size if mask_path and not mask_path.is_relative_to(
+            image_path) else 0),
         "seconds": seconds,
     }
 

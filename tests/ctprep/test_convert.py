@@ -188,6 +188,6 @@ def test_bad_options_are_usage_errors(kwargs, words):
 
 def test_folder_without_cases_is_a_usage_error(tmp_path):
     (tmp_path / "raw").mkdir()
-    with pytest.raises(UsageError, match="no NIfTI cases found"):
+    with pytest.raises(UsageError, match="no NIfTI or DICOM cases found"):
         convert(tmp_path / "raw", tmp_path / "s.zarr", CFG, progress=False)
     assert not (tmp_path / "s.zarr").exists()
