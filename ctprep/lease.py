@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from ctprep.errors import StorageError, StoreLockedError
@@ -81,11 +81,9 @@ def acquire(store: ObjectLocation, then: str, wait_s: float = 0.0, terms: LeaseT
                   command=command)
     deadline = time.monotonic() + wait_s
     while True:
-        try:
+        with suppress(FileExistsError):  # held: look at its holder below
             lease.tag = lease.location.create(lease.body(terms))
             return lease
-        except FileExistsError:
-            pass
         held = _holder(lease.location)
         if held is None:  # released between our two requests: try again at once
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -270,11 +270,9 @@ def write_file(location: StoreLocation, data: bytes) -> None:
 
         write_bytes(location, data)
         return
-    try:
+    with suppress(FileNotFoundError):  # absent: write it
         if location.read_bytes() == data:
             return
-    except FileNotFoundError:
-        pass
     location.write_bytes(data)
 
 

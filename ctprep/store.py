@@ -147,11 +147,7 @@ def write_case(path: StoreLocation | str, case_id: str, image: np.ndarray, mask:
         return
     area = path / PARTIAL if area is None else Path(area)
     tmp = area / f"{case_id}-{uuid.uuid4().hex[:8]}"
-    for name, data in arrays.items():
-        write_array(tmp, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
-    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
-    shards = {SHARDS: {name: shard_record(tmp / name) for name in arrays}}
-    write_group_metadata(tmp, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
+    write_case_folder(tmp, case_id, arrays, attrs, rater_ids)
     commit_case(tmp, path / CASES / case_id, area)
 
 
@@ -177,9 +173,15 @@ def write_case_in_place(folder: StoreLocation, case_id: str, arrays: dict[str, n
     and removed by `ctprep index` (``ctprep.reindex.clear_leftovers``)."""
     (folder / "zarr.json").unlink(missing_ok=True)
     folder.delete_prefix()
+    write_case_folder(folder, case_id, arrays, attrs, rater_ids)
+
+
+def write_case_folder(folder: StoreLocation, case_id: str, arrays: dict[str, np.ndarray], attrs: dict,
+                      rater_ids: list[str] | None = None) -> None:
+    """Write a case's arrays into ``folder``, then its zarr.json (attributes plus shard records) last."""
     for name, data in arrays.items():
         write_array(folder, name, data, {"rater_ids": list(rater_ids)} if name == RATERS else None)
-    crash_point(case_id)
+    crash_point(case_id)  # test-only (ctprep.crashpoint): a writer killed here leaves a case without zarr.json
     shards = {SHARDS: {name: shard_record(folder / name) for name in arrays}}
     write_group_metadata(folder, GroupMetadata(attributes={**attrs, **shards}))  # last: the case is complete
 

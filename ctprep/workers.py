@@ -14,6 +14,7 @@ from multiprocessing import spawn
 from pathlib import Path
 
 from ctprep.location import STORAGE_VARIABLES, storage_environment
+from ctprep.partials import process_exists
 
 PRELOAD = ["ctprep.convert", "ctprep.demo"]  # imported once by the fork server: cheap starts, as with fork
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -157,10 +158,4 @@ def _alive(pid: int) -> bool:
     if os.name == "nt":
         parent = multiprocessing.parent_process()
         return parent is None or parent.is_alive()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+    return process_exists(pid)

@@ -108,7 +108,7 @@ def test_a_store_that_ignores_create_only_writes_is_refused(s3_store, monkeypatc
     monkeypatch.setattr(ObjectLocation, "create", lambda self, data: self.write_bytes(data) or "tag")
     with pytest.raises(StorageError, match="ignores create-only writes"):
         with object_lease(open_location(s3_store), "wait"):
-            pass
+            pytest.fail("a store that overwrites on create-only writes was given a lease")
 
 
 @pytest.mark.parametrize("command", [["verify", "--repair", "raw"], ["upgrade"]])
