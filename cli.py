@@ -126,6 +126,7 @@ def verify(
     repair: Annotated[Optional[Path], typer.Option(help="Raw folder to re-convert damaged cases from (also "
                                                         "restores a missing root zarr.json).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --repair: convert processes.")] = None,
+    allow_tilt: Annotated[bool, typer.Option(help="With --repair: as convert's --allow-tilt.")] = False,
 ) -> None:
     """Check every case's arrays against the index and the checksums recorded at convert time; exit 1 if damaged.
 
@@ -137,7 +138,7 @@ def verify(
         if repair is None:
             report, fixed = run_verify(store), None
         else:
-            fixed = run_repair(store, repair, workers=workers)
+            fixed = run_repair(store, repair, workers=workers, allow_tilt=allow_tilt)
             report = fixed.after
     print_report(report, fixed)
     if report.damaged or (fixed is not None and fixed.failed):
@@ -497,21 +498,27 @@ def compare(
 def predict(
     ctx: typer.Context,
     run: RunArgument,
-    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz scan or a folder of them (NAME_0000 -> NAME).")],
-    output: Annotated[Path, typer.Argument(help="Output .nii/.nii.gz file, or a folder when INPUT is one.")],
+    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz scan, a DICOM series folder, or a folder of them "
+                                               "(NAME_0000 -> NAME).")],
+    output: Annotated[Path, typer.Argument(help="Output file (.nii/.nii.gz, or .dcm for dicom-seg), or a folder.")],
     checkpoint: CheckpointOption = "best",
     device: DeviceOption = "auto",
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
-    probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities instead of a uint8 mask.")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities (dicom-seg: a FRACTIONAL SEG) "
+                                                     "instead of a mask.")] = False,
+    format: Annotated[str, typer.Option("--format", help="nifti, or dicom-seg: a DICOM SEG referencing each DICOM "
+                                                         "series.")] = "nifti",
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series (the SEG maps back onto "
+                                                  "their slices).")] = False,
     uncertainty: Annotated[bool, typer.Option("--uncertainty", help="--target ugs runs: also write NAME_uncertainty "
                                               "(float32 p_union - p_intersection) beside the mask.")] = False,
     batch_size: BatchSizeOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (an input is never "
                                                                 "overwritten).")] = False,
 ) -> None:
-    """Predict lesion masks for NIfTI scans, written in each source file's shape, affine and orientation.
+    """Predict lesion masks for NIfTI scans or DICOM series, on each source's own grid and orientation.
 
-    Example: ctmodel predict runs/dual imagesTs/ predictions/
+    Example: ctmodel predict runs/dual imagesTs/ predictions/   (DICOM: --format dicom-seg)
     """
     from ctmodel.predict import PredictConfig, predict as run_predict
     from ctprep.console import print_problems, print_table
@@ -519,7 +526,7 @@ def predict(
     with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
                             probabilities=probabilities, batch_size=batch_size, overwrite=overwrite,
-                            uncertainty=uncertainty)
+                            uncertainty=uncertainty, format=format, allow_tilt=allow_tilt)
         report = run_predict(run, input, output, cfg)
     print_problems(failed=report.failed)
     if report.results:

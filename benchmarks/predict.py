@@ -8,6 +8,11 @@ default-width dual encoder with RANDOM weights (timing does not depend on them).
 Measured in the same run: both backends of predict (ctprep's numpy preprocessing on the CPU, and the torch
 copy that keeps every stage on the device, which `ctmodel predict` uses on a GPU), reading the file alone
 (the floor of any NIfTI tool), and the network run one slice at a time against predict's batched pass.
+
+With --dicom-seg (only these runs; needs ctstack[dicom]): the same scan also written as a DICOM series, then
+predicted NIfTI -> NIfTI, DICOM -> NIfTI, DICOM -> binary SEG and DICOM -> fractional SEG with a per-voxel
+threshold as the "network" (so the figures are the reading and writing that the format changes), best of
+--repeats; printed per stage with the ratios to NIfTI -> NIfTI.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ def parse_args() -> argparse.Namespace:
                         "32 on a GPU, 4 on the CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="scans to time; with 2 or more the first is a warm-up")
     parser.add_argument("--unbatched-slices", type=int, default=8, help="slices timed one at a time (baseline)")
+    parser.add_argument("--dicom-seg", action="store_true", help="only the DICOM series / DICOM SEG runs")
     return parser.parse_args()
 
 
@@ -81,6 +87,9 @@ def main() -> None:
     """Run the benchmark and print per-stage seconds and the same-run baselines."""
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.dicom_seg:
+        dicom_seg_main(args)
+        return
     device = resolve_device(args.device)
     layout = StoreLayout(size=args.size)
     torch.manual_seed(0)
@@ -106,17 +115,23 @@ def best_run(runs: list) -> object:
     return min(timed, key=lambda r: r.total_seconds)
 
 
+def print_stages(best: dict, extra: dict[str, list[float]]) -> None:
+    """A table of seconds per stage (rows) and run (columns), the totals, and ``extra`` rows."""
+    print(f"{'stage':<12}" + "".join(f"{name:>19}" for name in best))
+    for stage in STAGES:
+        print(f"{stage:<12}" + "".join(f"{r.seconds[stage]:>19.3f}" for r in best.values()))
+    print(f"{'total s':<12}" + "".join(f"{r.total_seconds:>19.3f}" for r in best.values()))
+    for label, values in extra.items():
+        print(f"{label:<12}" + "".join(f"{v:>19.2f}" for v in values))
+
+
 def report(args, device, shape, parameters, runs: dict, read_alone, unbatched) -> None:
     """Print the figures: per stage and backend (best of the timed scans after the first when there are several)."""
     best = {name: best_run(scans) for name, scans in runs.items()}
     n_slices = next(iter(best.values())).n_slices
     print(f"scan {shape} (512x512x{n_slices} source voxels), stored {n_slices}x{args.size}x{args.size}, "
           f"device {device}, {args.threads} CPU threads, dual-encoder {parameters:,} params (random weights)")
-    print(f"{'stage':<12}" + "".join(f"{name:>18}" for name in best))
-    for stage in STAGES:
-        print(f"{stage:<12}" + "".join(f"{r.seconds[stage]:>18.3f}" for r in best.values()))
-    print(f"{'total s':<12}" + "".join(f"{r.total_seconds:>18.3f}" for r in best.values()))
-    print(f"{'ms/slice':<12}" + "".join(f"{r.total_seconds / n_slices * 1000:>18.1f}" for r in best.values()))
+    print_stages(best, {"ms/slice": [r.total_seconds / n_slices * 1000 for r in best.values()]})
     (name_a, a), (name_b, b) = best.items()
     print("baselines (same run):")
     print(f"  {name_b} vs {name_a}: {a.total_seconds / b.total_seconds:.2f}x faster end to end")
@@ -128,6 +143,35 @@ def report(args, device, shape, parameters, runs: dict, read_alone, unbatched) -
           f"(batch {inference_batch(device, args.batch_size)}) -> batching {unbatched / batched:.2f}x faster")
     for name, scans in runs.items():
         print(f"  {name}: seconds per scan, in order: {', '.join(f'{r.total_seconds:.2f}' for r in scans)}")
+
+
+def dicom_seg_main(args) -> None:
+    """Seconds per stage for NIfTI and DICOM inputs and NIfTI, binary-SEG and fractional-SEG outputs."""
+    from ctmodel.scans import OutputFormat
+    from ctprep.demo.dicom_writer import SeriesSpec, write_series
+
+    layout = StoreLayout(size=args.size)
+    backend = numpy_backend(lambda stored: (np.asarray(stored, dtype=np.float32) > 0.5).astype(np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = make_scan(Path(tmp) / "raw", args.slices)
+        volume = read_volume(scan)
+        write_series(Path(tmp) / "series", np.rint(volume.data), volume.affine, SeriesSpec(("bench",)))
+        runs = {"NIfTI -> NIfTI": (scan, "out.nii.gz", OutputFormat()),
+                "DICOM -> NIfTI": (Path(tmp) / "series", "d.nii.gz", OutputFormat()),
+                "DICOM -> SEG": (Path(tmp) / "series", "b.dcm", OutputFormat("dicom-seg")),
+                "DICOM -> SEG frac": (Path(tmp) / "series", "f.dcm", OutputFormat("dicom-seg", probabilities=True))}
+        best = {name: best_run([predict_scan(src, Path(tmp) / name_out, backend, layout, out=out)
+                                for _ in range(max(args.repeats, 2))])
+                for name, (src, name_out, out) in runs.items()}
+        sizes = {name: (Path(tmp) / name_out).stat().st_size / 1e6 for name, (_, name_out, _) in runs.items()}
+    print(f"scan 512x512x{args.slices}, stored at {args.size}; per-voxel threshold as the network; best of "
+          f"{max(args.repeats, 2) - 1} after a warm-up")
+    print_stages(best, {"output MB": [sizes[name] for name in best]})
+    base = best["NIfTI -> NIfTI"]
+    print("baselines (same run): ratios to NIfTI -> NIfTI")
+    for name, r in best.items():
+        print(f"  {name:<18} read {r.seconds['read'] / base.seconds['read']:.2f}x  write "
+              f"{r.seconds['write'] / base.seconds['write']:.2f}x  total {r.total_seconds / base.total_seconds:.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry by
 `ctmodel predict`'s numpy restore step, against the source mask file at the source spacing; with named raters,
-against the consensus of their source files); a case whose source masks are missing, changed or unreadable falls
+against the consensus of their source files; a DICOM case's SEG or RTSTRUCT read onto its series' grid); a case whose source masks are missing, changed or unreadable falls
 back to the store grid with one warning line. Slice-level scores are always on the store grid. docs/metrics.md
 ("Which grid") has the details. Cases with several raters are also scored against each rater and give the
 inter-rater ceiling (ctmodel.raters_eval); calibration against the rater fraction is ctmodel.calibration.
@@ -27,8 +27,11 @@ from ctmodel.metrics import (NO_SLICES, CaseMetrics, SliceScores, case_metrics, 
 from ctmodel.raters_eval import RATER_METRICS, RaterScores, rater_rows, rater_scores, rater_summary
 from ctmodel.runfolder import eval_csv
 from ctprep.atomic import write_text
+from ctprep.dicom_files import is_dicom_file
+from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry, plane_view
+from ctprep.nifti import NiftiVolume, check_same_grid, read_mask
 from ctprep.outputs import check_output_dir, check_outputs
 from ctprep.raters import consensus
 from ctprep.splits import SPLIT_CHOICES as SPLITS
@@ -154,8 +157,6 @@ def source_raters(store: SliceStore, case_id: str, geom: CaseGeometry) -> dict[s
     Raises:
         CaseError: no mask path recorded, a file is missing, changed since convert, or not on the recorded grid.
     """
-    from ctprep.nifti import NiftiVolume, read_mask
-
     attrs = store.case_attrs(case_id)  # read once: the source record and the rater order
     source = attrs.get("source") or {}
     entries = source.get("raters") or {}
@@ -164,13 +165,28 @@ def source_raters(store: SliceStore, case_id: str, geom: CaseGeometry) -> dict[s
     if not entries or not all(isinstance(e, dict) and e.get("path") for e in entries.values()):
         raise CaseError(f"{store.path}: expected a source mask path recorded for case {case_id}, found none; "
                         "re-convert with this ctstack to score it on the native grid")
+    recorded = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine),
+                           Path((source.get("image") or {}).get("path") or store.path))
     masks = {}
     for rater in attrs.get("rater_ids") or list(entries):
         path = Path(entries[rater]["path"])
         check_unchanged(path, entries[rater])
-        grid = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine), path)
-        masks[rater] = read_mask(path, grid)  # shape and affine checked against the recorded source geometry
+        if is_dicom_file(path) and nifti_stem(path) is None:
+            masks[rater] = dicom_source_mask(path, recorded)
+        else:
+            masks[rater] = read_mask(path, recorded)  # shape and affine checked against the recorded geometry
     return masks
+
+
+def dicom_source_mask(path: Path, recorded: NiftiVolume) -> np.ndarray:
+    """A DICOM SEG or RTSTRUCT source mask on its series' grid (headers only, ``ctprep.dicom.series_grid``), the
+    grid checked against the one recorded at convert time (``recorded``: its shape, affine and image folder)."""
+    from ctprep.dicom import series_grid
+    from ctprep.readers import read_case_mask
+
+    grid = series_grid(recorded.path, allow_tilt=True)  # a tilted series is in a store only if --allow-tilt was given
+    check_same_grid(recorded.path, grid.data.shape, grid.affine, recorded)
+    return read_case_mask(path, grid)
 
 
 def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndarray:

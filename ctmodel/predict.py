@@ -1,6 +1,8 @@
-"""`ctmodel predict`: NIfTI scans in, masks (or probabilities) out on the source grid, header and orientation kept.
+"""`ctmodel predict`: NIfTI scans or DICOM series in, masks (or probabilities) out on the source grid, header and
+orientation kept; as NIfTI, or as a DICOM SEG over a DICOM series (``ctmodel.scans``).
 
 Run: ctmodel predict runs/demo scan.nii.gz scan_mask.nii.gz   (or folders: imagesTs/ predictions/)
+     ctmodel predict runs/demo dicom/case_1/ segs/ --format dicom-seg
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import numpy as np
 
 from ctmodel.backends import Backend, Predictor, numpy_backend, torch_backend
 from ctmodel.config import check_inference
-from ctprep.discover import CT_CHANNEL, image_channel, nifti_stem
+from ctmodel.dicom_seg import SegAuthor
+from ctmodel.scans import (OutputFormat, check_outside_series, check_sources, is_output_file, output_name, read_scan,
+                           scans_in, write_scan)
+from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, CtstackError, OutputError, UsageError
-from ctprep.nifti import read_volume, write_like
 from ctprep.outputs import check_output
 from ctprep.store import StoreLayout
 
@@ -36,9 +40,19 @@ class PredictConfig:
     precision: str = "bf16"  # autocast on CUDA; CPU runs fp32
     overwrite: bool = False  # replace existing output files (an input file is never overwritten)
     uncertainty: bool = False  # UGS runs: also write the band p_union - p_intersection (float32) beside the mask
+    format: str = "nifti"  # nifti, or dicom-seg (a DICOM SEG per DICOM series; --probabilities: FRACTIONAL)
+    allow_tilt: bool = False  # DICOM input: resample gantry-tilted series instead of refusing them
 
     def __post_init__(self) -> None:
         check_inference(self.checkpoint, self.threshold, self.batch_size)
+        OutputFormat(self.format)  # refuses an unknown format
+        if self.uncertainty and self.format == "dicom-seg":
+            raise UsageError("--uncertainty writes a NIfTI band map; use it with --format nifti")
+
+    def output(self, run_dir: Path) -> OutputFormat:
+        """The output format of these options, authored by run ``run_dir``."""
+        return OutputFormat(self.format, self.probabilities, self.allow_tilt,
+                            SegAuthor(Path(run_dir).resolve().name, self.checkpoint, self.threshold))
 
 
 @dataclass(frozen=True)
@@ -77,40 +91,38 @@ class PredictReport:
         return rows
 
 
-def output_name(path: Path) -> str:
-    """Output file name for an input scan: nnU-Net's ``NAME_0000.nii.gz`` -> ``NAME.nii.gz``, else unchanged."""
-    stem = nifti_stem(path)
-    name, channel = image_channel(stem)
-    return (name if channel == CT_CHANNEL else stem) + path.name[len(stem):]
-
-
 def uncertainty_path(output: Path) -> Path:
     """Where the uncertainty map of ``output`` goes: ``NAME_uncertainty.nii[.gz]`` in the same folder."""
     stem = nifti_stem(output)
     return output.with_name(stem + UNCERTAINTY_SUFFIX + output.name[len(stem):])
 
 
-def plan_outputs(source: Path, output: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: one file to one file (or into a folder), or every NIfTI in a folder into a folder;
-    the whole set is checked (``check_pairs``) before anything is written."""
+def plan_outputs(source: Path, output: Path, overwrite: bool = False, fmt: str = "nifti") -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one scan (a NIfTI file or a DICOM series folder) to one file (or into a folder), or
+    every scan of a folder (``scans.scans_in``) into a folder; the whole set is checked (``check_pairs``) before
+    anything is written."""
     source, output = Path(source), Path(output)
-    if source.is_dir():
-        if nifti_stem(output) is not None:
-            raise UsageError(f"{output}: INPUT {source} is a folder, so OUTPUT must be a folder, not a NIfTI file")
+    if not source.exists():
+        raise CaseError(f"{source}: not found; pass a .nii/.nii.gz file, a DICOM series folder or a folder of them")
+    scans = scans_in(source) if source.is_dir() else [source]
+    check_sources(scans, fmt)
+    if source.is_dir() and scans != [source]:
+        if is_output_file(output, fmt):
+            raise UsageError(f"{output}: INPUT {source} is a folder of scans, so OUTPUT must be a folder, not a file")
         if output.exists() and not output.is_dir():
             raise UsageError(f"{output}: expected an OUTPUT folder, found a file; choose a folder path")
-        scans = sorted(p for p in source.iterdir() if p.is_file() and nifti_stem(p) is not None)
         if not scans:
-            raise CaseError(f"{source}: expected .nii or .nii.gz scans in this folder, found none; check the path")
-        pairs = [(scan, output / output_name(scan)) for scan in scans]
-    elif not source.exists():
-        raise CaseError(f"{source}: not found; pass a .nii/.nii.gz file or a folder of them")
-    elif output.is_dir():
-        pairs = [(source, output / output_name(source))]
-    elif nifti_stem(output) is None:
-        raise UsageError(f"{output}: expected a .nii or .nii.gz output path (or an existing folder)")
+            raise CaseError(f"{source}: expected .nii/.nii.gz scans or DICOM series folders in this folder, found "
+                            "none; check the path")
+        pairs = [(scan, output / output_name(scan, fmt)) for scan in scans]
+    elif output.is_dir() or (source.is_dir() and not is_output_file(output, fmt)):
+        pairs = [(source, output / output_name(source, fmt))]
+    elif not is_output_file(output, fmt):
+        wanted = "a .dcm" if fmt == "dicom-seg" else "a .nii or .nii.gz"
+        raise UsageError(f"{output}: expected {wanted} output path (or an existing folder) for --format {fmt}")
     else:
         pairs = [(source, output)]
+    check_outside_series(pairs)
     check_pairs(pairs, overwrite)
     return pairs
 
@@ -152,10 +164,12 @@ def _file_key(path: Path) -> tuple[int, int] | Path:
 
 
 def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend, layout: StoreLayout,
-                 threshold: float = 0.5, probabilities: bool = False) -> ScanResult:
-    """Read, preprocess, predict, invert and write one scan; CaseError when the input is unreadable."""
+                 threshold: float = 0.5, probabilities: bool = False, out: OutputFormat | None = None) -> ScanResult:
+    """Read, preprocess, predict, invert and write one scan (``out``: format, DICOM options; NIfTI by default);
+    CaseError when the input is unreadable."""
     if destination.resolve() == Path(source).resolve():
         raise CaseError(f"{source}: the output would overwrite the input; choose another OUTPUT")
+    out = out or OutputFormat(probabilities=probabilities)
     backend = predictor if isinstance(predictor, Backend) else numpy_backend(predictor)
     seconds, clock = {}, time.perf_counter()
 
@@ -164,15 +178,16 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
         now = time.perf_counter()
         seconds[stage], clock = now - clock, now
 
-    volume = read_volume(source); lap("read")
+    volume, headers = read_scan(source, out); lap("read")
     stored, geom = backend.prepare(volume.data, volume.affine, layout); lap("preprocess")
     probs = backend.network(stored); lap("network")
     probs, band = probs if isinstance(probs, tuple) else (probs, None)  # band: --uncertainty (UGS runs)
-    written, lesion_voxels = backend.restore(probs, geom, threshold, probabilities)
+    written, lesion_voxels = backend.restore(probs, geom, threshold, out.probabilities)
     band_map = None if band is None else backend.restore(band, geom, threshold, True)[0]; lap("invert")
-    write_like(source, written, destination, "ctstack predict")
+    write_scan(volume, headers, written, destination, out)
     if band_map is not None:
-        write_like(source, band_map.astype(np.float32), uncertainty_path(destination), "ctstack uncertainty")
+        write_scan(volume, None, band_map.astype(np.float32), uncertainty_path(destination), out,
+                   "ctstack uncertainty")
     lap("write")
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     return ScanResult(Path(source), destination, int(geom.n_slices), lesion_voxels * voxel_ml, seconds)
@@ -180,17 +195,19 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
 
 def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, layout: StoreLayout,
                   threshold: float = 0.5, probabilities: bool = False, progress: bool = True,
-                  overwrite: bool = False) -> PredictReport:
-    """Predict one file or every scan of a folder; a bad scan fails alone (one line in ``report.failed``).
+                  overwrite: bool = False, out: OutputFormat | None = None) -> PredictReport:
+    """Predict one scan or every scan of a folder; a bad scan fails alone (one line in ``report.failed``).
 
     Every output is checked before the first is written (``plan_outputs``); existing ones need ``overwrite``.
     """
-    pairs = plan_outputs(source, output, overwrite)
-    return predict_pairs(pairs, predictor, layout, threshold, probabilities, progress)
+    out = out or OutputFormat(probabilities=probabilities)
+    pairs = plan_outputs(source, output, overwrite, out.format)
+    return predict_pairs(pairs, predictor, layout, threshold, out.probabilities, progress, out)
 
 
 def predict_pairs(pairs: list[tuple[Path, Path]], predictor: Predictor | Backend, layout: StoreLayout,
-                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True) -> PredictReport:
+                  threshold: float = 0.5, probabilities: bool = False, progress: bool = True,
+                  out: OutputFormat | None = None) -> PredictReport:
     """Predict each (input, output) pair of a checked plan (``plan_outputs``), with a progress bar over scans."""
     from ctprep.console import track
 
@@ -198,7 +215,7 @@ def predict_pairs(pairs: list[tuple[Path, Path]], predictor: Predictor | Backend
     items = track(pairs, "predict", unit="scan") if progress else pairs
     for src, dst in items:
         try:
-            report.results.append(predict_scan(src, dst, predictor, layout, threshold, probabilities))
+            report.results.append(predict_scan(src, dst, predictor, layout, threshold, probabilities, out))
         except CtstackError as err:
             report.failed.append(str(err))
     return report
@@ -210,7 +227,7 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
     from ctmodel.checkpoint import load_run
     from ctmodel.device import resolve_device
 
-    pairs = plan_outputs(source, output, cfg.overwrite)  # refuse bad paths before loading the model
+    pairs = plan_outputs(source, output, cfg.overwrite, cfg.format)  # refuse bad paths before loading the model
     if cfg.uncertainty:
         check_pairs(pairs + [(src, uncertainty_path(dst)) for src, dst in pairs], cfg.overwrite)
     device = resolve_device(cfg.device)
@@ -219,4 +236,5 @@ def predict(run_dir: Path, source: Path, output: Path, cfg: PredictConfig = Pred
         raise UsageError(f"{run_dir}: --uncertainty needs a run trained with --target ugs, found a "
                          f"{run.model_config.heads} head; drop --uncertainty or train with --target ugs")
     backend = torch_backend(run.model, device, cfg.batch_size, cfg.precision, cfg.uncertainty)
-    return predict_pairs(pairs, backend, run.layout, cfg.threshold, cfg.probabilities, progress)
+    return predict_pairs(pairs, backend, run.layout, cfg.threshold, cfg.probabilities, progress,
+                         cfg.output(run_dir))

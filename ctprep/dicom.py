@@ -10,7 +10,7 @@ series are refused with one line naming the folder. Needs ``ctstack[dicom]`` (py
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +44,47 @@ def read_series(folder: Path, allow_tilt: bool = False) -> DicomVolume:
 
     ``allow_tilt``: a gantry-tilted series is resampled onto the orthogonal grid of its slice planes (each slice
     shifted in-plane, linear interpolation; see ``untilt``) instead of refused."""
-    folder = Path(folder)
+    return read_series_and_headers(folder, allow_tilt)[0]
+
+
+def read_series_and_headers(folder: Path, allow_tilt: bool = False) -> tuple[DicomVolume, list]:
+    """``read_series``, and the chosen slices' headers in array order (what a DICOM SEG of the volume references;
+    their pixel data is not kept)."""
+    grid, ordered = _read_grid(Path(folder), allow_tilt)
+    data = _pixels(grid.path, ordered)
+    if any(grid.tilt_shift):
+        data = untilt(data, grid.tilt_shift, fill=float(data.min()))
+    for ds in ordered:
+        if "PixelData" in ds:
+            del ds.PixelData  # the headers outlive the read; the pixels are in ``data``
+    return replace(grid, data=data), ordered
+
+
+def series_grid(folder: Path, allow_tilt: bool = False) -> DicomVolume:
+    """The series ``read_series`` would read, headers only: its affine, instance UIDs and tilt, with all-zero
+    data of its shape (no pixel data decoded); what a SEG or RTSTRUCT mask is read onto without the image."""
+    return _read_grid(Path(folder), allow_tilt)[0]
+
+
+def _read_grid(folder: Path, allow_tilt: bool) -> tuple[DicomVolume, list]:
+    """Pick, check and sort the series (headers only): a DicomVolume with zero data, and its ordered headers."""
     headers, notes = _image_headers(folder)
     series = _pick_series(folder, headers, notes)
     series = _drop_other_orientations(folder, series, notes)
     _check_sizes(folder, series)
     ordered, positions = _sort_along_normal(folder, series, allow_tilt)
     affine = _affine(folder, ordered[0], positions)
-    data = _pixels(folder, ordered)
     shift = (0.0, 0.0)
     if allow_tilt and _tilt_degrees(affine) > TILT_TOLERANCE_DEG:
         notes.append(f"{folder}: gantry tilt of {_tilt_degrees(affine):.2f} deg resampled onto an orthogonal "
                      "grid (--allow-tilt)")
         affine, shift = _orthogonal(affine)
-        data = untilt(data, shift, fill=float(data.min()))
-    return DicomVolume(data=data, affine=affine, path=folder, tilt_shift=shift,
+    shape = (int(ordered[0].Columns), int(ordered[0].Rows), len(ordered))
+    grid = DicomVolume(data=np.broadcast_to(np.float32(0), shape), affine=affine, path=folder, tilt_shift=shift,
                        series_uid=str(ordered[0].SeriesInstanceUID),
-                       frame_of_reference_uid=str(ordered[0].get("FrameOfReferenceUID", "")), instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered), notes=tuple(notes))
+                       frame_of_reference_uid=str(ordered[0].get("FrameOfReferenceUID", "")),
+                       instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered), notes=tuple(notes))
+    return grid, ordered
 
 
 def _image_headers(folder: Path) -> tuple[list, list[str]]:

@@ -161,18 +161,23 @@ def read_mask(path: Path, image: NiftiVolume) -> np.ndarray:
     """Read a mask on ``image``'s grid as bool (any nonzero voxel is lesion); shape and affine must match."""
     path = Path(path)
     img, shape, affine = load_header(path)
-    if shape != image.data.shape:
-        raise CaseError(f"{path}: mask shape {shape} != image shape {image.data.shape} ({image.path.name}); "
-                        "export the mask on the image grid")
-    tolerance = AFFINE_TOLERANCE * float(np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0)).min())
-    worst = float(np.abs(affine - image.affine).max())
-    if worst > tolerance:
-        raise CaseError(f"{path}: mask affine differs from the image's ({image.path.name}) by {worst:.4g} mm "
-                        f"(tolerance {tolerance:.3g} mm); export the mask on the image grid")
+    check_same_grid(path, shape, affine, image)
     data = _read_data(path, img, shape, scaled=False)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise CaseError(f"{path}: expected finite mask values, found NaN/inf; fix or re-export the mask")
     return data != 0
+
+
+def check_same_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, image: NiftiVolume) -> None:
+    """CaseError naming ``path`` unless its grid (shape, affine within AFFINE_TOLERANCE of a voxel) is ``image``'s."""
+    if tuple(shape) != image.data.shape:
+        raise CaseError(f"{path}: mask shape {tuple(shape)} != image shape {image.data.shape} ({image.path.name}); "
+                        "export the mask on the image grid")
+    tolerance = AFFINE_TOLERANCE * float(np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0)).min())
+    worst = float(np.abs(np.asarray(affine) - image.affine).max())
+    if worst > tolerance:
+        raise CaseError(f"{path}: mask affine differs from the image's ({image.path.name}) by {worst:.4g} mm "
+                        f"(tolerance {tolerance:.3g} mm); export the mask on the image grid")
 
 
 def write_like(source: Path, data: np.ndarray, destination: Path, descrip: str = "ctstack") -> None:
@@ -185,6 +190,22 @@ def write_like(source: Path, data: np.ndarray, destination: Path, descrip: str =
     header.set_slope_inter(1.0, 0.0)  # the values written are the values meant (a source's scl_* would rescale)
     header["descrip"] = descrip.encode()[:80]  # the header field holds 80 bytes
     payload = nifti_bytes(header, np.asarray(data).reshape(src.shape))
+    if str(destination).endswith(".gz"):
+        payload = gzip_bytes(payload)
+    write_bytes(destination, payload)
+
+
+def write_with_affine(data: np.ndarray, affine: np.ndarray, destination: Path, descrip: str = "ctstack") -> None:
+    """Write ``data`` as NIfTI-1 on ``affine`` (RAS mm; qform and sform both set, code 1 = scanner), as a
+    DICOM-to-NIfTI converter would for the series the affine came from; gzipped for a .gz ``destination``."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.asarray(data).dtype)
+    header.set_data_shape(np.shape(data))
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header["descrip"] = descrip.encode()[:80]
+    payload = nifti_bytes(header, np.asarray(data))
     if str(destination).endswith(".gz"):
         payload = gzip_bytes(payload)
     write_bytes(destination, payload)

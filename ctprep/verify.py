@@ -179,9 +179,10 @@ def _pixel_faults(array_dir: Path, mask: np.ndarray, recorded: list[int] | None)
             f"{int(found.sum())})"]
 
 
-def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bool = True) -> RepairReport:
+def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bool = True,
+           allow_tilt: bool = False) -> RepairReport:
     """Restore a missing root zarr.json, set damaged cases aside, re-convert them from ``raw`` (convert skips the
-    healthy ones and rebuilds the index), then verify again."""
+    healthy ones and rebuilds the index; ``allow_tilt`` as convert's), then verify again."""
     from ctprep.convert import ConvertConfig, convert
     from ctprep.discover import find_cases
 
@@ -197,7 +198,8 @@ def repair(store_path: Path, raw: Path, workers: int | None = None, progress: bo
             if case_id in in_raw:
                 _set_aside(store_path, case_id)
     layout = SliceStore.open(store_path).layout
-    cfg = ConvertConfig(window_hu=layout.window_hu, size=layout.size, dtype=layout.dtype, workers=workers)
+    cfg = ConvertConfig(window_hu=layout.window_hu, size=layout.size, dtype=layout.dtype, workers=workers,
+                        allow_tilt=allow_tilt)
     converted = convert(raw, store_path, cfg, progress=progress)
     return RepairReport(before, verify(store_path, progress), restored,
                         reconverted=[c for c in damaged if c in converted.converted],

@@ -168,6 +168,22 @@ def test_allow_tilt_converts_a_tilted_series_and_its_seg_onto_the_orthogonal_gri
         assert np.array_equal(image.data[:, k:, k], hu[:, k:, k]) and np.array_equal(seg[:, k:, k], mask[:, k:, k])
 
 
+def test_verify_repair_reconverts_a_tilted_case_only_when_given_allow_tilt(tmp_path):
+    hu, mask = hu_and_mask()
+    tilted = ras_affine()
+    tilted[:3, 2] = [0.0, 0.8, 2.5]  # one row per slice: gantry tilt
+    dicom_case(tmp_path / "raw" / "p1", hu, mask, tilted)
+    convert(tmp_path / "raw", tmp_path / "s.zarr", ConvertConfig(size=16, workers=1, allow_tilt=True), progress=False)
+    healthy = SliceStore.open(tmp_path / "s.zarr").read_image_raw("p1")
+    (tmp_path / "s.zarr" / "cases" / "p1" / "mask" / "zarr.json").unlink()  # damage the case
+    args = ["verify", str(tmp_path / "s.zarr"), "--repair", str(tmp_path / "raw"), "--workers", "1"]
+    refused = runner.invoke(prep_app, args)
+    assert refused.exit_code == 1 and "gantry tilt" in refused.output
+    fixed = runner.invoke(prep_app, [*args, "--allow-tilt"])
+    assert fixed.exit_code == 0 and "1 cases checked, 0 damaged" in fixed.output, fixed.output
+    assert np.array_equal(SliceStore.open(tmp_path / "s.zarr").read_image_raw("p1"), healthy)
+
+
 def test_demo_dicom_set_converts_to_the_store_of_the_nifti_set(tmp_path):
     options = ["--cases", "4", "--size", "40", "--max-slices", "6", "--workers", "1"]
     for fmt in ("dicom", "nifti"):
