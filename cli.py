@@ -132,9 +132,12 @@ def verify(
 
     Example: ctprep verify store.zarr --repair raw/
     """
+    from ctprep.errors import UsageError
     from ctprep.verify import print_report, repair as run_repair, verify as run_verify
 
     with errors(ctx, inputs=(repair,)):
+        if allow_tilt and repair is None:
+            raise UsageError("--allow-tilt: only used with --repair RAW (re-conversion); drop it or add --repair")
         if repair is None:
             report, fixed = run_verify(store), None
         else:
@@ -506,9 +509,9 @@ def predict(
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold of the mask.")] = 0.5,
     probabilities: Annotated[bool, typer.Option(help="Write float32 probabilities (dicom-seg: a FRACTIONAL SEG) "
                                                      "instead of a mask.")] = False,
-    format: Annotated[str, typer.Option("--format", help="nifti, or dicom-seg: a DICOM SEG referencing each DICOM "
-                                                         "series.")] = "nifti",
-    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted DICOM series (the SEG maps back onto "
+    output_format: Annotated[str, typer.Option("--format", help="nifti, or dicom-seg: a DICOM SEG referencing each "
+                                                                "DICOM series.")] = "nifti",
+    allow_tilt: Annotated[bool, typer.Option(help="DICOM input: resample gantry-tilted series (a SEG maps back onto "
                                                   "their slices).")] = False,
     uncertainty: Annotated[bool, typer.Option("--uncertainty", help="--target ugs runs: also write NAME_uncertainty "
                                               "(float32 p_union - p_intersection) beside the mask.")] = False,
@@ -526,7 +529,7 @@ def predict(
     with errors(ctx, inputs=(run, input)):
         cfg = PredictConfig(checkpoint=checkpoint, device=device, threshold=threshold,
                             probabilities=probabilities, batch_size=batch_size, overwrite=overwrite,
-                            uncertainty=uncertainty, format=format, allow_tilt=allow_tilt)
+                            uncertainty=uncertainty, format=output_format, allow_tilt=allow_tilt)
         report = run_predict(run, input, output, cfg)
     print_problems(failed=report.failed)
     if report.results:

@@ -13,11 +13,15 @@ from ctprep import __version__
 from ctprep.atomic import write_bytes
 from ctprep.dicom import DicomVolume, untilt
 from ctprep.dicom_files import require_highdicom
+from ctprep.errors import CaseError
 
 SERIES_NUMBER = 900  # the SEG's series number (viewers list it after the scanner's series)
 MAX_FRACTIONAL = 255  # a fractional SEG stores probability p as round(255 p) in 8 bits
 SEGMENT_LABEL = "lesion"
 CONTENT_LABEL = "LESION"  # the SEG's ContentLabel (code string: upper case, at most 16 characters)
+REQUIRED = ("StudyInstanceUID", "FrameOfReferenceUID")  # a SEG without them cannot be placed over the series
+EMPTY_ALLOWED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+                 "AccessionNumber")  # Type 2 (may be empty): anonymisers often delete them; highdicom copies them
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ def prediction_seg(volume: DicomVolume, headers: list, data: np.ndarray, fractio
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
 
+    headers = complete_headers(volume, headers)
     on_slices = source_slices(np.asarray(data), volume, fractional)
     frames = np.ascontiguousarray(on_slices.transpose(2, 1, 0))  # (slices, rows, columns), as the headers
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -48,6 +53,15 @@ def prediction_seg(volume: DicomVolume, headers: list, data: np.ndarray, fractio
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm)
     kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+    try:
+        return _segmentation(hd, headers, frames, kind, lesion, author)
+    except (ValueError, AttributeError, TypeError, KeyError) as err:  # highdicom's checks of the source headers
+        raise CaseError(f"{volume.path}: cannot build a DICOM SEG over this series ({type(err).__name__}: {err}); "
+                        "fix the series' headers, or predict with --format nifti") from err
+
+
+def _segmentation(hd, headers: list, frames: np.ndarray, kind, lesion, author: SegAuthor):
+    """highdicom's Segmentation of ``frames`` over ``headers`` with ctstack's series and equipment attributes."""
     return hd.seg.Segmentation(
         source_images=headers, pixel_array=frames, segmentation_type=kind, segment_descriptions=[lesion],
         series_instance_uid=hd.UID(), series_number=SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
@@ -56,6 +70,25 @@ def prediction_seg(volume: DicomVolume, headers: list, data: np.ndarray, fractio
         content_description=f"ctstack {author.run} ({author.checkpoint})"[:64],
         series_description="ctstack lesion", max_fractional_value=MAX_FRACTIONAL,
         omit_empty_frames=bool(frames.any()))  # an all-empty SEG keeps its frames: one must exist
+
+
+def complete_headers(volume: DicomVolume, headers: list) -> list:
+    """The headers with what a SEG needs and anonymisers delete filled in: empty Type 2 patient and study
+    attributes, SliceThickness as the slice spacing; CaseError when the study or frame of reference UID is
+    missing (they place the SEG over the series)."""
+    first = headers[0]
+    missing = [keyword for keyword in REQUIRED if not str(first.get(keyword, "") or "")]
+    if missing:
+        raise CaseError(f"{volume.path}: expected {' and '.join(missing)} in the series' headers for a DICOM SEG, "
+                        "found none; restore them, or predict with --format nifti")
+    spacing = float(np.linalg.norm(np.asarray(volume.affine)[:3, 2]))
+    for ds in headers:
+        for keyword in EMPTY_ALLOWED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        if not ds.get("SliceThickness"):
+            ds.SliceThickness = f"{spacing:.6g}"
+    return headers
 
 
 def source_slices(data: np.ndarray, volume: DicomVolume, fractional: bool) -> np.ndarray:

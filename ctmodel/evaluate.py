@@ -31,7 +31,7 @@ from ctprep.dicom_files import is_dicom_file
 from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry, plane_view
-from ctprep.nifti import NiftiVolume, check_same_grid, read_mask
+from ctprep.nifti import NiftiVolume, read_mask
 from ctprep.outputs import check_output_dir, check_outputs
 from ctprep.raters import consensus
 from ctprep.splits import SPLIT_CHOICES as SPLITS
@@ -184,8 +184,14 @@ def dicom_source_mask(path: Path, recorded: NiftiVolume) -> np.ndarray:
     from ctprep.dicom import series_grid
     from ctprep.readers import read_case_mask
 
-    grid = series_grid(recorded.path, allow_tilt=True)  # a tilted series is in a store only if --allow-tilt was given
-    check_same_grid(recorded.path, grid.data.shape, grid.affine, recorded)
+    try:
+        grid = series_grid(recorded.path, allow_tilt=True)  # a tilted series is in a store only with --allow-tilt
+    except UsageError as err:  # ctstack[dicom] missing: this case falls back to the store grid, the others go on
+        raise CaseError(f"{path}: {err}") from err
+    if grid.data.shape != recorded.data.shape or not np.allclose(grid.affine, recorded.affine, atol=1e-3):
+        raise CaseError(f"{recorded.path}: expected the series recorded at convert time, found another grid (shape "
+                        f"{grid.data.shape}, recorded {recorded.data.shape}); re-convert the case to score it on the "
+                        "native grid")
     return read_case_mask(path, grid)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ import numpy as np
 from ctmodel.backends import Backend, Predictor, numpy_backend, torch_backend
 from ctmodel.config import check_inference
 from ctmodel.dicom_seg import SegAuthor
-from ctmodel.scans import (OutputFormat, check_outside_series, check_sources, is_output_file, output_name, read_scan,
-                           scans_in, write_scan)
+from ctmodel.scans import (OutputFormat, check_output_path, check_outside_series, check_sources, is_output_file,
+                           output_name, read_scan, scans_in, write_scan)
 from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, CtstackError, OutputError, UsageError
 from ctprep.outputs import check_output
@@ -106,11 +106,10 @@ def plan_outputs(source: Path, output: Path, overwrite: bool = False, fmt: str =
         raise CaseError(f"{source}: not found; pass a .nii/.nii.gz file, a DICOM series folder or a folder of them")
     scans = scans_in(source) if source.is_dir() else [source]
     check_sources(scans, fmt)
+    check_output_path(output, fmt)
     if source.is_dir() and scans != [source]:
         if is_output_file(output, fmt):
             raise UsageError(f"{output}: INPUT {source} is a folder of scans, so OUTPUT must be a folder, not a file")
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"{output}: expected an OUTPUT folder, found a file; choose a folder path")
         if not scans:
             raise CaseError(f"{source}: expected .nii/.nii.gz scans or DICOM series folders in this folder, found "
                             "none; check the path")
@@ -142,7 +141,8 @@ def check_pairs(pairs: list[tuple[Path, Path]], overwrite: bool = False) -> None
     for src, dst in pairs:
         first = by_output.setdefault(dst.resolve(), src)
         if first != src:
-            raise OutputError(f"{dst}: expected one input per output, found two ({first.name} and {src.name}); "
+            raise OutputError(f"{dst}: expected one input per output, found two ({_short(first, src)} and "
+                              f"{_short(src, first)}); "
                               "rename or move one of them, or predict them into different OUTPUT folders")
     existing = [dst for _, dst in pairs if os.path.lexists(dst)]
     if existing and not overwrite:
@@ -151,6 +151,11 @@ def check_pairs(pairs: list[tuple[Path, Path]], overwrite: bool = False) -> None
         also = f" ({shown}{', ...' if len(existing) > MAX_LISTED else ''})" if shown else ""
         raise OutputError(f"{existing[0]}: expected a new output file, found an existing one{more}{also}; "
                           "pass --overwrite to replace them, or choose another OUTPUT")
+
+
+def _short(path: Path, other: Path) -> str:
+    """``path``'s name, or its last two parts when ``other`` has the same name (series folders a/CT and b/CT)."""
+    return path.name if path.name != other.name else str(Path(*path.parts[-2:]))
 
 
 def _file_key(path: Path) -> tuple[int, int] | Path:
@@ -169,7 +174,7 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
     CaseError when the input is unreadable."""
     if destination.resolve() == Path(source).resolve():
         raise CaseError(f"{source}: the output would overwrite the input; choose another OUTPUT")
-    out = out or OutputFormat(probabilities=probabilities)
+    out = _with_probabilities(out, probabilities)
     backend = predictor if isinstance(predictor, Backend) else numpy_backend(predictor)
     seconds, clock = {}, time.perf_counter()
 
@@ -193,6 +198,12 @@ def predict_scan(source: Path, destination: Path, predictor: Predictor | Backend
     return ScanResult(Path(source), destination, int(geom.n_slices), lesion_voxels * voxel_ml, seconds)
 
 
+def _with_probabilities(out: OutputFormat | None, probabilities: bool) -> OutputFormat:
+    """``out`` (NIfTI by default) writing probabilities when either it or ``probabilities`` asks for them."""
+    out = out or OutputFormat()
+    return replace(out, probabilities=True) if probabilities else out
+
+
 def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, layout: StoreLayout,
                   threshold: float = 0.5, probabilities: bool = False, progress: bool = True,
                   overwrite: bool = False, out: OutputFormat | None = None) -> PredictReport:
@@ -200,7 +211,7 @@ def predict_paths(source: Path, output: Path, predictor: Predictor | Backend, la
 
     Every output is checked before the first is written (``plan_outputs``); existing ones need ``overwrite``.
     """
-    out = out or OutputFormat(probabilities=probabilities)
+    out = _with_probabilities(out, probabilities)
     pairs = plan_outputs(source, output, overwrite, out.format)
     return predict_pairs(pairs, predictor, layout, threshold, out.probabilities, progress, out)
 

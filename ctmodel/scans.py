@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ctmodel.dicom_seg import SegAuthor
-from ctprep.dicom_files import dicom_files
-from ctprep.discover import CT_CHANNEL, image_channel, nifti_stem
+from ctprep.dicom_files import images_and_masks
+from ctprep.discover import CT_CHANNEL, hidden_below, image_channel, nifti_stem
 from ctprep.errors import CaseError, UsageError
 from ctprep.nifti import NiftiVolume, read_volume, write_like, write_with_affine
 
@@ -33,8 +33,9 @@ class OutputFormat:
 
 
 def is_series_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder holding DICOM files directly (a series folder, as `ctprep convert` reads)."""
-    return Path(path).is_dir() and bool(dicom_files(path))
+    """Whether ``path`` holds DICOM image files directly (a series folder, as `ctprep convert` reads it; a folder
+    of SEG files alone is not one)."""
+    return Path(path).is_dir() and bool(images_and_masks(path)[0])
 
 
 def scans_in(folder: Path) -> list[Path]:
@@ -44,13 +45,9 @@ def scans_in(folder: Path) -> list[Path]:
     if is_series_folder(folder):
         return [folder]
     niftis = [p for p in sorted(folder.iterdir()) if p.is_file() and nifti_stem(p) is not None]
-    below = [p for p in sorted(folder.rglob("*")) if p.is_dir() and not _hidden(p, folder) and is_series_folder(p)]
+    below = [p for p in sorted(folder.rglob("*")) if p.is_dir() and not hidden_below(p, folder)
+             and is_series_folder(p)]
     return niftis + below
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    """Whether a folder below ``root`` has a hidden part (.git, .Trash) in its relative path."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def output_name(scan: Path, fmt: str = "nifti") -> str:
@@ -69,6 +66,19 @@ def is_output_file(path: Path, fmt: str) -> bool:
     if fmt == "dicom-seg":
         return Path(path).suffix.lower() == SEG_SUFFIX
     return nifti_stem(Path(path)) is not None
+
+
+def check_output_path(output: Path, fmt: str) -> None:
+    """Refuse an OUTPUT named for the other format (``x.nii.gz`` with dicom-seg, ``x.dcm`` with nifti) and an
+    existing file that is not of the format: either would be taken for a folder to create."""
+    other = "nifti" if fmt == "dicom-seg" else "dicom-seg"
+    if is_output_file(output, other):
+        wanted = "a .dcm file" if fmt == "dicom-seg" else "a .nii or .nii.gz file"
+        raise UsageError(f"{output}: a {other} file name, but --format {fmt} writes {wanted}; rename OUTPUT or "
+                         f"pass --format {other}")
+    if output.exists() and not output.is_dir() and not is_output_file(output, fmt):
+        raise UsageError(f"{output}: expected an OUTPUT folder or a {fmt} file, found another file; choose another "
+                         "OUTPUT")
 
 
 def check_sources(scans: list[Path], fmt: str) -> None:

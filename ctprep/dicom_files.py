@@ -37,6 +37,15 @@ def dicom_files(folder: Path) -> list[Path]:
     return [path for path in sorted(Path(folder).iterdir()) if is_dicom_file(path)]
 
 
+def images_and_masks(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The DICOM files directly in ``folder`` split into image slices and mask objects (SEG, RTSTRUCT, by SOP
+    Class UID); a folder with at least one image is a series (case) folder. pydicom only when DICOM is found."""
+    images, masks = [], []
+    for path in dicom_files(folder):
+        (masks if sop_class(path) in MASK_CLASSES else images).append(path)
+    return images, masks
+
+
 def sop_class(path: Path) -> str:
     """The file's Media Storage SOP Class UID (from the file meta group only; no pixel data is read); "" when the
     meta group is unreadable (the series reader then refuses the file, naming it)."""

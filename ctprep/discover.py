@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctprep.dicom_files import MASK_CLASSES, is_dicom_file, sop_class
+from ctprep.dicom_files import images_and_masks
 from ctprep.errors import UsageError
 from ctprep.raters import RATER_ID, SINGLE_RATER, sorted_raters
 
@@ -221,21 +221,17 @@ def _find_covid_pairs(raw: Path, images: dict[str, list[Path]], masks: Masks, fo
 def _find_dicom_folders(raw: Path, images: dict[str, list[Path]], masks: Masks, found: Discovery) -> None:
     """DICOM case folders anywhere below raw (hidden folders skipped): the folder is the image of case FOLDER; a
     SEG or RTSTRUCT in it is the case's mask. Imports pydicom only when a DICOM file is found."""
-    for folder in sorted(path for path in [raw, *raw.rglob("*")] if path.is_dir() and not _hidden(path, raw)):
-        files = [path for path in sorted(folder.iterdir()) if not _looks_nifti(path) and is_dicom_file(path)]
-        slices = False
-        for path in files:
-            if sop_class(path) in MASK_CLASSES:
-                masks.setdefault(folder.name, []).append((None, path))
-            else:
-                slices = True
+    for folder in sorted(path for path in [raw, *raw.rglob("*")] if path.is_dir() and not hidden_below(path, raw)):
+        slices, seg_files = images_and_masks(folder)
+        for path in seg_files:
+            masks.setdefault(folder.name, []).append((None, path))
         if slices:
             images.setdefault(folder.name, []).append(folder)
 
 
-def _hidden(path: Path, raw: Path) -> bool:
-    """Whether a folder below raw has a hidden part (.git, .DS_Store folders) in its relative path."""
-    return any(part.startswith(".") for part in path.relative_to(raw).parts)
+def hidden_below(path: Path, root: Path) -> bool:
+    """Whether a path below ``root`` has a hidden part (.git, .DS_Store folders) in its path relative to it."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _merge(target: dict[str, list], more: dict[str, list]) -> None:

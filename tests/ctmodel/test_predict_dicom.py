@@ -202,3 +202,60 @@ def test_native_grid_scores_of_a_dicom_store_equal_those_of_the_nifti_store(tmp_
     for d, n in zip(scores["dicom"], scores["nifti"]):
         assert d.metrics.dice == pytest.approx(n.metrics.dice) and d.metrics.true_ml == pytest.approx(n.metrics.true_ml)
         assert d.metrics.true_ml > 0
+
+
+def test_each_seg_frame_lies_at_its_source_slice_position(tmp_path):
+    folder, mask, affine = _series(tmp_path, "LPS")
+    predict_paths(folder, tmp_path / "p1.dcm", _oracle(mask, affine), LAYOUT, progress=False, out=SEG)
+    position = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient]
+                for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm"))}
+    seg = pydicom.dcmread(tmp_path / "p1.dcm")
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        placed = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(placed, position[source], atol=1e-4)
+
+
+def test_an_anonymised_series_still_gets_a_seg_and_one_without_frame_of_reference_fails_alone(tmp_path):
+    from dicom_helpers import edit_slices
+
+    for name in ("a", "b"):
+        folder, mask, affine = _series(tmp_path, name=name)
+    stripped = ("PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+                "AccessionNumber", "SliceThickness")
+    edit_slices(tmp_path / "dicom" / "b", lambda ds, k: [delattr(ds, kw) for kw in stripped if kw in ds])
+    edit_slices(tmp_path / "dicom" / "a", lambda ds, k: delattr(ds, "FrameOfReferenceUID"))
+    report = predict_paths(tmp_path / "dicom", tmp_path / "segs", _oracle(mask, affine), LAYOUT, progress=False,
+                           out=SEG)
+    assert [r.output.name for r in report.results] == ["b.dcm"] and len(report.failed) == 1
+    assert "expected FrameOfReferenceUID in the series' headers" in report.failed[0]
+    assert "\n" not in report.failed[0] and not (tmp_path / "segs" / "a.dcm").exists()
+    assert float(pydicom.dcmread(tmp_path / "segs" / "b.dcm").SharedFunctionalGroupsSequence[0]
+                 .PixelMeasuresSequence[0].SliceThickness) == pytest.approx(SPACING[2])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "dicom-seg", "OUT/x.nii.gz"], "a nifti file name, but --format dicom-seg writes a .dcm file"),
+    (["OUT/x.dcm"], "a dicom-seg file name, but --format nifti writes a .nii or .nii.gz file"),
+    (["--format", "dicom-seg", "OUT/notes.txt"], "expected an OUTPUT folder or a dicom-seg file, found another file"),
+    (["--format", "bogus", "OUT/segs"], "--format bogus: expected one of nifti, dicom-seg"),
+    (["--format", "dicom-seg", "--uncertainty", "OUT/segs"], "--uncertainty writes a NIfTI band map"),
+])
+def test_bad_output_options_are_refused_in_one_line_before_anything_is_written(tmp_path, args, message):
+    _series(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    run = save_random_run(tmp_path / "run", LAYOUT)
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    options, output = args[:-1], args[-1]
+    result = runner.invoke(model_app, ["predict", str(run), str(tmp_path / "dicom"), output, *options])
+    assert result.exit_code == 2 and message in one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom", "notes.txt", "run"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_folder_of_segs_is_not_a_series_so_predicting_into_input_can_be_repeated(tmp_path):
+    folder, mask, affine = _series(tmp_path)
+    for _ in range(2):
+        report = predict_paths(tmp_path / "dicom", tmp_path / "dicom" / "segs", _oracle(mask, affine), LAYOUT,
+                               progress=False, out=SEG, overwrite=True)
+        assert [r.output.name for r in report.results] == ["p1.dcm"] and not report.failed
