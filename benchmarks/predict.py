@@ -10,7 +10,8 @@ copy that keeps every stage on the device, which `ctmodel predict` uses on a GPU
 (the floor of any NIfTI tool), and the network run one slice at a time against predict's batched pass.
 
 With --dicom-seg (only these runs; needs ctstack[dicom]): the same scan also written as a DICOM series, then
-predicted NIfTI -> NIfTI, DICOM -> NIfTI, DICOM -> binary SEG and DICOM -> fractional SEG with a per-voxel
+predicted NIfTI -> NIfTI, DICOM -> NIfTI, DICOM -> binary SEG and DICOM -> fractional SEG (RLE Lossless, and
+uncompressed as its baseline: "SEG frac raw") with a per-voxel
 threshold as the "network" (so the figures are the reading and writing that the format changes), best of
 --repeats; printed per stage with the ratios to NIfTI -> NIfTI.
 """
@@ -145,6 +146,19 @@ def report(args, device, shape, parameters, runs: dict, read_alone, unbatched) -
         print(f"  {name}: seconds per scan, in order: {', '.join(f'{r.total_seconds:.2f}' for r in scans)}")
 
 
+def uncompressed_fractional(run: tuple, tmp: Path, backend, layout: StoreLayout, args) -> object:
+    """The fractional SEG run written uncompressed (the baseline of its RLE Lossless frames)."""
+    from ctmodel import dicom_seg
+
+    source, name, out = run
+    compressed, dicom_seg.FRACTIONAL_SYNTAX = dicom_seg.FRACTIONAL_SYNTAX, dicom_seg.BINARY_SYNTAX
+    try:
+        return best_run([predict_scan(source, tmp / name, backend, layout, out=out)
+                         for _ in range(max(args.repeats, 2))])
+    finally:
+        dicom_seg.FRACTIONAL_SYNTAX = compressed
+
+
 def dicom_seg_main(args) -> None:
     """Seconds per stage for NIfTI and DICOM inputs and NIfTI, binary-SEG and fractional-SEG outputs."""
     from ctmodel.scans import OutputFormat
@@ -163,6 +177,8 @@ def dicom_seg_main(args) -> None:
         best = {name: best_run([predict_scan(src, Path(tmp) / name_out, backend, layout, out=out)
                                 for _ in range(max(args.repeats, 2))])
                 for name, (src, name_out, out) in runs.items()}
+        runs["SEG frac raw"] = (Path(tmp) / "series", "r.dcm", runs["DICOM -> SEG frac"][2])
+        best["SEG frac raw"] = uncompressed_fractional(runs["SEG frac raw"], Path(tmp), backend, layout, args)
         sizes = {name: (Path(tmp) / name_out).stat().st_size / 1e6 for name, (_, name_out, _) in runs.items()}
     print(f"scan 512x512x{args.slices}, stored at {args.size}; per-voxel threshold as the network; best of "
           f"{max(args.repeats, 2) - 1} after a warm-up")

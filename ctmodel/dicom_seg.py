@@ -17,6 +17,8 @@ from ctprep.errors import CaseError
 
 SERIES_NUMBER = 900  # the SEG's series number (viewers list it after the scanner's series)
 MAX_FRACTIONAL = 255  # a fractional SEG stores probability p as round(255 p) in 8 bits
+FRACTIONAL_SYNTAX = "1.2.840.10008.1.2.5"  # RLE Lossless: 10x smaller fractional frames (docs/benchmarks.md)
+BINARY_SYNTAX = "1.2.840.10008.1.2.1"  # Explicit VR Little Endian: binary frames are already bit-packed
 SEGMENT_LABEL = "lesion"
 CONTENT_LABEL = "LESION"  # the SEG's ContentLabel (code string: upper case, at most 16 characters)
 REQUIRED = ("StudyInstanceUID", "FrameOfReferenceUID")  # a SEG without them cannot be placed over the series
@@ -69,6 +71,7 @@ def _segmentation(hd, headers: list, frames: np.ndarray, kind, lesion, author: S
         device_serial_number=author.run[:64] or "ctstack", content_label=CONTENT_LABEL,
         content_description=f"ctstack {author.run} ({author.checkpoint})"[:64],
         series_description="ctstack lesion", max_fractional_value=MAX_FRACTIONAL,
+        transfer_syntax_uid=FRACTIONAL_SYNTAX if kind.value == "FRACTIONAL" else BINARY_SYNTAX,
         omit_empty_frames=bool(frames.any()))  # an all-empty SEG keeps its frames: one must exist
 
 

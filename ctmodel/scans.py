@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmodel.dicom_seg import SegAuthor
-from ctprep.dicom_files import images_and_masks
+from ctprep.dicom_files import images_and_masks, is_dicom_file
 from ctprep.discover import CT_CHANNEL, hidden_below, image_channel, nifti_stem
 from ctprep.errors import CaseError, UsageError
 from ctprep.nifti import NiftiVolume, read_volume, write_like, write_with_affine
@@ -82,7 +82,11 @@ def check_output_path(output: Path, fmt: str) -> None:
 
 
 def check_sources(scans: list[Path], fmt: str) -> None:
-    """Refuse a NIfTI input for ``dicom-seg``: a SEG references a DICOM series."""
+    """Refuse one DICOM file as INPUT (a scan is its series folder) and a NIfTI input for ``dicom-seg`` (a SEG
+    references a DICOM series)."""
+    for scan in scans:
+        if not scan.is_dir() and is_dicom_file(scan):
+            raise UsageError(f"{scan}: one DICOM file, expected a scan; pass its series folder {scan.parent} as INPUT")
     nifti = [scan for scan in scans if not scan.is_dir()]
     if fmt == "dicom-seg" and nifti:
         raise UsageError(f"{nifti[0]}: --format dicom-seg needs DICOM series folders as INPUT, found a NIfTI file "

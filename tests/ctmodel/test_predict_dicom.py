@@ -105,7 +105,7 @@ def test_fractional_seg_keeps_the_probabilities_to_one_255th(tmp_path):
     predict_paths(folder, tmp_path / "p.nii.gz", oracle, LAYOUT, progress=False,
                   out=OutputFormat("nifti", probabilities=True))
     seg = hd.seg.segread(tmp_path / "p.dcm")
-    assert seg.SegmentationType == "FRACTIONAL"
+    assert seg.SegmentationType == "FRACTIONAL" and seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
     volume = read_series(folder)
     frames = seg.get_pixels_by_source_instance(list(volume.instance_uids), ignore_spatial_locations=True,
                                                assert_missing_frames_are_empty=True)[..., 0]
@@ -163,6 +163,12 @@ def test_dicom_seg_refuses_a_nifti_input_in_one_line_and_writes_nothing(tmp_path
     assert result.exit_code == 2
     assert "needs DICOM series folders as INPUT, found a NIfTI file" in one_line_error(result)
     assert not (tmp_path / "out").exists()
+
+
+def test_one_dicom_file_as_input_is_refused_naming_its_series_folder(tmp_path):
+    folder, mask, affine = _series(tmp_path)
+    with pytest.raises(UsageError, match=f"one DICOM file, expected a scan; pass its series folder {folder}"):
+        predict_paths(folder / "CT0001.dcm", tmp_path / "out", _oracle(mask, affine), LAYOUT, progress=False)
 
 
 def test_an_output_inside_the_series_folder_is_refused(tmp_path):
