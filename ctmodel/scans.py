@@ -87,10 +87,11 @@ def check_sources(scans: list[Path], fmt: str) -> None:
     for scan in scans:
         if not scan.is_dir() and is_dicom_file(scan):
             raise UsageError(f"{scan}: one DICOM file, expected a scan; pass its series folder {scan.parent} as INPUT")
-    nifti = [scan for scan in scans if not scan.is_dir()]
-    if fmt == "dicom-seg" and nifti:
-        raise UsageError(f"{nifti[0]}: --format dicom-seg needs DICOM series folders as INPUT, found a NIfTI file "
-                         "(a SEG references the source series); use --format nifti")
+    files = [scan for scan in scans if not scan.is_dir()]
+    if fmt == "dicom-seg" and files:
+        kind = "a NIfTI file" if nifti_stem(files[0]) is not None else "a file"
+        raise UsageError(f"{files[0]}: --format dicom-seg needs DICOM series folders as INPUT, found {kind} (a SEG "
+                         "references the source series); use --format nifti")
 
 
 def check_outside_series(pairs: list[tuple[Path, Path]]) -> None:
