@@ -2,8 +2,8 @@
 
 3-D scores are on the scanner's native grid by default (the prediction inverted to the source geometry by
 `ctmodel predict`'s numpy restore step, against the source mask file at the source spacing; with named raters,
-against the consensus of their source files; a DICOM case's SEG or RTSTRUCT read onto its series' grid); a case whose source masks are missing, changed or unreadable falls
-back to the store grid with one warning line. Slice-level scores are always on the store grid. docs/metrics.md
+against the consensus of their source files; a DICOM case's SEG or RTSTRUCT read onto its series' grid); a case
+whose source masks are missing, changed or unreadable falls back to the store grid with one warning line. Slice-level scores are always on the store grid. docs/metrics.md
 ("Which grid") has the details. Cases with several raters are also scored against each rater and give the
 inter-rater ceiling (ctmodel.raters_eval); calibration against the rater fraction is ctmodel.calibration.
 
@@ -27,13 +27,12 @@ from ctmodel.metrics import (NO_SLICES, CaseMetrics, SliceScores, case_metrics, 
 from ctmodel.raters_eval import RATER_METRICS, RaterScores, rater_rows, rater_scores, rater_summary
 from ctmodel.runfolder import eval_csv
 from ctprep.atomic import write_text
-from ctprep.dicom_files import is_dicom_file
-from ctprep.discover import nifti_stem
 from ctprep.errors import CaseError, RunError, UsageError
 from ctprep.geometry import CaseGeometry, plane_view
-from ctprep.nifti import NiftiVolume, read_mask
+from ctprep.nifti import NiftiVolume, check_same_grid
 from ctprep.outputs import check_output_dir, check_outputs
 from ctprep.raters import consensus
+from ctprep.readers import is_dicom_mask, read_case_mask
 from ctprep.splits import SPLIT_CHOICES as SPLITS
 from ctprep.splits import fold_view
 from ctprep.store import SliceStore
@@ -167,32 +166,34 @@ def source_raters(store: SliceStore, case_id: str, geom: CaseGeometry) -> dict[s
                         "re-convert with this ctstack to score it on the native grid")
     recorded = NiftiVolume(np.broadcast_to(np.float32(0), geom.source_shape), np.asarray(geom.source_affine),
                            Path((source.get("image") or {}).get("path") or store.path))
-    masks = {}
+    masks, series = {}, None
     for rater in attrs.get("rater_ids") or list(entries):
         path = Path(entries[rater]["path"])
         check_unchanged(path, entries[rater])
-        if is_dicom_file(path) and nifti_stem(path) is None:
-            masks[rater] = dicom_source_mask(path, recorded)
-        else:
-            masks[rater] = read_mask(path, recorded)  # shape and affine checked against the recorded geometry
+        dicom = is_dicom_mask(path)
+        if dicom:
+            series = series or dicom_source_grid(path, recorded)  # headers read once per case
+        masks[rater] = read_case_mask(path, series if dicom else recorded)  # shape and affine checked
     return masks
 
 
-def dicom_source_mask(path: Path, recorded: NiftiVolume) -> np.ndarray:
-    """A DICOM SEG or RTSTRUCT source mask on its series' grid (headers only, ``ctprep.dicom.series_grid``), the
-    grid checked against the one recorded at convert time (``recorded``: its shape, affine and image folder)."""
+def dicom_source_grid(path: Path, recorded: NiftiVolume) -> NiftiVolume:
+    """The series grid a DICOM SEG or RTSTRUCT source mask is read onto (headers only,
+    ``ctprep.dicom.series_grid``), checked against the one recorded at convert time (``recorded``: its shape,
+    affine and image folder)."""
     from ctprep.dicom import series_grid
-    from ctprep.readers import read_case_mask
 
     try:
         grid = series_grid(recorded.path, allow_tilt=True)  # a tilted series is in a store only with --allow-tilt
     except UsageError as err:  # ctstack[dicom] missing: this case falls back to the store grid, the others go on
         raise CaseError(f"{path}: {err}") from err
-    if grid.data.shape != recorded.data.shape or not np.allclose(grid.affine, recorded.affine, atol=1e-3):
+    try:
+        check_same_grid(recorded.path, grid.data.shape, grid.affine, recorded)
+    except CaseError as err:
         raise CaseError(f"{recorded.path}: expected the series recorded at convert time, found another grid (shape "
-                        f"{grid.data.shape}, recorded {recorded.data.shape}); re-convert the case to score it on the "
-                        "native grid")
-    return read_case_mask(path, grid)
+                        f"{grid.data.shape}, recorded {recorded.data.shape}); re-convert the case to score it on "
+                        "the native grid") from err
+    return grid
 
 
 def source_truth(store: SliceStore, case_id: str, geom: CaseGeometry) -> np.ndarray:

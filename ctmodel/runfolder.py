@@ -16,9 +16,8 @@ import pandas as pd
 from ctmodel.config import ModelConfig, TrainConfig
 from ctprep.atomic import replacing, write_text
 from ctprep.clock import NAME_UTC, utc_stamp
-from ctprep.errors import PlanError, PlanNotFoundError, RunError, RunLockedError
+from ctprep.errors import PlanError, RunError, RunLockedError
 from ctprep.index import index_fingerprint
-from ctprep.location import open_location
 from ctprep.lock import LOCK_FILE, folder_lock
 from ctprep.store import SliceStore
 from ctsample.planfile import PLAN_COLUMNS
@@ -101,9 +100,7 @@ def read_plan_file(path: Path | str) -> tuple[pd.DataFrame, dict]:
     """A plan written by `ctsample plan`, a file or a URL (through ctsample's loader)."""
     from ctsample.plan import load_plan
 
-    if not open_location(path).exists():
-        raise PlanNotFoundError(f"{path}: plan file not found; make one with `ctsample plan STORE --out {path}`")
-    plan = load_plan(path)
+    plan = load_plan(path)  # PlanNotFoundError for a missing one
     return plan.slices, dict(plan.params)
 
 

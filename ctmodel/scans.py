@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmodel.dicom_seg import SegAuthor
-from ctprep.dicom_files import images_and_masks, is_dicom_file
+from ctprep.dicom_files import MASK_CLASSES, dicom_files, is_dicom_file, sop_class
 from ctprep.discover import CT_CHANNEL, hidden_below, image_channel, nifti_stem
 from ctprep.errors import CaseError, UsageError
 from ctprep.nifti import NiftiVolume, read_volume, write_like, write_with_affine
@@ -35,7 +35,7 @@ class OutputFormat:
 def is_series_folder(path: Path) -> bool:
     """Whether ``path`` holds DICOM image files directly (a series folder, as `ctprep convert` reads it; a folder
     of SEG files alone is not one)."""
-    return Path(path).is_dir() and bool(images_and_masks(path)[0])
+    return Path(path).is_dir() and any(sop_class(file) not in MASK_CLASSES for file in dicom_files(path))
 
 
 def scans_in(folder: Path) -> list[Path]:

@@ -93,13 +93,8 @@ def errors(ctx: typer.Context, inputs: tuple[Optional[Path], ...] = (),
         _check_inputs(inputs, stores)
         try:
             yield
-        except OSError as err:
-            mapped = storage_error(err) or mapped_object_error(err)
-            if mapped is None:
-                raise
-            raise mapped from err
         except Exception as err:
-            mapped = mapped_object_error(err)
+            mapped = (storage_error(err) if isinstance(err, OSError) else None) or mapped_object_error(err)
             if mapped is None:
                 raise
             raise mapped from err

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 from pyarrow.lib import ArrowException
 
-from ctprep.atomic import replacing
 from ctprep.errors import StoreFormatError, StoreNotFoundError
-from ctprep.location import StoreLocation, is_object, open_location, parquet_bytes, read_parquet, write_file
+from ctprep.location import StoreLocation, open_location, parquet_bytes, read_parquet, write_file
 from ctprep.splits import NO_FOLD, FoldConfig, assign_folds
 
 if TYPE_CHECKING:
@@ -101,11 +100,7 @@ def write_index(store_path: StoreLocation | str, index: pd.DataFrame) -> StoreLo
     index = with_fold_column(index).loc[:, list(COLUMNS)]
     index = index.sort_values(["case_id", "slice"], kind="stable").reset_index(drop=True)
     target = open_location(store_path) / INDEX_FILE
-    if is_object(target):
-        write_file(target, parquet_bytes(index, index=False, compression="zstd"))
-        return target
-    with replacing(target) as tmp:
-        index.to_parquet(tmp, index=False, compression="zstd")
+    write_file(target, parquet_bytes(index, index=False, compression="zstd"))  # atomic file, or one PUT
     return target
 
 

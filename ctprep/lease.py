@@ -41,7 +41,7 @@ class Lease:
 
     location: ObjectLocation
     owner: str
-    command: str
+    command: str = "ctprep"  # what the holder runs, shown to a writer kept waiting
     tag: str = ""
     seq: int = 0
     lost: threading.Event = field(default_factory=threading.Event)
@@ -54,12 +54,12 @@ class Lease:
 
 @contextmanager
 def object_lease(store: ObjectLocation, then: str, wait_s: float = 0.0, terms: LeaseTerms = LeaseTerms(),
-                 command: str = "ctprep", now: Callable[[], float] = time.time) -> Iterator[Lease]:
+                 now: Callable[[], float] = time.time) -> Iterator[Lease]:
     """Hold ``store``'s lease while the block runs; StoreLockedError (ending with ``then``) when another writer
     holds it for ``wait_s`` seconds; StoreLockedError after the block when the lease was lost meanwhile
     (renewal failed: the holder was paused past the time to live and another writer took over)."""
     check_conditional_puts(store)
-    lease = acquire(store, then, wait_s, terms, command, now)
+    lease = acquire(store, then, wait_s, terms, now)
     stop = threading.Event()
     renewer = threading.Thread(target=_renew, args=(lease, terms, stop), name="lease-renewal", daemon=True)
     renewer.start()
@@ -75,10 +75,9 @@ def object_lease(store: ObjectLocation, then: str, wait_s: float = 0.0, terms: L
 
 
 def acquire(store: ObjectLocation, then: str, wait_s: float = 0.0, terms: LeaseTerms = LeaseTerms(),
-            command: str = "ctprep", now: Callable[[], float] = time.time) -> Lease:
+            now: Callable[[], float] = time.time) -> Lease:
     """Create the lease, or take over an abandoned one; StoreLockedError if a live holder keeps it ``wait_s``."""
-    lease = Lease(store / LEASE_FILE, owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                  command=command)
+    lease = Lease(store / LEASE_FILE, owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     deadline = time.monotonic() + wait_s
     while True:
         with suppress(FileExistsError):  # held: look at its holder below
@@ -103,10 +102,11 @@ def acquire(store: ObjectLocation, then: str, wait_s: float = 0.0, terms: LeaseT
 def _holder(location: ObjectLocation) -> tuple[dict, str, float] | None:
     """(lease record, e-tag, last-modified time) of the current lease, or None when there is none."""
     try:
-        meta = location.head()
-        record = json.loads(location.read_bytes())
+        body, meta = location.read_with_meta()  # one GET: the bytes and the e-tag of the same version
     except FileNotFoundError:
         return None
+    try:
+        record = json.loads(body)
     except ValueError:  # a lease of unreadable bytes: judged by its age alone
         record = {}
     return (record if isinstance(record, dict) else {}), str(meta["e_tag"]), meta["last_modified"].timestamp()
@@ -128,9 +128,9 @@ def release(lease: Lease) -> None:
 
     Object stores offer no conditional delete here: between the check and the delete another writer could take
     over an expired lease, a window of one request that only a holder paused past its time to live opens."""
-    held = _holder(lease.location)
-    if held is not None and held[1] == lease.tag:
-        lease.location.unlink()
+    with suppress(FileNotFoundError):  # gone already: nothing to release
+        if str(lease.location.head()["e_tag"]) == lease.tag:
+            lease.location.unlink()
 
 
 def check_conditional_puts(store: ObjectLocation) -> None:

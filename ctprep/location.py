@@ -129,6 +129,14 @@ class ObjectLocation:
         with object_errors(self):
             return bytes(obstore.get(self._store(), self.key).bytes())
 
+    def read_with_meta(self) -> tuple[bytes, dict]:
+        """The object's bytes and obstore's metadata of that very version (e_tag, last_modified); one GET."""
+        import obstore
+
+        with object_errors(self):
+            result = obstore.get(self._store(), self.key)
+            return bytes(result.bytes()), result.meta
+
     def write_bytes(self, data: bytes) -> None:
         """Replace the object with ``data`` (one PUT: readers see the old or the new bytes, never a mix)."""
         import obstore

@@ -189,10 +189,7 @@ def write_like(source: Path, data: np.ndarray, destination: Path, descrip: str =
     header.set_data_shape(src.shape)
     header.set_slope_inter(1.0, 0.0)  # the values written are the values meant (a source's scl_* would rescale)
     header["descrip"] = descrip.encode()[:80]  # the header field holds 80 bytes
-    payload = nifti_bytes(header, np.asarray(data).reshape(src.shape))
-    if str(destination).endswith(".gz"):
-        payload = gzip_bytes(payload)
-    write_bytes(destination, payload)
+    _write_nifti(header, np.asarray(data).reshape(src.shape), destination)
 
 
 def write_with_affine(data: np.ndarray, affine: np.ndarray, destination: Path, descrip: str = "ctstack") -> None:
@@ -205,7 +202,12 @@ def write_with_affine(data: np.ndarray, affine: np.ndarray, destination: Path, d
     header.set_sform(affine, code=1)
     header.set_xyzt_units("mm")
     header["descrip"] = descrip.encode()[:80]
-    payload = nifti_bytes(header, np.asarray(data))
+    _write_nifti(header, np.asarray(data), destination)
+
+
+def _write_nifti(header, data: np.ndarray, destination: Path) -> None:
+    """``nifti_bytes`` of ``header`` and ``data``, gzipped for a .gz ``destination``, written atomically."""
+    payload = nifti_bytes(header, data)
     if str(destination).endswith(".gz"):
         payload = gzip_bytes(payload)
     write_bytes(destination, payload)

@@ -40,7 +40,7 @@ def reserved_in(path: Path, is_folder: bool = False) -> tuple[Path, Path] | None
             continue
         relative = resolved.relative_to(store)
         parts = relative.parts
-        if (not parts and not is_folder) or (parts and (parts[0] in RESERVED_TOP or GROUP_FILE in parts)):
+        if (not parts and not is_folder) or (parts and _reserved(parts)):
             return store, relative
     return None
 
@@ -83,10 +83,14 @@ def _refuse_reserved(path: Path, what: str, is_folder: bool) -> None:
                      f"write it beside the store or under {store / ALLOWED_EXAMPLE}")
 
 
+def _reserved(parts: tuple[str, ...] | list[str]) -> bool:
+    """Whether a path inside a store (its parts) is one of the store's own files (cases/, the index, zarr.json)."""
+    return parts[0] in RESERVED_TOP or GROUP_FILE in parts
+
+
 def _check_object_output(key: ObjectLocation, what: str) -> ObjectLocation:
     """UsageError when an object-storage key is one of its store's reserved files (outputs go below plans/)."""
-    parts = key.key.split("/")
-    if parts[0] in RESERVED_TOP or GROUP_FILE in parts:
+    if _reserved(key.key.split("/")):
         raise UsageError(f"{key}: expected the {what} outside the files of store {key.store_root}, found its "
                          f"reserved {key.key}; write it under {key.store_root / ALLOWED_EXAMPLE.rstrip('/')}/")
     return key

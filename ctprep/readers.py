@@ -27,7 +27,7 @@ def read_case_mask(path: Path, image: NiftiVolume) -> np.ndarray:
     """A mask on ``image``'s grid as bool: a NIfTI file, or a DICOM SEG or RTSTRUCT (rasterised) of the DICOM
     series ``image`` came from."""
     path = Path(path)
-    if nifti_stem(path) is not None or not is_dicom_file(path):
+    if not is_dicom_mask(path):
         return read_mask(path, image)
     from ctprep.dicom import DicomVolume
 
@@ -41,6 +41,12 @@ def read_case_mask(path: Path, image: NiftiVolume) -> np.ndarray:
     from ctprep.dicom_seg import read_seg_mask
 
     return read_seg_mask(path, image)
+
+
+def is_dicom_mask(path: Path) -> bool:
+    """Whether a mask file is a DICOM object (SEG or RTSTRUCT, read onto a series) rather than NIfTI."""
+    path = Path(path)
+    return nifti_stem(path) is None and is_dicom_file(path)
 
 
 def image_notes(image: NiftiVolume) -> list[str]:

@@ -25,6 +25,7 @@ from ctprep.crashpoint import crash_point
 from ctprep.errors import StoreFormatError, StoreNotFoundError
 from ctprep.geometry import CaseGeometry
 from ctprep.index import INDEX_FILE
+from ctprep.lease import LEASE_FILE
 from ctprep.location import StoreLocation, is_object, open_location, zarr_target
 from ctprep.raters import DEFAULT_CONSENSUS, check_consensus
 from ctprep.shards import case_faults, damage_error, is_labeled, repair_hint, shard_record
@@ -127,7 +128,7 @@ def update_root_attrs(path: StoreLocation | str, updates: dict, drop_obsolete: b
     return True
 
 
-_CREATION_LEFTOVERS = {".lock", ".lease", CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
+_CREATION_LEFTOVERS = {".lock", LEASE_FILE, CASES, PARTIAL}  # what a lock holder or a killed creation leaves behind
 
 
 def write_case(path: StoreLocation | str, case_id: str, image: np.ndarray, mask: np.ndarray | None, attrs: dict,
@@ -213,7 +214,7 @@ def commit_case(built: Path, target: Path, area: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock", ".lease")  # names ctstack writes or removes in a store
+RESERVED = (CASES, PARTIAL, INDEX_FILE, "zarr.json", ".lock", LEASE_FILE)  # names ctstack writes or removes in a store
 
 
 def refuse_links(path: Path, names: tuple[str, ...] = RESERVED) -> None:

@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctprep import __version__
-from ctprep.atomic import replacing
 from ctprep.console import ratio_text
 from ctprep.errors import PlanError, PlanNotFoundError, UsageError
 from ctprep.index import index_fingerprint, read_index
@@ -376,14 +375,10 @@ def save_plan(plan: Plan, path: StoreLocation) -> StoreLocation:
     table = pa.Table.from_pandas(plan.slices, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            METADATA_KEY: json.dumps(plan.params).encode()})
-    if is_object(path):
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression="zstd")
-        write_file(path, buffer.getvalue().to_pybytes())
-        return path
-    with replacing(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return Path(path)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    write_file(path, buffer.getvalue().to_pybytes())  # temp file + rename, or one PUT
+    return path if is_object(path) else Path(path)
 
 
 def load_plan(path: StoreLocation | str) -> Plan:

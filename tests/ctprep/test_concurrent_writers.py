@@ -44,13 +44,18 @@ def store_files(store: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock" and PARTIAL not in p.relative_to(store).parts}
 
 
+def reference_store(tmp: Path, seeds, unlabeled=()) -> tuple[Path, dict[str, bytes]]:
+    """(raw folder of ``write_cases``; the files of the store one plain local convert makes of it): what other
+    ways of converting are compared with."""
+    raw = write_cases(tmp / "raw", seeds, unlabeled)
+    convert(raw, tmp / "reference.zarr", CFG, progress=False)
+    return raw, store_files(tmp / "reference.zarr")
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     """(raw folder of 5 cases, one unlabeled; the files of a store converted by one plain run)."""
-    tmp = tmp_path_factory.mktemp("single")
-    raw = write_cases(tmp / "raw", range(5), unlabeled=(3,))
-    convert(raw, tmp / "single.zarr", CFG, progress=False)
-    return raw, store_files(tmp / "single.zarr")
+    return reference_store(tmp_path_factory.mktemp("single"), range(5), unlabeled=(3,))
 
 
 def test_shards_in_any_order_then_ctprep_index_equal_a_single_run(tmp_path, single_run):

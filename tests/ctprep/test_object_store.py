@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_line_error
-from test_concurrent_writers import store_files, write_cases
+from test_concurrent_writers import reference_store
 from typer.testing import CliRunner
 
 from cli import prep_app
@@ -25,16 +25,13 @@ CFG = ConvertConfig(size=16, workers=1)
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     """(raw folder of 3 cases, one unlabeled; the files of the store converted into a local folder)."""
-    tmp = tmp_path_factory.mktemp("local")
-    raw = write_cases(tmp / "raw", range(3), unlabeled=(1,))
-    convert(raw, tmp / "local.zarr", CFG, progress=False)
-    return raw, store_files(tmp / "local.zarr")
+    return reference_store(tmp_path_factory.mktemp("local"), range(3), unlabeled=(1,))
 
 
 def object_files(url: str) -> dict[str, bytes]:
     """Every object of the store (not its lease) by its key relative to the store."""
     location = open_location(url)
-    return {key: (location / key).read_bytes() for key in sorted(location.sizes()) if key != ".lease"}
+    return {key: (location / key).read_bytes() for key in sorted(location.sizes()) if key != LEASE_FILE}
 
 
 def test_convert_into_s3_writes_the_same_keys_and_bytes_as_a_local_convert(s3_store, local_run):
